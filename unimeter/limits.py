@@ -1,0 +1,55 @@
+"""Every limit in one place, unit last in the name (TigerBeetle style).
+
+The node announces the wire limits in WELCOME and enforces them before decoding; the client
+validates the same limits before it sends, so a bad event fails fast and locally.
+"""
+
+from __future__ import annotations
+
+# --- event shape (DESIGN §2.1) ---
+account_id_max = 2**64 - 1
+value_min = -(2**63)
+value_max = 2**63 - 1
+metric_code_bytes_max = 64
+event_id_bytes_max = 64
+properties_per_event_max = 16
+property_key_bytes_max = 32
+property_value_bytes_max = 64
+future_skew_us_max = 5 * 60 * 1_000_000  # events more than 5 minutes ahead are rejected
+
+# --- metric schemas (DESIGN §2.4, §2.5) ---
+dimensions_per_metric_max = 4
+dimension_values_max = 8
+thresholds_per_metric_max = 8
+threshold_code_bytes_max = 64
+billing_cycle_day_max = 28
+period_seconds_default = 30 * 24 * 3600
+period_seconds_min = 1
+
+# --- wire (DESIGN §1.3) ---
+frame_bytes_max = 4 * 1024 * 1024
+events_per_batch_max = 10_000
+string_bytes_max = 1024  # any other free-form string on the wire (client names, tokens)
+list_page_events_max = 1000
+list_page_alerts_max = 1000
+group_by_keys_max = dimensions_per_metric_max
+in_flight_requests_per_connection_max = 4096
+
+# --- server ---
+mailbox_partition_capacity = 1024
+mailbox_catalog_capacity = 256
+retention_days_default = 400
+dedup_window_days_default = 35
+producer_results_cached_max = 64  # recent results kept per producer for exact retry answers
+partitions_default = 8
+partitions_max = 4096
+
+# --- client ---
+request_timeout_s_default = 30.0
+map_refresh_s = 30.0
+retry_backoff_s_initial = 0.01
+retry_backoff_s_max = 1.0
+
+assert frame_bytes_max >= events_per_batch_max * 64
+assert 0 < dimension_values_max < 255
+assert properties_per_event_max >= dimensions_per_metric_max
