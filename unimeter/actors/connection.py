@@ -1,0 +1,172 @@
+"""The connection actor: one per client connection, an asyncio Protocol around ``ServerCodec``.
+
+It decodes frames, answers the connection-level requests itself (HELLO, the partition map,
+cluster status), and hands everything else to the owning actor with a non-blocking send: a full
+mailbox is answered BACKPRESSURE at once, so one slow partition never stalls the connection or
+the node. Replies may leave in any order; each carries its request id.
+
+Per connection state machine (one rule table; anything else is answered INVALID_REQUEST):
+    AWAIT_HELLO --HELLO--> READY        (any other request before HELLO is refused)
+    READY       --HELLO--> READY        (a repeated HELLO is answered again; harmless)
+A frame the codec cannot parse is a protocol error: answered once with PROTOCOL, then closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from unimeter import errors, limits
+from unimeter.actors.catalog import CatalogRequest
+from unimeter.actors.mailbox import MailboxClosed, MailboxFull
+from unimeter.actors.partition import ClientRequest
+from unimeter.wire import messages as m
+from unimeter.wire.codec import BadRequest, ServerCodec
+
+if TYPE_CHECKING:
+    from unimeter.node import Node
+
+log = logging.getLogger("unimeter.connection")
+
+_PARTITION_KINDS = (m.Ingest, m.Query, m.QueryRealtime, m.QueryBreakdown, m.ListEvents,
+                    m.ListAlerts)
+_CATALOG_KINDS = (m.MetricCreate, m.MetricUpdate, m.MetricGet, m.MetricList, m.MetricDelete)
+
+
+class Reply:
+    """The token a core carries for one request: answering it writes the response frame."""
+
+    __slots__ = ("conn", "request_id")
+
+    def __init__(self, conn: ClientConnection, request_id: int) -> None:
+        self.conn = conn
+        self.request_id = request_id
+
+    def send(self, status: int, message: m.Reply) -> None:
+        self.conn.respond(self.request_id, status, message)
+
+
+class ClientConnection(asyncio.Protocol):
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.codec = ServerCodec()
+        self.transport: asyncio.Transport | None = None
+        self.greeted = False
+        self.in_flight = 0
+        self.peer = "?"
+
+    # ------------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = str(transport.get_extra_info("peername"))
+        self.node.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.node.connections.discard(self)
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self.codec.feed(data)
+        self._process()
+
+    def respond(self, request_id: int, status: int, message: m.Reply) -> None:
+        self.in_flight -= 1
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return  # the client went away; its request may still have been applied
+        transport.write(self.codec.encode_response(request_id, status, message))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _process(self) -> None:
+        while True:
+            try:
+                frame = self.codec.next_frame()
+            except errors.ProtocolError as exc:
+                log.info("event=protocol_error peer=%s error=%r", self.peer, exc.message)
+                if self.transport is not None:
+                    self.in_flight += 1
+                    self.respond(0, errors.Status.PROTOCOL, m.ErrorReply(message=exc.message))
+                    self.transport.close()
+                return
+            if frame is None:
+                return
+            self.in_flight += 1
+            if isinstance(frame, BadRequest):
+                self._refuse(frame.request_id, errors.Status.INVALID_REQUEST, frame.message)
+                continue
+            self._dispatch(frame)
+
+    def _refuse(self, request_id: int, status: errors.Status, message: str) -> None:
+        self.respond(request_id, status, m.ErrorReply(message=message))
+
+    def _dispatch(self, frame: m.RequestFrame) -> None:
+        msg = frame.message
+        rid = frame.request_id
+        node = self.node
+        if isinstance(msg, m.Hello):
+            self.greeted = True
+            self.respond(rid, errors.Status.OK, node.welcome())
+            return
+        if not self.greeted:
+            self._refuse(rid, errors.Status.INVALID_REQUEST, "the first request must be HELLO")
+            return
+        if self.in_flight > limits.in_flight_requests_per_connection_max:
+            self._refuse(rid, errors.Status.BACKPRESSURE,
+                         f"more than {limits.in_flight_requests_per_connection_max} requests "
+                         "in flight on this connection")
+            return
+        if not node.serving:
+            self._refuse(rid, errors.Status.UNAVAILABLE, "the node is starting or stopping")
+            return
+        if isinstance(msg, _PARTITION_KINDS):
+            self._to_partition(rid, msg)
+        elif isinstance(msg, _CATALOG_KINDS):
+            self._send(rid, node.catalog_mailbox, CatalogRequest(Reply(self, rid), msg))
+        elif isinstance(msg, m.GetPartitionMap):
+            self.respond(rid, errors.Status.OK, node.partition_map())
+        elif isinstance(msg, m.ClusterStatus):
+            self.respond(rid, errors.Status.OK, node.cluster_status())
+        else:  # pragma: no cover - the codec only yields known kinds
+            self._refuse(rid, errors.Status.INVALID_REQUEST, f"unexpected request {msg!r}")
+
+    def _to_partition(self, rid: int, msg: m.Ingest | m.Query | m.QueryRealtime
+                      | m.QueryBreakdown | m.ListEvents | m.ListAlerts) -> None:
+        node = self.node
+        part = msg.partition
+        if not 0 <= part < node.partition_count:
+            self._refuse(rid, errors.Status.INVALID_REQUEST,
+                         f"partition {part} does not exist (this cluster has "
+                         f"{node.partition_count})")
+            return
+        if isinstance(msg, m.Ingest):
+            problem = node.check_ingest(msg)
+            if problem is not None:
+                status, text = problem
+                self._refuse(rid, status, text)
+                return
+        elif node.route(msg.account_id) != part:
+            self._refuse(rid, errors.Status.INVALID_REQUEST,
+                         f"account {msg.account_id} lives in partition "
+                         f"{node.route(msg.account_id)}, not {part}")
+            return
+        runtime = node.partitions[part]
+        self._send(rid, runtime.mailbox, ClientRequest(Reply(self, rid), msg))
+
+    def _send(self, rid: int, mailbox: object, item: object) -> None:
+        try:
+            mailbox.try_send(item)  # type: ignore[attr-defined]
+        except MailboxFull:
+            self._refuse(rid, errors.Status.BACKPRESSURE, "the node is busy; retry shortly")
+        except MailboxClosed:
+            self._refuse(rid, errors.Status.UNAVAILABLE, "the node is stopping")
+
+
