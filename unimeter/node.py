@@ -25,6 +25,7 @@ from pathlib import Path
 import cbor2
 
 from unimeter import errors, limits
+from unimeter.admin_http import AdminServer
 from unimeter.actors.catalog import CatalogCore, decode_catalog_entry
 from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox
@@ -54,6 +55,7 @@ class NodeConfig:
     disk_reserve_bytes: int = 64 * 1024 * 1024
     retention_days: int = limits.retention_days_default
     log_level: str = "info"
+    http: str | None = None
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -82,6 +84,7 @@ class Node:
         self.disk = DiskSpaceWatch(str(self.data_dir), config.disk_reserve_bytes)
         self.disk_ok = True
         self._server: asyncio.Server | None = None
+        self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     # ------------------------------------------------------------------ start
@@ -102,6 +105,9 @@ class Node:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: ClientConnection(self), host, port,
                                                 reuse_address=True)
+        if self.config.http:
+            admin_host, admin_port = split_address(self.config.http)
+            self._admin = await AdminServer(self).start(admin_host, admin_port)
         self.serving = True
         log.info("event=serving listen=%s:%d partitions=%d data_dir=%s recovery_s=%.3f",
                  host, port, self.partition_count, self.data_dir,
@@ -234,6 +240,8 @@ class Node:
         self.serving = False
         if self._server is not None:
             self._server.close()
+        if self._admin is not None:
+            self._admin.close()
         # Let queued work drain: every mailbox empty and every log durable.
         for _ in range(200):
             busy = any(len(r.mailbox) for r in self.partitions) or (
@@ -290,6 +298,8 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
                    default=int(_env("disk-reserve-bytes", str(d.disk_reserve_bytes))))
     p.add_argument("--retention-days", type=int,
                    default=int(_env("retention-days", str(d.retention_days))))
+    p.add_argument("--http", default=_env("http", "") or None,
+                   help="HOST:PORT for /health and /metrics (off by default)")
     p.add_argument("--log-level", default=_env("log-level", d.log_level),
                    choices=["debug", "info", "warning", "error"])
     a = p.parse_args(argv)
@@ -297,13 +307,15 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         p.error(f"--partitions must be 1-{limits.partitions_max}")
     try:
         split_address(a.listen)
+        if a.http:
+            split_address(a.http)
     except ValueError as exc:
         p.error(str(exc))
     return NodeConfig(
         node_id=a.node_id, listen=a.listen, advertise=a.advertise, peers=a.peers,
         data_dir=a.data_dir, partitions=a.partitions, replication_factor=a.replication_factor,
         disk_reserve_bytes=a.disk_reserve_bytes, retention_days=a.retention_days,
-        log_level=a.log_level,
+        log_level=a.log_level, http=a.http,
     )
 
 
