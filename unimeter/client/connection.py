@@ -1,0 +1,278 @@
+"""One pipelined connection to one node, and the pool that keeps one per node address.
+
+Theory of operation. ``Connection`` is an ``asyncio.Protocol`` around the sans-I/O
+``ClientCodec``: ``request`` encodes a whole frame and hands it to the transport in one
+``write`` (so frames never interleave), parks a future under the request id and awaits it;
+``data_received`` feeds the codec and resolves the futures of whatever frames completed, in
+whatever order they arrive. There is no reader task: the transport calls us.
+
+States: CONNECTING -> READY (WELCOME received) -> BROKEN (peer or garbage) | CLOSED (we closed).
+A BROKEN or CLOSED connection fails every pending future and refuses new requests; the pool
+dials a fresh one on next use. A broken connection fails its requests with the retriable
+``UnavailableError`` (their outcome is unknown, and retrying is safe); garbage from the server
+fails them with ``ProtocolError``; closing the client fails them with ``ClosedError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import enum
+import logging
+
+from unimeter import limits
+from unimeter.errors import (
+    ClosedError,
+    InvalidRequestError,
+    ProtocolError,
+    Status,
+    TimeoutError,
+    UnavailableError,
+    UnimeterError,
+    error_for,
+)
+from unimeter.wire.codec import ClientCodec
+from unimeter.wire.messages import ErrorReply, Hello, Reply, Request, ResponseFrame, Welcome
+
+from .cluster_map import split_address
+
+log = logging.getLogger("unimeter.client")
+
+_REQUEST_ID_MAX = 2**64 - 1  # never reached: ids are not reused while the codec remembers them
+_CLOSE_WAIT_S = 1.0
+
+
+class _State(enum.Enum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    BROKEN = "broken"
+    CLOSED = "closed"
+
+
+class Connection(asyncio.Protocol):
+    def __init__(self, address: str) -> None:
+        self.address = address
+        self.welcome: Welcome | None = None
+        self._state = _State.CONNECTING
+        self._failure: UnimeterError | None = None  # why BROKEN/CLOSED (a template, not raised)
+        self._codec = ClientCodec()
+        self._transport: asyncio.Transport | None = None
+        self._pending: dict[int, asyncio.Future[ResponseFrame]] = {}
+        self._next_id = 0
+        self._in_flight_max = limits.in_flight_requests_per_connection_max
+        self._slot_waiters: list[asyncio.Future[None]] = []
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @property
+    def usable(self) -> bool:
+        return self._state is _State.READY
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self, hello: Hello, deadline: float) -> Welcome:
+        """Dial, say HELLO, and wait for WELCOME; raises a typed error on any failure."""
+        assert self._state is _State.CONNECTING
+        loop = asyncio.get_running_loop()
+        host, port = split_address(self.address)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await loop.create_connection(lambda: self, host, port)
+        except OSError as exc:
+            raise UnavailableError(f"cannot connect to {self.address}: {exc}") from None
+        except builtins.TimeoutError:
+            self._abort()
+            raise TimeoutError(f"connecting to {self.address} timed out") from None
+        except BaseException:
+            self._abort()
+            raise
+        try:
+            welcome = _expect_welcome(await self._exchange(hello, deadline), self.address)
+        except BaseException:
+            self._abort()
+            raise
+        self.welcome = welcome
+        if self._state is _State.CONNECTING:
+            self._state = _State.READY
+            self._in_flight_max = min(
+                self._in_flight_max,
+                welcome.limits.get("in_flight_requests_per_connection_max", self._in_flight_max),
+            )
+        return welcome
+
+    async def close(self) -> None:
+        """Fail what is pending with ``ClosedError`` and close the socket."""
+        if self._state in (_State.READY, _State.CONNECTING):
+            self._fail(_State.CLOSED, ClosedError(f"connection to {self.address} closed"))
+        if self._transport is not None:
+            self._transport.close()
+            # Wait for the transport to let go of the socket, so no unclosed socket outlives
+            # the client (a ResourceWarning where warnings are errors).
+            try:
+                async with asyncio.timeout(_CLOSE_WAIT_S):
+                    await asyncio.shield(self._lost)
+            except builtins.TimeoutError:
+                self._transport.abort()
+
+    def _abort(self) -> None:
+        if self._state in (_State.READY, _State.CONNECTING):
+            self._fail(_State.CLOSED, ClosedError(f"connection to {self.address} abandoned"))
+        if self._transport is not None:
+            self._transport.abort()
+
+    # ------------------------------------------------------------------ requests
+
+    async def request(self, message: Request, deadline: float) -> Reply:
+        """Send ``message`` and return its reply; a non-OK status raises its error class."""
+        if self._state is not _State.READY:
+            raise self._refusal()
+        return await self._exchange(message, deadline)
+
+    async def _exchange(self, message: Request, deadline: float) -> Reply:
+        while len(self._pending) >= self._in_flight_max:
+            await self._wait(self._slot_waiters, deadline)
+            if self._state not in (_State.READY, _State.CONNECTING):
+                raise self._refusal()
+        request_id = self._new_request_id()
+        try:
+            frame = self._codec.encode_request(request_id, message)
+        except UnimeterError:
+            raise
+        except (ValueError, TypeError, OverflowError) as exc:
+            raise InvalidRequestError(f"cannot encode {type(message).__name__}: {exc}") from None
+        assert self._transport is not None
+        future: asyncio.Future[ResponseFrame] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        try:
+            self._transport.write(frame)
+            if self._write_paused:
+                await self._wait(self._drain_waiters, deadline)
+            async with asyncio.timeout_at(deadline):
+                response = await future
+        except builtins.TimeoutError:
+            raise TimeoutError(
+                f"{type(message).__name__} to {self.address} got no answer in time"
+            ) from None
+        finally:
+            if self._pending.pop(request_id, None) is not None:
+                # We gave up (deadline or cancellation): the codec must not keep its kind.
+                self._codec.forget(request_id)
+                self._release_slot()
+        if response.status != Status.OK:
+            reply = response.message
+            if isinstance(reply, ErrorReply):
+                raise error_for(response.status, reply.message, reply.leader)
+            raise error_for(response.status, f"status {response.status} without an error body")
+        return response.message
+
+    def _new_request_id(self) -> int:
+        while True:
+            self._next_id = self._next_id + 1 if self._next_id < _REQUEST_ID_MAX else 1
+            if self._next_id not in self._pending:
+                return self._next_id
+
+    async def _wait(self, waiters: list[asyncio.Future[None]], deadline: float) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(waiter)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await waiter
+        except builtins.TimeoutError:
+            raise TimeoutError(f"connection to {self.address} is congested") from None
+        finally:
+            if not waiter.done():
+                waiters.remove(waiter)
+
+    def _release_slot(self) -> None:
+        if self._slot_waiters:
+            _wake_all(self._slot_waiters)
+
+    def _refusal(self) -> UnimeterError:
+        failure = self._failure
+        if failure is None:
+            return UnavailableError(f"connection to {self.address} is not ready")
+        return type(failure)(failure.message)
+
+    # ------------------------------------------------------------------ protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._dispatch(data)
+
+    def eof_received(self) -> bool | None:
+        return None  # half-closed is useless to us: let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._state in (_State.READY, _State.CONNECTING):
+            reason = f": {exc}" if exc is not None else " (closed by the server)"
+            self._fail(_State.BROKEN, UnavailableError(f"lost {self.address}{reason}"))
+        if not self._lost.done():
+            self._lost.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        _wake_all(self._drain_waiters)
+
+    # ------------------------------------------------------------------ internals
+
+    def _dispatch(self, data: bytes) -> None:
+        if self._state not in (_State.READY, _State.CONNECTING):
+            return  # closing: nobody is waiting any more
+        try:
+            self._codec.feed(data)
+        except ProtocolError as exc:
+            self._garbage(exc)
+            return
+        while True:
+            try:
+                frame = self._codec.next_frame()
+            except ProtocolError as exc:
+                self._garbage(exc)
+                return
+            if frame is None:
+                return
+            future = self._pending.pop(frame.request_id, None)
+            if future is None:
+                continue  # an answer to a request we gave up on
+            self._release_slot()
+            if not future.done():
+                future.set_result(frame)
+
+    def _garbage(self, exc: ProtocolError) -> None:
+        log.warning("closing %s: %s", self.address, exc)
+        self._fail(_State.BROKEN, ProtocolError(f"from {self.address}: {exc.message}"))
+        assert self._transport is not None
+        self._transport.abort()
+
+    def _fail(self, state: _State, failure: UnimeterError) -> None:
+        assert self._state in (_State.READY, _State.CONNECTING)
+        self._state = state
+        self._failure = failure
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                # A fresh instance per waiter: one exception object raised in several tasks
+                # would collect all their tracebacks.
+                future.set_exception(type(failure)(failure.message))
+        _wake_all(self._slot_waiters)
+        _wake_all(self._drain_waiters)
+
+
+def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
+    woken, waiters[:] = list(waiters), []
+    for waiter in woken:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _expect_welcome(reply: Reply, address: str) -> Welcome:
+    if not isinstance(reply, Welcome):
+        raise ProtocolError(f"{address} answered HELLO with {type(reply).__name__}")
+    return reply
