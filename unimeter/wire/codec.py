@@ -1,0 +1,233 @@
+"""The sans-I/O connection codecs: bytes in, message objects out, and back (h11 style).
+
+Theory of operation. A frame is ``u32 big-endian length | CBOR item`` (``frames.py``). A request
+item is ``[kind, request_id, body]``, a response item ``[status, request_id, body]``; bodies are
+maps described in ``bodies.py``. Many requests may be in flight on one connection and replies
+may come back in any order, so the client side remembers the kind of every request it sent,
+keyed by request id, to know how to read the reply.
+
+Two kinds of failure, kept apart on purpose:
+- ``errors.ProtocolError`` (connection-fatal): bad framing, bytes that are not one CBOR item,
+  a top-level item of the wrong shape, a request id out of range; on the client side also a
+  malformed reply body or a reply to a request that was never sent. Nothing after it can be
+  trusted, so the codec stays broken and the connection must be closed.
+- ``BadRequest`` (server side only): a well-framed request whose kind or body is invalid. It
+  carries the request id, so the server answers INVALID_REQUEST and keeps the connection.
+
+Neither codec ever touches a socket; ``next_frame`` never raises anything but ProtocolError.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from unimeter import errors, limits
+from unimeter.wire import messages as m
+from unimeter.wire.bodies import decode_reply, decode_request, encode_body
+from unimeter.wire.convert import BodyError
+from unimeter.wire.frames import FrameDecoder, encode_frame
+
+__all__ = [
+    "ANNOUNCED_LIMITS",
+    "BadRequest",
+    "ClientCodec",
+    "FrameDecoder",
+    "ServerCodec",
+    "announced_limits",
+    "encode_frame",
+]
+
+REQUEST_ID_MAX = 2**64 - 1
+STATUS_MAX = 2**32 - 1
+
+# The limits a node announces in WELCOME, by their names in ``unimeter.limits``.
+ANNOUNCED_LIMITS = (
+    "frame_bytes_max",
+    "events_per_batch_max",
+    "string_bytes_max",
+    "metric_code_bytes_max",
+    "event_id_bytes_max",
+    "properties_per_event_max",
+    "property_key_bytes_max",
+    "property_value_bytes_max",
+    "dimensions_per_metric_max",
+    "group_by_keys_max",
+    "list_page_events_max",
+    "list_page_alerts_max",
+    "in_flight_requests_per_connection_max",
+)
+
+
+def announced_limits(*, frame_bytes_max: int = limits.frame_bytes_max) -> dict[str, int]:
+    """The ``limits`` map of a WELCOME reply."""
+    out: dict[str, int] = {name: getattr(limits, name) for name in ANNOUNCED_LIMITS}
+    out["frame_bytes_max"] = frame_bytes_max
+    return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BadRequest:
+    """A well-framed request whose kind or body is invalid: answer INVALID_REQUEST, keep going."""
+
+    request_id: int
+    kind: int
+    message: str  # names the problem, e.g. "Query.account_id: expected an integer in ..."
+
+
+def _split(item: Any, side: str) -> tuple[int, int, Any]:
+    """The three parts of a top-level item, or ProtocolError."""
+    if type(item) is not list or len(item) != 3:
+        raise errors.ProtocolError(f"a {side} must be an array of 3 items")
+    head, request_id, body = item
+    if type(head) is not int or type(request_id) is not int:
+        raise errors.ProtocolError(f"a {side} must start with two integers")
+    if not 0 <= request_id <= REQUEST_ID_MAX:
+        raise errors.ProtocolError(f"request id {request_id} is outside [0, 2**64)")
+    return head, request_id, body
+
+
+class ClientCodec:
+    """The client end of one connection."""
+
+    __slots__ = ("_decoder", "_forgotten", "_pending", "frame_bytes_max")
+
+    def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
+        self.frame_bytes_max = frame_bytes_max
+        self._decoder = FrameDecoder(frame_bytes_max=frame_bytes_max)
+        self._pending: dict[int, m.Kind] = {}
+        # Ids given up on whose replies may still arrive; bounded, oldest dropped first.
+        self._forgotten: OrderedDict[int, None] = OrderedDict()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    def encode_request(self, request_id: int, message: m.Request) -> bytes:
+        """The whole frame for ``message``; remembers its kind until the reply is decoded.
+
+        Raises ``errors.InvalidRequestError`` if the frame exceeds ``frame_bytes_max`` (split
+        the batch) and ``ValueError`` if ``request_id`` is out of range or still in use.
+        """
+        if not 0 <= request_id <= REQUEST_ID_MAX:
+            raise ValueError(f"request id {request_id} is outside [0, 2**64)")
+        if request_id in self._pending or request_id in self._forgotten:
+            raise ValueError(f"request id {request_id} is still awaiting its reply")
+        kind = message.KIND
+        frame = encode_frame([int(kind), request_id, encode_body(message)])
+        if len(frame) - 4 > self.frame_bytes_max:
+            raise errors.InvalidRequestError(
+                f"{type(message).__name__} frame of {len(frame) - 4} bytes exceeds "
+                f"frame_bytes_max={self.frame_bytes_max}"
+            )
+        self._pending[request_id] = kind
+        return frame
+
+    def forget(self, request_id: int) -> None:
+        """The caller gave up on a request; its reply, if it ever comes, is dropped."""
+        if self._pending.pop(request_id, None) is None:
+            return
+        self._forgotten[request_id] = None
+        if len(self._forgotten) > limits.in_flight_requests_per_connection_max:
+            self._forgotten.popitem(last=False)
+
+    def feed(self, data: bytes) -> None:
+        self._decoder.feed(data)
+
+    def next_frame(self) -> m.ResponseFrame | None:
+        """The next reply, or None until more bytes arrive; ProtocolError on anything bad."""
+        while True:
+            item = self._decoder.next_item()
+            if item is None:
+                return None
+            frame = self._response(item)
+            if frame is not None:
+                return frame
+
+    def _response(self, item: Any) -> m.ResponseFrame | None:
+        status, request_id, body = _split(item, "response")
+        if not 0 <= status <= STATUS_MAX:
+            raise errors.ProtocolError(f"status {status} is outside [0, 2**32)")
+        if status == errors.Status.PROTOCOL:
+            # The server found our bytes unreadable and is closing: fatal whatever the id.
+            raise errors.ProtocolError(f"the server refused the connection: {_message_of(body)}")
+        kind = self._pending.pop(request_id, None)
+        if kind is None:
+            if request_id in self._forgotten:
+                del self._forgotten[request_id]
+                return None  # a late reply to a request given up on
+            raise errors.ProtocolError(f"reply to request id {request_id}, which is not in flight")
+        cls = m.REPLY_OF[kind] if status == errors.Status.OK else m.ErrorReply
+        try:
+            message = decode_reply(cls, body)
+        except BodyError as exc:
+            raise errors.ProtocolError(f"malformed {kind.name} reply: {exc}") from None
+        except Exception as exc:  # a decoder bug; see ServerCodec._request
+            raise errors.ProtocolError(
+                f"internal error decoding a {kind.name} reply: {exc!r}"
+            ) from None
+        return m.ResponseFrame(request_id=request_id, status=status, kind=kind, message=message)
+
+
+def _message_of(body: Any) -> str:
+    if type(body) is dict and type(body.get("msg")) is str:
+        return str(body["msg"])
+    return "(no message)"
+
+
+class ServerCodec:
+    """The server end of one connection."""
+
+    __slots__ = ("_decoder", "frame_bytes_max")
+
+    def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
+        self.frame_bytes_max = frame_bytes_max
+        self._decoder = FrameDecoder(frame_bytes_max=frame_bytes_max)
+
+    def feed(self, data: bytes) -> None:
+        self._decoder.feed(data)
+
+    def next_frame(self) -> m.RequestFrame | BadRequest | None:
+        """The next request (or BadRequest), or None until more bytes arrive."""
+        item = self._decoder.next_item()
+        if item is None:
+            return None
+        return self._request(item)
+
+    def _request(self, item: Any) -> m.RequestFrame | BadRequest:
+        raw_kind, request_id, body = _split(item, "request")
+        try:
+            kind = m.Kind(raw_kind)
+        except ValueError:
+            return BadRequest(
+                request_id=request_id, kind=raw_kind, message=f"unknown request kind {raw_kind}"
+            )
+        try:
+            message = decode_request(kind, body)
+        except BodyError as exc:
+            return BadRequest(request_id=request_id, kind=raw_kind, message=str(exc))
+        except Exception as exc:
+            # A decoder bug must not escape as a surprise exception type into the connection
+            # actor; closing this one connection (and logging the message) is the safe answer.
+            raise errors.ProtocolError(
+                f"internal error decoding a {kind.name} request: {exc!r}"
+            ) from None
+        return m.RequestFrame(request_id=request_id, message=message)
+
+    def encode_response(self, request_id: int, status: int, message: m.Reply) -> bytes:
+        """The whole frame answering ``request_id``.
+
+        ``message`` must be an ``ErrorReply`` exactly when ``status`` is not OK. Raises
+        ``errors.ServerError`` if the reply exceeds ``frame_bytes_max``: answer with a short
+        error instead.
+        """
+        if (status == errors.Status.OK) == isinstance(message, m.ErrorReply):
+            raise ValueError(f"status {status} cannot carry a {type(message).__name__}")
+        frame = encode_frame([int(status), request_id, encode_body(message)])
+        if len(frame) - 4 > self.frame_bytes_max:
+            raise errors.ServerError(
+                f"{type(message).__name__} reply of {len(frame) - 4} bytes exceeds "
+                f"frame_bytes_max={self.frame_bytes_max}"
+            )
+        return frame
