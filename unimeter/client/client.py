@@ -75,7 +75,7 @@ from .ingest import send_groups
 from .metrics import MetricsApi
 from .paging import Pages
 from .pool import NodePool
-from .retry import Attempts, Backoff
+from .retry import Attempts, Backoff, retry_until
 from .session import Session
 
 log = logging.getLogger("unimeter.client")
@@ -150,13 +150,23 @@ class AsyncClient:
             if self._state is _State.CLOSED:
                 raise ClosedError("the client is closed")
             deadline = self._deadline()
-            failures = await self._fetch_map_from(self._seeds, deadline)
+            try:
+                failures = await self._fetch_map_from(self._seeds, deadline)
+            except BaseException:
+                await self._pool.close(final=False)
+                raise
+            if self._closed():
+                raise ClosedError("the client was closed while connecting")
             if failures is not None:
+                # Dials still running for silent seeds must not outlive a failed connect: an
+                # `async with` whose connect raises never reaches close().
+                await self._pool.close(final=False)
                 raise UnavailableError("no seed answered: " + "; ".join(failures))
             self._state = _State.OPEN
             self._refresher = asyncio.get_running_loop().create_task(
                 self._refresh_periodically(), name="unimeter-map-refresh"
             )
+            self._refresher.add_done_callback(_log_failure)
             self._pool.warm(self._map.addresses())
 
     async def close(self) -> None:
@@ -325,30 +335,24 @@ class AsyncClient:
         self, target: int, request: Request, deadline: float, attempts: Attempts | None = None
     ) -> Reply:
         """Send ``request`` to the node serving ``target`` (a partition or ``ANY_NODE``),
-        retrying retriable failures until ``deadline``; the last failure is raised."""
-        loop = asyncio.get_running_loop()
-        backoff: Backoff | None = None
-        tries = 0
-        while True:
-            tries += 1
-            if attempts is not None:
-                attempts.count += 1
-            try:
-                connection = await self._pool.get(self._address_for(target), deadline)
-                return await connection.request(request, deadline)
-            except UnimeterError as exc:
-                if not exc.retriable or self._state is _State.CLOSED:
-                    raise
-                self._reroute(target, exc)
-                backoff = backoff or Backoff(self._rng)
-                delay = backoff.next_delay()
-                if loop.time() + delay >= deadline:
-                    exc.add_note(
-                        f"gave up after {tries} attempt(s) within the "
-                        f"{self._request_timeout:g} s request timeout"
-                    )
-                    raise
-                await asyncio.sleep(delay)
+        retrying retriable failures until ``deadline``."""
+
+        async def attempt() -> Reply:
+            connection = await self._pool.get(self._address_for(target), deadline)
+            return await connection.request(request, deadline)
+
+        def before_retry(exc: UnimeterError) -> None:
+            if self._closed():
+                raise ClosedError("the client is closed") from exc
+            self._reroute(target, exc)
+
+        return await retry_until(
+            attempt,
+            deadline=deadline,
+            backoff=Backoff(self._rng),
+            before_retry=before_retry,
+            attempts=attempts,
+        )
 
     async def _catalog_call(self, request: Request, attempts: Attempts) -> Reply:
         await self._ensure_open()
@@ -383,6 +387,9 @@ class AsyncClient:
     async def _partition_of(self, account_id: int) -> int:
         await self._ensure_open()
         return self._map.partition_of(account_id)
+
+    def _closed(self) -> bool:
+        return self._state is _State.CLOSED
 
     async def _ensure_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -436,6 +443,7 @@ class AsyncClient:
             self._map_fetch = asyncio.get_running_loop().create_task(
                 self._refresh_map(), name="unimeter-map-fetch"
             )
+            self._map_fetch.add_done_callback(_log_failure)
 
     async def _refresh_map(self) -> None:
         connected = self._pool.connected()
@@ -453,6 +461,12 @@ class AsyncClient:
         while True:
             await asyncio.sleep(limits.map_refresh_s)
             self._refresh_soon()
+
+
+def _log_failure(task: asyncio.Task[None]) -> None:
+    # A background task's failure is a bug; say so rather than "exception never retrieved".
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("%s failed", task.get_name(), exc_info=exc)
 
 
 def _lower(current: int, announced: object) -> int:

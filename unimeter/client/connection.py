@@ -75,15 +75,18 @@ class Connection(asyncio.Protocol):
         """Dial, say HELLO, and wait for WELCOME; raises a typed error on any failure."""
         assert self._state is _State.CONNECTING
         loop = asyncio.get_running_loop()
-        host, port = split_address(self.address)
+        try:
+            host, port = split_address(self.address)
+        except ValueError as exc:  # a leader address from the server that is not one
+            raise UnavailableError(str(exc)) from None
         try:
             async with asyncio.timeout_at(deadline):
                 await loop.create_connection(lambda: self, host, port)
+        except builtins.TimeoutError:  # before OSError: it is one
+            self._abort()
+            raise UnavailableError(f"connecting to {self.address} timed out") from None
         except OSError as exc:
             raise UnavailableError(f"cannot connect to {self.address}: {exc}") from None
-        except builtins.TimeoutError:
-            self._abort()
-            raise TimeoutError(f"connecting to {self.address} timed out") from None
         except BaseException:
             self._abort()
             raise

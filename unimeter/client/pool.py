@@ -8,10 +8,9 @@ without aborting the dial for the others. ``close`` cancels the dials and closes
 from __future__ import annotations
 
 import asyncio
-import builtins
 import logging
 
-from unimeter.errors import ClosedError, TimeoutError, UnimeterError
+from unimeter.errors import ClosedError, UnavailableError, UnimeterError
 from unimeter.wire.messages import Hello, Welcome
 
 from .connection import Connection
@@ -36,11 +35,14 @@ class NodePool:
         dial = self._dials.get(address)
         if dial is None:
             dial = self._start_dial(address)
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await asyncio.shield(dial)
-        except builtins.TimeoutError:
-            raise TimeoutError(f"connecting to {address} timed out") from None
+        # asyncio.wait, not shield: neither our cancellation nor the dial's reaches the other.
+        timeout = max(0.0, deadline - asyncio.get_running_loop().time())
+        done, _ = await asyncio.wait({dial}, timeout=timeout)
+        if not done:
+            raise UnavailableError(f"connecting to {address} timed out")
+        if dial.cancelled():
+            raise ClosedError("the client is closed")
+        return dial.result()
 
     def warm(self, addresses: list[str]) -> None:
         """Start dialling every address not connected yet; failures surface on first use."""
@@ -62,8 +64,10 @@ class NodePool:
     def connected(self) -> list[str]:
         return [address for address, c in self._connections.items() if c.usable]
 
-    async def close(self) -> None:
-        self._closed = True
+    async def close(self, *, final: bool = True) -> None:
+        """Cancel the dials and close every connection; a non-final close (after a failed
+        connect) leaves the pool usable."""
+        self._closed = self._closed or final
         dials = list(self._dials.values())
         for dial in dials:
             dial.cancel()

@@ -1,15 +1,21 @@
-"""Retry policy: which failures to retry, and how long to wait between attempts.
+"""Retrying a request: which failures to retry, how long to wait, and when to stop.
 
-The policy lives on the error classes (``retriable``, ``refresh_routing``); this module only
-decides the waits. Retrying is always safe: reads change nothing, catalog writes are idempotent,
-and an ``Ingest`` retry reuses its producer id and sequence number (see ``session.py``).
+The policy lives on the error classes (``retriable``, ``refresh_routing``); this module runs it.
+Retrying is always safe: reads change nothing, catalog writes are idempotent, and an ``Ingest``
+retry is the very same message, with its producer id and sequence number (see ``session.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from unimeter import limits
+from unimeter.errors import UnimeterError
+
+_T = TypeVar("_T")
 
 
 class Backoff:
@@ -45,3 +51,31 @@ class Attempts:
 
     def __init__(self) -> None:
         self.count = 0
+
+
+async def retry_until(
+    attempt: Callable[[], Awaitable[_T]],
+    *,
+    deadline: float,
+    backoff: Backoff,
+    before_retry: Callable[[UnimeterError], None],
+    attempts: Attempts | None = None,
+) -> _T:
+    """Run ``attempt`` until it succeeds, fails with a non-retriable error, or the next wait
+    would end past ``deadline`` (loop time); then its last error is raised, with a note.
+    ``before_retry`` sees every retriable failure first (to re-route, or to raise instead)."""
+    loop = asyncio.get_running_loop()
+    counter = attempts if attempts is not None else Attempts()
+    while True:
+        counter.count += 1
+        try:
+            return await attempt()
+        except UnimeterError as exc:
+            if not exc.retriable:
+                raise
+            before_retry(exc)
+            delay = backoff.next_delay()
+            if loop.time() + delay >= deadline:
+                exc.add_note(f"gave up after {counter.count} attempt(s): the deadline passed")
+                raise
+            await asyncio.sleep(delay)

@@ -1,0 +1,555 @@
+"""Unit tests of the client library's ingest path: batching, result merging, sequence numbers
+and their reuse on retry, read-your-writes indices. Nothing here talks to a node (the
+end-to-end tests do); "sending" is a scripted stand-in for the retrying call."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from unimeter import (
+    Event,
+    IngestResult,
+    InvalidRequestError,
+    NotLeaderError,
+    OperationType,
+    ProtocolError,
+    UnavailableError,
+    UnknownMetricError,
+    errors,
+    limits,
+    periods,
+)
+from unimeter.client import batching
+from unimeter.client.batching import Group, build_groups, merge_results
+from unimeter.client.ingest import send_group, send_groups
+from unimeter.client.retry import Attempts, Backoff, retry_until
+from unimeter.client.session import SeqWindow, Session
+from unimeter.routing import partition_of
+from unimeter.wire.messages import (
+    NO_TIMESTAMP,
+    GetPartitionMap,
+    Ingest,
+    IngestReply,
+    Reply,
+    Request,
+)
+
+T0 = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
+SETTINGS = settings(max_examples=200, deadline=None)
+
+
+def part8(account_id: int) -> int:
+    return partition_of(account_id, 8)
+
+
+def reply(
+    n_stored: int = 0,
+    *,
+    n_duplicates: int = 0,
+    rejected: tuple[tuple[int, str], ...] = (),
+    last_offset: int | None = None,
+    log_index: int = 1,
+) -> IngestReply:
+    return IngestReply(
+        n_stored=n_stored,
+        n_duplicates=n_duplicates,
+        n_rejected=len(rejected),
+        rejected=rejected,
+        last_offset=last_offset,
+        log_index=log_index,
+    )
+
+
+# --------------------------------------------------------------------------- batching
+
+
+def test_columns_of_a_mixed_batch() -> None:
+    events = [
+        Event(account_id=5, metric_code="api_calls"),
+        Event(
+            account_id=5,
+            metric_code="seats",
+            value=77,
+            timestamp=T0,
+            operation_type=OperationType.ADD,
+            properties={"provider": "aws"},
+            event_id="e-1",
+        ),
+        Event(account_id=5, metric_code="api_calls", value=-3),
+    ]
+    [group] = build_groups(events, part8)
+    batch = group.batch
+    assert group.partition == part8(5)
+    assert list(group.origin) == [0, 1, 2]
+    assert batch.metric_codes == ("api_calls", "seats")
+    assert (batch.metric_index.typecode, list(batch.metric_index)) == ("B", [0, 1, 0])
+    assert (batch.account_ids.typecode, list(batch.account_ids)) == ("Q", [5, 5, 5])
+    assert (batch.values.typecode, list(batch.values)) == ("q", [1, 77, -3])
+    assert batch.timestamps is not None and batch.timestamps.typecode == "q"
+    assert list(batch.timestamps) == [NO_TIMESTAMP, periods.to_us(T0), NO_TIMESTAMP]
+    assert batch.operation_types is not None and batch.operation_types.typecode == "B"
+    assert list(batch.operation_types) == [0, 1, 0]
+    assert batch.properties == (None, {"provider": "aws"}, None)
+    assert batch.event_ids == (None, "e-1", None)
+
+
+def test_absent_columns_are_none() -> None:
+    [group] = build_groups([Event(account_id=1, metric_code="m", value=v) for v in range(3)], part8)
+    batch = group.batch
+    assert batch.timestamps is None
+    assert batch.operation_types is None
+    assert batch.properties is None
+    assert batch.event_ids is None
+
+
+def test_metric_index_widens_past_256_codes() -> None:
+    events = [Event(account_id=9, metric_code=f"m{i}") for i in range(300)]
+    [group] = build_groups(events, part8)
+    assert group.batch.metric_index.typecode == "H"
+    assert list(group.batch.metric_index) == list(range(300))
+    [small] = build_groups(events[:256], part8)
+    assert small.batch.metric_index.typecode == "B"
+
+
+def test_groups_split_at_the_events_per_batch_limit() -> None:
+    events = [Event(account_id=3, metric_code="m", value=i) for i in range(10)]
+    groups = build_groups(events, part8, events_per_batch_max=4)
+    assert [list(g.origin) for g in groups] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert [list(g.batch.values) for g in groups] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_groups_split_before_the_frame_limit() -> None:
+    props = {f"k{i}": "v" * 64 for i in range(limits.properties_per_event_max)}
+    events = [Event(account_id=3, metric_code="m", properties=props) for _ in range(200)]
+    groups = build_groups(events, part8, frame_bytes_max=64 * 1024)
+    assert len(groups) > 1
+    assert sorted(i for g in groups for i in g.origin) == list(range(200))
+    # Measured, not estimated: every batch encodes well inside the frame.
+    from unimeter.wire.codec import ClientCodec
+
+    codec = ClientCodec(frame_bytes_max=64 * 1024)
+    for request_id, g in enumerate(groups, 1):
+        codec.encode_request(request_id, ingest_of(g))
+
+
+def ingest_of(group: Group, seq: int = 1) -> Ingest:
+    return Ingest(
+        partition=group.partition,
+        producer_id=1,
+        seq=seq,
+        sync=False,
+        catalog_version=0,
+        batch=group.batch,
+    )
+
+
+codes = st.sampled_from(["api_calls", "compute", "seats", "x.y:z-1"])
+events_strategy = st.builds(
+    Event,
+    account_id=st.one_of(st.integers(0, 40), st.integers(0, limits.account_id_max)),
+    metric_code=codes,
+    value=st.integers(limits.value_min, limits.value_max),
+    timestamp=st.none() | st.datetimes(timezones=st.just(UTC)),
+    operation_type=st.sampled_from(OperationType),
+    properties=st.dictionaries(st.sampled_from(["a", "b", "provider"]), st.text(max_size=5)),
+    event_id=st.none() | st.text(min_size=1, max_size=10),
+)
+
+
+def rebuild(group: Group) -> list[Event]:
+    """The events a batch describes, read back column by column (the oracle)."""
+    b = group.batch
+    out = []
+    for i in range(len(b)):
+        ts = None if b.timestamps is None else b.timestamps[i]
+        props = None if b.properties is None else b.properties[i]
+        out.append(
+            Event(
+                account_id=b.account_ids[i],
+                metric_code=b.metric_codes[b.metric_index[i]],
+                value=b.values[i],
+                timestamp=None if ts in (None, NO_TIMESTAMP) else periods.from_us(ts),
+                operation_type=OperationType(
+                    0 if b.operation_types is None else b.operation_types[i]
+                ),
+                properties=props or {},
+                event_id=None if b.event_ids is None else b.event_ids[i],
+            )
+        )
+    return out
+
+
+@SETTINGS
+@given(st.lists(events_strategy, max_size=60), st.integers(1, 16), st.integers(1, 25))
+def test_groups_hold_every_event_once_in_its_partition(
+    events: list[Event], partitions: int, per_batch: int
+) -> None:
+    def route(account_id: int) -> int:
+        return partition_of(account_id, partitions)
+
+    groups = build_groups(events, route, events_per_batch_max=per_batch)
+    seen: list[int] = []
+    for group in groups:
+        assert 1 <= len(group.batch) <= per_batch
+        assert list(group.origin) == sorted(group.origin)
+        for index, event in zip(group.origin, rebuild(group), strict=True):
+            original = events[index]
+            assert route(original.account_id) == group.partition
+            assert event.timestamp == (
+                None if original.timestamp is None else original.timestamp.astimezone(UTC)
+            )
+            assert event == Event(
+                account_id=original.account_id,
+                metric_code=original.metric_code,
+                value=original.value,
+                timestamp=event.timestamp,
+                operation_type=original.operation_type,
+                properties=dict(original.properties),
+                event_id=original.event_id,
+            )
+        seen.extend(group.origin)
+    assert sorted(seen) == list(range(len(events)))
+    assert [g.partition for g in groups] == sorted(g.partition for g in groups)
+
+
+@pytest.mark.parametrize(
+    ("bad", "problem"),
+    [
+        (Event(account_id=-1, metric_code="m"), "account_id"),
+        (Event(account_id=1, metric_code="no spaces"), "metric code"),
+        (Event(account_id=1, metric_code="m", value=2**63), "signed 64-bit"),
+        (Event(account_id=1, metric_code="m", value=1.5), "scale()"),  # type: ignore[arg-type]
+        (Event(account_id=1, metric_code="m", timestamp=datetime(2026, 1, 1)), "timezone"),
+        (Event(account_id=1, metric_code="m", properties={"k": "v" * 65}), "exceeds"),
+        (Event(account_id=1, metric_code="m", event_id=""), "event_id"),
+        ({"account_id": 1, "metric_code": "m"}, "expected an Event"),
+    ],
+)
+def test_a_bad_event_is_named_by_index(bad: object, problem: str) -> None:
+    events: list[Any] = [Event(account_id=1, metric_code="m")] * 3 + [bad]
+    with pytest.raises(InvalidRequestError, match=r"^event 3: ") as info:
+        build_groups(events, part8)
+    assert problem in str(info.value)
+    with pytest.raises(InvalidRequestError, match=r"^event 3: "):
+        batching.validate_events(events)
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def test_merge_sums_and_maps_rejections_to_the_callers_indices() -> None:
+    events = [Event(account_id=a, metric_code="m") for a in range(12)]
+    groups = build_groups(events, part8)
+    assert len(groups) > 2
+    parts = []
+    for n, group in enumerate(groups):
+        # Every group rejects its last event; offsets vary and one group has none.
+        last = len(group.origin) - 1
+        parts.append(
+            (
+                group,
+                reply(
+                    last,
+                    n_duplicates=1,
+                    rejected=((last, f"reason{n}"),),
+                    last_offset=None if n == 1 else 100 - n,
+                ),
+            )
+        )
+    result = merge_results(parts)
+    expected_rejected = sorted((g.origin[-1], f"reason{n}") for n, g in enumerate(groups))
+    assert result == IngestResult(
+        n_stored=sum(len(g.origin) - 1 for g in groups),
+        n_duplicates=len(groups),
+        n_rejected=len(groups),
+        rejected=expected_rejected,
+        last_offset=100,
+    )
+
+
+def test_merge_of_nothing_and_of_offsetless_replies() -> None:
+    assert merge_results([]) == batching.empty_result()
+    [group] = build_groups([Event(account_id=1, metric_code="m")], part8)
+    assert merge_results([(group, reply(1))]).last_offset is None
+
+
+def test_merge_refuses_a_rejection_outside_the_batch() -> None:
+    [group] = build_groups([Event(account_id=1, metric_code="m")], part8)
+    with pytest.raises(ProtocolError):
+        merge_results([(group, reply(0, rejected=((1, "bad"),)))])
+
+
+# --------------------------------------------------------------------------- sequence numbers
+
+
+def test_sequence_numbers_count_per_partition_from_one() -> None:
+    session = Session(producer_id=7)
+    assert [session.window(0).try_acquire() for _ in range(3)] == [1, 2, 3]
+    assert session.window(5).try_acquire() == 1
+    assert session.window(0).try_acquire() == 4
+
+
+def test_producer_ids_are_random_nonzero_u64() -> None:
+    ids = {Session().producer_id for _ in range(50)}
+    assert len(ids) == 50
+    assert all(0 < i < 2**64 for i in ids)
+
+
+def test_window_stops_more_than_its_size_above_the_lowest_outstanding() -> None:
+    window = SeqWindow(size=3)
+    assert [window.try_acquire() for _ in range(3)] == [1, 2, 3]
+    assert window.try_acquire() is None
+    window.release(2)  # not the lowest: the window does not move
+    assert window.try_acquire() is None
+    window.release(1)
+    assert window.try_acquire() == 4
+    assert window.try_acquire() == 5
+    assert window.try_acquire() is None
+
+
+async def test_window_waiters_wake_when_the_lowest_settles() -> None:
+    window = SeqWindow(size=1)
+    assert window.try_acquire() == 1
+    waiter = asyncio.ensure_future(window.acquire())
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    window.release(1)
+    assert await waiter == 2
+
+
+async def test_window_waiter_cancelled_leaves_no_trace() -> None:
+    window = SeqWindow(size=1)
+    assert window.try_acquire() == 1
+    waiter = asyncio.ensure_future(window.acquire())
+    await asyncio.sleep(0)
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    window.release(1)
+    assert window.try_acquire() == 2
+
+
+class WindowMachine(RuleBasedStateMachine):
+    """A SeqWindow against a plain model: numbers are unique and increasing, and every
+    outstanding number stays within ``size`` of the highest handed out (what the server's
+    memory of recent results covers)."""
+
+    SIZE = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.window = SeqWindow(self.SIZE)
+        self.outstanding: set[int] = set()
+        self.highest = 0
+
+    @rule()
+    def acquire(self) -> None:
+        seq = self.window.try_acquire()
+        low = min(self.outstanding, default=self.highest + 1)
+        if self.highest + 1 < low + self.SIZE:
+            assert seq == self.highest + 1
+            self.highest = seq
+            self.outstanding.add(seq)
+        else:
+            assert seq is None
+
+    @precondition(lambda self: self.outstanding)
+    @rule(data=st.data())
+    def release(self, data: st.DataObject) -> None:
+        seq = data.draw(st.sampled_from(sorted(self.outstanding)))
+        self.window.release(seq)
+        self.outstanding.remove(seq)
+
+    @invariant()
+    def within_the_servers_memory(self) -> None:
+        assert self.window.outstanding == self.outstanding
+        for seq in self.outstanding:
+            assert seq > self.highest - self.SIZE
+
+
+TestWindowMachine = WindowMachine.TestCase
+TestWindowMachine.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+
+
+# --------------------------------------------------------------------------- retries
+
+
+class Script:
+    """Stands in for "send this request to the right node": records every request and plays
+    the outcomes it was given, in order (an exception is raised, a reply returned)."""
+
+    def __init__(self, *outcomes: Reply | Exception) -> None:
+        self.outcomes = list(outcomes)
+        self.requests: list[Request] = []
+
+    async def attempt(self, request: Request) -> Reply:
+        self.requests.append(request)
+        outcome = self.outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+
+def fast_backoff() -> Backoff:
+    return Backoff(random.Random(1), initial=1e-4, maximum=1e-3)
+
+
+def retrying(script: Script, seen: list[errors.UnimeterError]) -> Callable[..., Awaitable[Reply]]:
+    async def call(partition: int, request: Request, deadline: float) -> Reply:
+        return await retry_until(
+            lambda: script.attempt(request),
+            deadline=deadline,
+            backoff=fast_backoff(),
+            before_retry=seen.append,
+        )
+
+    return call
+
+
+def far_deadline() -> float:
+    return asyncio.get_running_loop().time() + 30
+
+
+async def test_a_retried_group_keeps_its_producer_id_and_sequence_number() -> None:
+    session = Session(producer_id=99)
+    [group] = build_groups([Event(account_id=4, metric_code="m")], part8)
+    script = Script(
+        UnavailableError("connection lost"),
+        NotLeaderError("not me", leader="10.0.0.2:7001"),
+        errors.BackpressureError("full"),
+        reply(1, log_index=41),
+    )
+    seen: list[errors.UnimeterError] = []
+    got = await send_group(
+        group, session, retrying(script, seen), sync=True, deadline=far_deadline()
+    )
+    assert got.log_index == 41
+    assert len(script.requests) == 4
+    assert all(r == script.requests[0] for r in script.requests)
+    first = script.requests[0]
+    assert isinstance(first, Ingest)
+    assert (first.producer_id, first.seq, first.sync) == (99, 1, True)
+    assert [type(e) for e in seen] == [
+        UnavailableError,
+        NotLeaderError,
+        errors.BackpressureError,
+    ]
+    # Settled: the next group of that partition gets the next number; reads wait for index 41.
+    assert session.window(group.partition).outstanding == frozenset()
+    assert session.window(group.partition).try_acquire() == 2
+    assert session.min_index(group.partition) == 41
+
+
+async def test_a_failed_group_never_reuses_its_number_for_new_events() -> None:
+    session = Session(producer_id=5)
+    [group] = build_groups([Event(account_id=4, metric_code="m")], part8)
+    script = Script(UnknownMetricError("gone"), reply(1))
+    with pytest.raises(UnknownMetricError):
+        await send_group(group, session, retrying(script, []), sync=False, deadline=far_deadline())
+    await send_group(group, session, retrying(script, []), sync=False, deadline=far_deadline())
+    assert [r.seq for r in script.requests if isinstance(r, Ingest)] == [1, 2]
+
+
+async def test_ingest_carries_the_newest_catalog_version() -> None:
+    session = Session(producer_id=5)
+    session.note_catalog(12)
+    session.note_catalog(3)
+    [group] = build_groups([Event(account_id=4, metric_code="m")], part8)
+    script = Script(reply(1))
+    await send_group(group, session, retrying(script, []), sync=False, deadline=far_deadline())
+    [request] = script.requests
+    assert isinstance(request, Ingest) and request.catalog_version == 12
+
+
+async def test_retries_stop_at_the_deadline_with_the_last_error() -> None:
+    script = Script(*[UnavailableError(f"down {i}") for i in range(1000)])
+    deadline = asyncio.get_running_loop().time() + 0.05
+    attempts = Attempts()
+    with pytest.raises(UnavailableError) as info:
+        await retry_until(
+            lambda: script.attempt(GetPartitionMap()),
+            deadline=deadline,
+            backoff=fast_backoff(),
+            before_retry=lambda exc: None,
+            attempts=attempts,
+        )
+    assert 1 < attempts.count < 1000
+    assert str(info.value) == f"down {attempts.count - 1}"
+    assert any("gave up after" in note for note in info.value.__notes__)
+
+
+async def test_non_retriable_errors_are_raised_at_once() -> None:
+    script = Script(InvalidRequestError("no"), reply(1))
+    with pytest.raises(InvalidRequestError):
+        await retry_until(
+            lambda: script.attempt(GetPartitionMap()),
+            deadline=far_deadline(),
+            backoff=fast_backoff(),
+            before_retry=lambda exc: None,
+        )
+    assert len(script.requests) == 1
+
+
+def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
+    backoff = Backoff(random.Random(3), initial=0.01, maximum=0.08)
+    bases = [0.01, 0.02, 0.04, 0.08, 0.08, 0.08]
+    for base in bases:
+        assert base / 2 <= backoff.next_delay() <= base
+
+
+async def test_partial_failure_names_what_was_and_was_not_acknowledged() -> None:
+    session = Session(producer_id=5)
+    events = [Event(account_id=a, metric_code="m") for a in range(20)]
+    groups = build_groups(events, part8)
+    doomed = groups[1].partition
+
+    async def call(partition: int, request: Request, deadline: float) -> Reply:
+        await asyncio.sleep(0)
+        if partition == doomed:
+            raise UnknownMetricError("no such metric")
+        assert isinstance(request, Ingest)
+        return reply(len(request.batch))
+
+    with pytest.raises(UnknownMetricError) as info:
+        await send_groups(groups, session, call, sync=False, deadline=far_deadline())
+    [note] = info.value.__notes__
+    failed = list(groups[1].origin)
+    assert f"{len(failed)} event(s) in 1 batch(es) were not acknowledged" in note
+    assert f"{len(events) - len(failed)} event(s) were acknowledged" in note
+    assert "failed event indices: " + ", ".join(map(str, failed)) in note
+    for group in groups:  # every number settled, none left outstanding
+        assert session.window(group.partition).outstanding == frozenset()
+
+
+async def test_parallel_groups_merge_into_one_result() -> None:
+    session = Session(producer_id=5)
+    events = [Event(account_id=a, metric_code="m") for a in range(30)]
+    groups = build_groups(events, part8)
+
+    async def call(partition: int, request: Request, deadline: float) -> Reply:
+        assert isinstance(request, Ingest) and request.seq == 1
+        return reply(len(request.batch), last_offset=partition, log_index=partition + 10)
+
+    result = await send_groups(groups, session, call, sync=False, deadline=far_deadline())
+    assert result.n_stored == 30
+    assert result.last_offset == max(g.partition for g in groups)
+    for group in groups:
+        assert session.min_index(group.partition) == group.partition + 10
+
+
+def test_read_your_writes_index_only_grows() -> None:
+    session = Session(producer_id=1)
+    assert session.min_index(3) == 0
+    session.note_ack(3, 50)
+    session.note_ack(3, 20)  # an older batch acknowledged late
+    assert session.min_index(3) == 50
+    assert session.min_index(4) == 0
