@@ -137,13 +137,17 @@ class ClientCodec:
 
     def next_frame(self) -> m.ResponseFrame | None:
         """The next reply, or None until more bytes arrive; ProtocolError on anything bad."""
-        while True:
-            item = self._decoder.next_item()
-            if item is None:
-                return None
-            frame = self._response(item)
-            if frame is not None:
-                return frame
+        try:
+            while True:
+                item = self._decoder.next_item()
+                if item is None:
+                    return None
+                frame = self._response(item)
+                if frame is not None:
+                    return frame
+        except errors.ProtocolError as exc:
+            self._decoder.fail(exc.message)  # nothing after it can be trusted
+            raise
 
     def _response(self, item: Any) -> m.ResponseFrame | None:
         status, request_id, body = _split(item, "response")
@@ -190,10 +194,12 @@ class ServerCodec:
 
     def next_frame(self) -> m.RequestFrame | BadRequest | None:
         """The next request (or BadRequest), or None until more bytes arrive."""
-        item = self._decoder.next_item()
-        if item is None:
-            return None
-        return self._request(item)
+        try:
+            item = self._decoder.next_item()
+            return None if item is None else self._request(item)
+        except errors.ProtocolError as exc:
+            self._decoder.fail(exc.message)  # nothing after it can be trusted
+            raise
 
     def _request(self, item: Any) -> m.RequestFrame | BadRequest:
         raw_kind, request_id, body = _split(item, "request")

@@ -107,9 +107,16 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         if self._error is not None:
             return  # broken for good: nothing more is worth keeping
+        have = len(self._buffer)
+        if self._payload_bytes is None and have + len(data) >= PREFIX_BYTES:
+            # Vet the prefix before keeping the chunk, so a refused frame is never buffered.
+            if have >= PREFIX_BYTES:
+                self._vet_prefix(self._buffer[:PREFIX_BYTES])
+            else:
+                self._vet_prefix(bytes(self._buffer) + data[: PREFIX_BYTES - have])
+            if self._error is not None:
+                return
         self._buffer += data
-        if self._payload_bytes is None and len(self._buffer) >= PREFIX_BYTES:
-            self._vet_prefix()
 
     def next_item(self) -> Any | None:
         """The next frame's item, or None until its last byte has arrived.
@@ -121,7 +128,7 @@ class FrameDecoder:
         if self._payload_bytes is None:
             if len(self._buffer) < PREFIX_BYTES:
                 return None
-            self._vet_prefix()
+            self._vet_prefix(self._buffer[:PREFIX_BYTES])
             if self._error is not None:
                 raise errors.ProtocolError(self._error)
         assert self._payload_bytes is not None
@@ -132,24 +139,24 @@ class FrameDecoder:
         payload = bytes(memoryview(self._buffer)[PREFIX_BYTES:end])
         del self._buffer[:end]
         self._payload_bytes = None
-        if len(self._buffer) >= PREFIX_BYTES:
-            self._vet_prefix()
         try:
             return decode_item(payload)
         except ValueError as exc:
-            self._fail(f"frame payload: {exc}")
+            self.fail(f"frame payload: {exc}")
             raise errors.ProtocolError(f"frame payload: {exc}") from None
 
-    def _vet_prefix(self) -> None:
-        length = int.from_bytes(self._buffer[:PREFIX_BYTES], "big")
-        if length == 0:
-            self._fail("empty frame (length prefix 0)")
-        elif length > self.frame_bytes_max:
-            self._fail(f"frame of {length} bytes exceeds frame_bytes_max={self.frame_bytes_max}")
-        else:
-            self._payload_bytes = length
-
-    def _fail(self, message: str) -> None:
-        self._error = message
+    def fail(self, message: str) -> None:
+        """Break the decoder for good (a layer above found the stream unreadable)."""
+        if self._error is None:
+            self._error = message
         self._buffer = bytearray()
         self._payload_bytes = None
+
+    def _vet_prefix(self, prefix: bytes | bytearray) -> None:
+        length = int.from_bytes(prefix, "big")
+        if length == 0:
+            self.fail("empty frame (length prefix 0)")
+        elif length > self.frame_bytes_max:
+            self.fail(f"frame of {length} bytes exceeds frame_bytes_max={self.frame_bytes_max}")
+        else:
+            self._payload_bytes = length
