@@ -1,0 +1,180 @@
+"""The leader's side of log replication: one Progress per follower, flow control, snapshots.
+
+Lives only while its node leads one term. It decides what to send to whom (progress.py has
+the per-follower state machine); the core decides what is committed from ``match_indexes``.
+"""
+
+from __future__ import annotations
+
+from unimeter.consensus.config import RaftConfig
+from unimeter.consensus.log import RaftLog
+from unimeter.consensus.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    InstallSnapshot,
+    LogEntry,
+    Snapshot,
+)
+from unimeter.consensus.progress import Inflights, Progress, ProgressState
+from unimeter.consensus.ready import Outbox
+
+
+class Replication:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        term: int,
+        peers: tuple[int, ...],
+        log: RaftLog,
+        config: RaftConfig,
+        outbox: Outbox,
+        now: float,
+    ) -> None:
+        self._id = node_id
+        self._term = term
+        self._log = log
+        self._cfg = config
+        self._outbox = outbox
+        next_index = log.last_index + 1
+        self.progress = {
+            p: Progress(
+                match=0,
+                next=next_index,
+                inflights=Inflights(config.inflight_appends_max, config.inflight_bytes_max),
+                last_ack_at=now,
+            )
+            for p in peers
+        }
+
+    def match_indexes(self) -> dict[int, int]:
+        return {p: pr.match for p, pr in self.progress.items()}
+
+    def recently_active(self) -> list[int]:
+        return [p for p, pr in self.progress.items() if pr.recent_active]
+
+    def forget_activity(self) -> None:
+        for pr in self.progress.values():
+            pr.recent_active = False
+
+    # ------------------------------------------------------------------ answers
+
+    def on_append_response(self, msg: AppendEntriesResponse, now: float) -> bool:
+        """Returns whether the follower's match index moved (commit may advance)."""
+        pr = self.progress[msg.src]
+        pr.recent_active = True
+        if msg.success:
+            assert msg.match_index <= self._log.last_index, (msg, self._log.last_index)
+            pr.last_ack_at = now
+            return self.on_ack(pr, msg.match_index, now)
+        hint = self._log.find_conflict_by_term(msg.hint_index, msg.hint_term)
+        if pr.maybe_decrease(msg.rejected_index, hint) and pr.state is ProgressState.REPLICATE:
+            pr.become_probe()
+        return False
+
+    def on_ack(self, pr: Progress, match: int, now: float) -> bool:
+        updated = pr.maybe_update(match)
+        if pr.state is ProgressState.SNAPSHOT:
+            if pr.match >= self._log.snapshot_index:  # the log can take it from here
+                pr.become_replicate(now)
+        elif updated:
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate(now)
+            else:
+                pr.inflights.free_to(match)
+        return updated
+
+    def on_heartbeat_response(self, peer: int) -> None:
+        pr = self.progress[peer]
+        pr.recent_active = True
+        # Also how a lost probe is retried: at most one probe per heartbeat round trip.
+        pr.probe_sent = False
+
+    # ------------------------------------------------------------------ sending
+
+    def heartbeat(self, commit: int, now: float) -> None:
+        for peer, pr in self.progress.items():
+            # Capped at what the follower is known to hold, so it can adopt it blindly.
+            hb_commit = min(commit, pr.match)
+            self._outbox.now.append(
+                Heartbeat(src=self._id, dst=peer, term=self._term, commit=hb_commit)
+            )
+            stalled = (
+                pr.state is ProgressState.REPLICATE
+                and len(pr.inflights) > 0
+                and now - pr.last_ack_at >= self._cfg.replicate_stall_s
+            )
+            snapshot_lost = (
+                pr.state is ProgressState.SNAPSHOT
+                and now - pr.snapshot_at >= self._cfg.snapshot_retry_s
+            )
+            if stalled or snapshot_lost:
+                pr.become_probe()  # messages or their answers were lost: find out where
+
+    def flush(self, commit: int, now: float, *, commit_moved: bool) -> None:
+        """Send each follower what flow control allows (proposals batch up until then)."""
+        for peer, pr in self.progress.items():
+            sent = False
+            while self._send_append(peer, pr, commit, now, send_if_empty=False):
+                sent = True
+            idle = pr.state is ProgressState.REPLICATE and pr.next == pr.match + 1
+            if commit_moved and not sent and idle:
+                # Nothing in flight will carry the new commit index: send it on its own.
+                self._send_append(peer, pr, commit, now, send_if_empty=True)
+
+    def _send_append(
+        self, peer: int, pr: Progress, commit: int, now: float, *, send_if_empty: bool
+    ) -> bool:
+        """Send one AppendEntries if flow control allows; True if it carried entries."""
+        if pr.is_paused():
+            return False
+        prev_index = pr.next - 1
+        prev_term = self._log.term_at(prev_index)
+        if prev_term is None:
+            assert prev_index < self._log.snapshot_index, (prev_index, self._log.last_index)
+            pr.become_snapshot(now)
+            self._outbox.snapshot_requests.append(peer)
+            return False
+        entries: tuple[LogEntry, ...] = ()
+        if pr.next <= self._log.last_index:
+            entries = self._log.slice(
+                pr.next,
+                self._log.last_index,
+                count_max=self._cfg.append_entries_max,
+                bytes_max=self._cfg.append_bytes_max,
+            )
+        if not entries and not send_if_empty:
+            return False
+        self._outbox.now.append(
+            AppendEntries(
+                src=self._id,
+                dst=peer,
+                term=self._term,
+                prev_index=prev_index,
+                prev_term=prev_term,
+                entries=entries,
+                leader_commit=commit,
+            )
+        )
+        if not entries:
+            return False
+        pr.sent(entries[-1].index, sum(e.size_bytes for e in entries))
+        return True
+
+    def send_snapshot(self, peer: int, snapshot: Snapshot, commit: int, now: float) -> None:
+        pr = self.progress.get(peer)
+        if pr is None or pr.state is not ProgressState.SNAPSHOT or pr.snapshot_index != 0:
+            return  # no longer wanted (or already sent)
+        meta = snapshot.meta
+        if not (self._log.snapshot_index <= meta.index <= commit):
+            raise ValueError(
+                f"snapshot at {meta.index} is outside [{self._log.snapshot_index}, {commit}]"
+            )
+        if self._log.term_at(meta.index) != meta.term:
+            raise ValueError(f"snapshot term {meta.term} does not match the log at {meta.index}")
+        pr.snapshot_index = meta.index
+        pr.snapshot_at = now
+        self._outbox.now.append(
+            InstallSnapshot(src=self._id, dst=peer, term=self._term, snapshot=snapshot)
+        )
