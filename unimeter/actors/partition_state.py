@@ -349,6 +349,15 @@ class PartitionState:
         inst = self._live.get(code)
         return inst.metric if inst is not None else None
 
+    def live_metrics(self) -> tuple[LiveMetric, ...]:
+        """Every live metric, sorted by code (the leader's starting view after recovery)."""
+        return tuple(self._live[code].metric for code in sorted(self._live))
+
+    @property
+    def next_offset(self) -> int:
+        """The offset the next stored event will get."""
+        return self._offset_base + self._n_stored
+
     def producer_outcome(self, producer_id: int, seq: int) -> IngestReply | Seen | None:
         return self._producers.outcome(producer_id, seq)
 
