@@ -55,9 +55,12 @@ def test_update_keeps_generation_and_refuses_fixed_fields() -> None:
     core = CatalogCore()
     request(core, m.MetricCreate(schema=API))
     durable(core)
-    new = MetricSchema(code="api_calls", agg_type=AggType.COUNT,
-                       thresholds=[AlertThreshold(code="t1", value=5)],
-                       filters=[DimensionFilter(key="plan", values=["pro"])])
+    new = MetricSchema(
+        code="api_calls",
+        agg_type=AggType.COUNT,
+        thresholds=[AlertThreshold(code="t1", value=5)],
+        filters=[DimensionFilter(key="plan", values=["pro"])],
+    )
     request(core, m.MetricUpdate(schema=new))
     fx = durable(core)
     [lm] = fx.publications[0].metrics
@@ -99,8 +102,11 @@ def test_get_and_list_serve_only_durable_state() -> None:
 def test_recovery_replays_entries_to_the_same_catalog() -> None:
     core = CatalogCore()
     appended = []
-    for msg in (m.MetricCreate(schema=API), m.MetricDelete(code="api_calls"),
-                m.MetricCreate(schema=MetricSchema(code="b", agg_type=AggType.MAX))):
+    for msg in (
+        m.MetricCreate(schema=API),
+        m.MetricDelete(code="api_calls"),
+        m.MetricCreate(schema=MetricSchema(code="b", agg_type=AggType.MAX)),
+    ):
         appended += request(core, msg).appends
         durable(core)
     blobs = [encode_catalog_entry(e) for _, e in appended]  # type: ignore[arg-type]
@@ -113,6 +119,5 @@ def test_truncate_uncommitted_fails_waiters_and_frees_the_code() -> None:
     core = CatalogCore()
     request(core, m.MetricCreate(schema=API), token="a")
     assert core.truncate_uncommitted(0) == ["a"]
-    fx = request(core, m.MetricCreate(schema=MetricSchema(code="api_calls",
-                                                          agg_type=AggType.SUM)))
+    fx = request(core, m.MetricCreate(schema=MetricSchema(code="api_calls", agg_type=AggType.SUM)))
     assert fx.appends and fx.appends[0][1].version == 1  # type: ignore[union-attr]

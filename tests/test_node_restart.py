@@ -26,10 +26,16 @@ from unimeter import (
 )
 
 SCHEMAS = [
-    MetricSchema(code="api_calls", agg_type=AggType.COUNT,
-                 thresholds=[AlertThreshold(code="hundred", value=100)]),
-    MetricSchema(code="compute", agg_type=AggType.SUM,
-                 filters=[DimensionFilter(key="provider", values=["aws", "gcp"])]),
+    MetricSchema(
+        code="api_calls",
+        agg_type=AggType.COUNT,
+        thresholds=[AlertThreshold(code="hundred", value=100)],
+    ),
+    MetricSchema(
+        code="compute",
+        agg_type=AggType.SUM,
+        filters=[DimensionFilter(key="provider", values=["aws", "gcp"])],
+    ),
     MetricSchema(code="seats", agg_type=AggType.COUNT_UNIQUE, recurring=True),
     MetricSchema(code="balance", agg_type=AggType.LATEST),
     MetricSchema(code="peak", agg_type=AggType.MAX),
@@ -43,16 +49,38 @@ def workload(round_no: int) -> list[Event]:
     for a in ACCOUNTS:
         for j in range(6):
             ts = base + timedelta(milliseconds=round_no * 100 + j)
-            events.append(Event(account_id=a, metric_code="api_calls", timestamp=ts,
-                                event_id=f"r{round_no}-{a}-{j}"))
-            events.append(Event(account_id=a, metric_code="compute", value=1000 * (j + 1),
-                                timestamp=ts, properties={"provider": ("aws", "gcp")[j % 2]}))
-            events.append(Event(account_id=a, metric_code="seats", value=a * 100 + j,
-                                operation_type=OperationType.ADD, timestamp=ts))
-            events.append(Event(account_id=a, metric_code="balance", value=round_no * 10 + j,
-                                timestamp=ts))
-            events.append(Event(account_id=a, metric_code="peak", value=(round_no * 7 + j) % 50,
-                                timestamp=ts))
+            events.append(
+                Event(
+                    account_id=a,
+                    metric_code="api_calls",
+                    timestamp=ts,
+                    event_id=f"r{round_no}-{a}-{j}",
+                )
+            )
+            events.append(
+                Event(
+                    account_id=a,
+                    metric_code="compute",
+                    value=1000 * (j + 1),
+                    timestamp=ts,
+                    properties={"provider": ("aws", "gcp")[j % 2]},
+                )
+            )
+            events.append(
+                Event(
+                    account_id=a,
+                    metric_code="seats",
+                    value=a * 100 + j,
+                    operation_type=OperationType.ADD,
+                    timestamp=ts,
+                )
+            )
+            events.append(
+                Event(account_id=a, metric_code="balance", value=round_no * 10 + j, timestamp=ts)
+            )
+            events.append(
+                Event(account_id=a, metric_code="peak", value=(round_no * 7 + j) % 50, timestamp=ts)
+            )
     return events
 
 
@@ -66,8 +94,9 @@ async def snapshot_of(client: AsyncClient) -> dict[str, object]:
             seen[f"{a}/{schema.code}"] = usage.value
         aws = await client.query(a, "compute", period, filters={"provider": "aws"})
         seen[f"{a}/compute/aws"] = aws.value
-        seen[f"{a}/alerts"] = [(r.metric_code, r.threshold_code, r.value_at_cross)
-                               for r in await client.list_alerts(a)]
+        seen[f"{a}/alerts"] = [
+            (r.metric_code, r.threshold_code, r.value_at_cross) for r in await client.list_alerts(a)
+        ]
     return seen
 
 

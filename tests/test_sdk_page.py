@@ -213,17 +213,23 @@ async def test_connect_examples(sdk_node: NodeProcess) -> None:
 
 
 async def test_define_list_delete(sdk_node: NodeProcess) -> None:
-    out = await run_snippets(OPEN, DEFINE_METRICS, LIST_METRICS, DELETE_METRIC, LIST_METRICS,
-                             CLOSE)
+    out = await run_snippets(OPEN, DEFINE_METRICS, LIST_METRICS, DELETE_METRIC, LIST_METRICS, CLOSE)
     assert out.splitlines() == [
-        "api_calls: COUNT", "compute_seconds: SUM",  # the first listing
+        "api_calls: COUNT",
+        "compute_seconds: SUM",  # the first listing
         "compute_seconds: SUM",  # after the delete
     ]
 
 
 async def test_calendar_and_period_helpers(sdk_node: NodeProcess) -> None:
-    out = await run_snippets(OPEN, "from unimeter import MetricSchema, AggType, PeriodType",
-                             CALENDAR, PERIOD_HELPERS, LIST_METRICS, CLOSE)
+    out = await run_snippets(
+        OPEN,
+        "from unimeter import MetricSchema, AggType, PeriodType",
+        CALENDAR,
+        PERIOD_HELPERS,
+        LIST_METRICS,
+        CLOSE,
+    )
     assert out.splitlines() == ["api_calls: COUNT"]
 
 
@@ -234,8 +240,18 @@ await client.metrics.create(MetricSchema(code="payment", agg_type=AggType.SUM))
 await client.metrics.create(MetricSchema(code="active_seats", agg_type=AggType.COUNT_UNIQUE))
 """
     out = await run_snippets(
-        OPEN, DEFINE_METRICS, setup, SEND_EVENTS, SEND_PROPERTIES, SEND_SYNC, SEND_UNIQUE,
-        QUERY_TOTAL, QUERY_FILTER, QUERY_REALTIME, CLOSE, user_id=7,
+        OPEN,
+        DEFINE_METRICS,
+        setup,
+        SEND_EVENTS,
+        SEND_PROPERTIES,
+        SEND_SYNC,
+        SEND_UNIQUE,
+        QUERY_TOTAL,
+        QUERY_FILTER,
+        QUERY_REALTIME,
+        CLOSE,
+        user_id=7,
     )
     assert out.splitlines() == [
         "stored 1 events",

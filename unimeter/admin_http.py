@@ -28,22 +28,49 @@ def render_metrics(node: Node) -> str:
 
     parts = list(enumerate(node.partitions))
     metric("up", "gauge", "1 while the node serves requests.", [("", float(node.serving))])
-    metric("connections", "gauge", "Open client connections.",
-           [("", float(len(node.connections)))])
-    metric("disk_ok", "gauge", "1 while free disk space is above the reserve.",
-           [("", float(node.disk_ok))])
-    metric("partition_applied_index", "gauge", "Last log index applied per partition.",
-           [(f'{{partition="{p}"}}', float(r.core.state.applied_index)) for p, r in parts])
-    metric("partition_steps_total", "counter", "Messages stepped by each partition core.",
-           [(f'{{partition="{p}"}}', float(r.steps)) for p, r in parts])
-    metric("partition_fsyncs_total", "counter", "fsyncs of each partition's log.",
-           [(f'{{partition="{p}"}}', float(r.fsyncs)) for p, r in parts])
-    metric("mailbox_depth", "gauge", "Messages waiting in each partition mailbox.",
-           [(f'{{partition="{p}"}}', float(r.mailbox.stats().depth)) for p, r in parts])
-    metric("mailbox_peak", "gauge", "Deepest each partition mailbox has been.",
-           [(f'{{partition="{p}"}}', float(r.mailbox.stats().peak)) for p, r in parts])
-    metric("mailbox_rejected_total", "counter", "Sends refused with BACKPRESSURE (full).",
-           [(f'{{partition="{p}"}}', float(r.mailbox.stats().rejected)) for p, r in parts])
+    metric("connections", "gauge", "Open client connections.", [("", float(len(node.connections)))])
+    metric(
+        "disk_ok",
+        "gauge",
+        "1 while free disk space is above the reserve.",
+        [("", float(node.disk_ok))],
+    )
+    metric(
+        "partition_applied_index",
+        "gauge",
+        "Last log index applied per partition.",
+        [(f'{{partition="{p}"}}', float(r.core.state.applied_index)) for p, r in parts],
+    )
+    metric(
+        "partition_steps_total",
+        "counter",
+        "Messages stepped by each partition core.",
+        [(f'{{partition="{p}"}}', float(r.steps)) for p, r in parts],
+    )
+    metric(
+        "partition_fsyncs_total",
+        "counter",
+        "fsyncs of each partition's log.",
+        [(f'{{partition="{p}"}}', float(r.fsyncs)) for p, r in parts],
+    )
+    metric(
+        "mailbox_depth",
+        "gauge",
+        "Messages waiting in each partition mailbox.",
+        [(f'{{partition="{p}"}}', float(r.mailbox.stats().depth)) for p, r in parts],
+    )
+    metric(
+        "mailbox_peak",
+        "gauge",
+        "Deepest each partition mailbox has been.",
+        [(f'{{partition="{p}"}}', float(r.mailbox.stats().peak)) for p, r in parts],
+    )
+    metric(
+        "mailbox_rejected_total",
+        "counter",
+        "Sends refused with BACKPRESSURE (full).",
+        [(f'{{partition="{p}"}}', float(r.mailbox.stats().rejected)) for p, r in parts],
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -54,8 +81,12 @@ class AdminServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
-                ConnectionError):
+        except (
+            asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError,
+            TimeoutError,
+            ConnectionError,
+        ):
             writer.close()
             return
         request_line = head.split(b"\r\n", 1)[0].decode("latin-1")
@@ -74,12 +105,14 @@ class AdminServer:
         data = body.encode()
         writer.write(
             f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(data)}\r\n"
-            "Connection: close\r\n\r\n".encode() + data
+            "Connection: close\r\n\r\n".encode()
+            + data
         )
         with contextlib.suppress(ConnectionError):
             await writer.drain()
         writer.close()
 
     async def start(self, host: str, port: int) -> asyncio.Server:
-        return await asyncio.start_server(self.handle, host, port, limit=_REQUEST_BYTES_MAX,
-                                          reuse_address=True)
+        return await asyncio.start_server(
+            self.handle, host, port, limit=_REQUEST_BYTES_MAX, reuse_address=True
+        )

@@ -86,7 +86,7 @@ class AuthError(ServerError):
     status = Status.AUTH
 
 
-class TimeoutError(UnimeterError):  # noqa: A001 - the public name the API promises
+class TimeoutError(UnimeterError):  # shadows the builtin on purpose: the promised name
     """The request's deadline passed before it was answered."""
 
     status = Status.TIMEOUT

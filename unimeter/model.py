@@ -193,9 +193,7 @@ class MetricSchema:
         validate_code(self.code)
         AggType(self.agg_type)
         PeriodType(self.period_type)
-        if isinstance(self.billing_cycle_day, bool) or not isinstance(
-            self.billing_cycle_day, int
-        ):
+        if isinstance(self.billing_cycle_day, bool) or not isinstance(self.billing_cycle_day, int):
             raise ValueError("billing_cycle_day must be an integer")
         if not 1 <= self.billing_cycle_day <= limits.billing_cycle_day_max:
             raise ValueError(f"billing_cycle_day must be 1-28, got {self.billing_cycle_day}")
@@ -209,7 +207,8 @@ class MetricSchema:
         for dim in self.filters:
             if not isinstance(dim, DimensionFilter):
                 raise ValueError("filters must be DimensionFilter objects")
-            validate_properties({dim.key: v for v in dim.values} if dim.values else {dim.key: ""})
+            for value in dim.values or ("",):
+                validate_properties({dim.key: value})
             if dim.key in keys:
                 raise ValueError(f"dimension {dim.key!r} is declared twice")
             keys.add(dim.key)
@@ -254,14 +253,15 @@ class MetricSchema:
             assert isinstance(dims, list) and isinstance(ths, list)
             schema = cls(
                 code=body["code"],  # type: ignore[arg-type]
-                agg_type=AggType(body["agg"]),  # type: ignore[call-overload]
-                period_type=PeriodType(body.get("period", 0)),  # type: ignore[call-overload]
+                agg_type=AggType(body["agg"]),  # type: ignore[arg-type]
+                period_type=PeriodType(body.get("period", 0)),  # type: ignore[arg-type]
                 billing_cycle_day=body.get("cycle_day", 1),  # type: ignore[arg-type]
                 period_seconds=body.get("period_s", limits.period_seconds_default),  # type: ignore[arg-type]
                 recurring=bool(body.get("recurring", False)),
                 filters=tuple(DimensionFilter(key=k, values=tuple(v)) for k, v in dims),
-                thresholds=tuple(AlertThreshold(code=c, value=v, recurring=bool(r))
-                                 for c, v, r in ths),
+                thresholds=tuple(
+                    AlertThreshold(code=c, value=v, recurring=bool(r)) for c, v, r in ths
+                ),
             )
         except (KeyError, TypeError, ValueError, AssertionError) as exc:
             raise ValueError(f"malformed metric schema: {exc!r}") from None

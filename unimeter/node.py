@@ -25,12 +25,12 @@ from pathlib import Path
 import cbor2
 
 from unimeter import errors, limits
-from unimeter.admin_http import AdminServer
 from unimeter.actors.catalog import CatalogCore, decode_catalog_entry
 from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
 from unimeter.actors.partition_state import PartitionState
+from unimeter.admin_http import AdminServer
 from unimeter.node_runtimes import CatalogRuntime, PartitionRuntime
 from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
@@ -41,6 +41,18 @@ from unimeter.wire import messages as m
 from unimeter.wire.records import decode_entry
 
 log = logging.getLogger("unimeter.node")
+
+# The limits a client needs to know before it sends (announced in WELCOME).
+ANNOUNCED_LIMITS = (
+    "frame_bytes_max",
+    "events_per_batch_max",
+    "properties_per_event_max",
+    "metric_code_bytes_max",
+    "event_id_bytes_max",
+    "property_key_bytes_max",
+    "property_value_bytes_max",
+    "in_flight_requests_per_connection_max",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,15 +115,21 @@ class Node:
         await self._publish_catalog_to_lagging_partitions()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ClientConnection(self), host, port,
-                                                reuse_address=True)
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True
+        )
         if self.config.http:
             admin_host, admin_port = split_address(self.config.http)
             self._admin = await AdminServer(self).start(admin_host, admin_port)
         self.serving = True
-        log.info("event=serving listen=%s:%d partitions=%d data_dir=%s recovery_s=%.3f",
-                 host, port, self.partition_count, self.data_dir,
-                 time.monotonic() - started)
+        log.info(
+            "event=serving listen=%s:%d partitions=%d data_dir=%s recovery_s=%.3f",
+            host,
+            port,
+            self.partition_count,
+            self.data_dir,
+            time.monotonic() - started,
+        )
 
     def _load_cluster_identity(self) -> None:
         path = self.data_dir / "cluster.cbor"
@@ -126,15 +144,15 @@ class Node:
             self.cluster_id = meta["cluster_id"]
             return
         self.cluster_id = uuid.uuid4().hex
-        atomic_write(path, cbor2.dumps({"cluster_id": self.cluster_id,
-                                        "partitions": self.partition_count}))
+        atomic_write(
+            path, cbor2.dumps({"cluster_id": self.cluster_id, "partitions": self.partition_count})
+        )
 
     def _recover_catalog(self) -> CatalogRuntime:
-        wal, report = WriteAheadLog.open(self.data_dir / "catalog")
+        wal, _ = WriteAheadLog.open(self.data_dir / "catalog")
         entries = [decode_catalog_entry(payload) for _, payload in wal.read_from(wal.first_index)]
         core = CatalogCore(entries)
-        log.info("event=recovered actor=catalog entries=%d version=%d", len(entries),
-                 core.version)
+        log.info("event=recovered actor=catalog entries=%d version=%d", len(entries), core.version)
         return CatalogRuntime(self, core, wal, self.catalog_mailbox)
 
     def _recover_partition(self, p: int) -> PartitionRuntime:
@@ -152,9 +170,15 @@ class Node:
             state.apply(index, decode_entry(payload))
             replayed += 1
         core = PartitionCore(p, state, retention_days=self.config.retention_days)
-        log.info("event=recovered actor=partition-%d snapshot_index=%s replayed=%d "
-                 "torn_tail_bytes=%d elapsed_s=%.3f", p, snap[0] if snap else None, replayed,
-                 report.torn_tail_bytes, time.monotonic() - started)
+        log.info(
+            "event=recovered actor=partition-%d snapshot_index=%s replayed=%d "
+            "torn_tail_bytes=%d elapsed_s=%.3f",
+            p,
+            snap[0] if snap else None,
+            replayed,
+            report.torn_tail_bytes,
+            time.monotonic() - started,
+        )
         return PartitionRuntime(f"partition-{p}", core, wal, directory)
 
     async def _publish_catalog_to_lagging_partitions(self) -> None:
@@ -168,8 +192,9 @@ class Node:
         while True:
             ok = await asyncio.get_running_loop().run_in_executor(None, self.disk.check)
             if ok != self.disk_ok:
-                log.warning("event=disk_space ok=%s reserve_bytes=%d", ok,
-                            self.config.disk_reserve_bytes)
+                log.warning(
+                    "event=disk_space ok=%s reserve_bytes=%d", ok, self.config.disk_reserve_bytes
+                )
             self.disk_ok = ok
             await asyncio.sleep(0.1)
 
@@ -177,16 +202,10 @@ class Node:
 
     def welcome(self) -> m.Welcome:
         return m.Welcome(
-            node_id=self.config.node_id, cluster_id=self.cluster_id, version=m.PROTOCOL_VERSION,
-            limits={
-                "frame_bytes_max": limits.frame_bytes_max,
-                "events_per_batch_max": limits.events_per_batch_max,
-                "properties_per_event_max": limits.properties_per_event_max,
-                "metric_code_bytes_max": limits.metric_code_bytes_max,
-                "event_id_bytes_max": limits.event_id_bytes_max,
-                "in_flight_requests_per_connection_max":
-                    limits.in_flight_requests_per_connection_max,
-            },
+            node_id=self.config.node_id,
+            cluster_id=self.cluster_id,
+            version=m.PROTOCOL_VERSION,
+            limits={name: getattr(limits, name) for name in ANNOUNCED_LIMITS},
             partitions=self.partition_count,
         )
 
@@ -198,19 +217,26 @@ class Node:
 
     def partition_map(self) -> m.PartitionMap:
         return m.PartitionMap(
-            partitions=self.partition_count, nodes={self.config.node_id: self.advertised()},
-            leaders=(self.config.node_id,) * self.partition_count, epoch=1,
+            partitions=self.partition_count,
+            nodes={self.config.node_id: self.advertised()},
+            leaders=(self.config.node_id,) * self.partition_count,
+            epoch=1,
         )
 
     def cluster_status(self) -> m.ClusterStatusReply:
         assert self.catalog is not None
         return m.ClusterStatusReply(
-            node_id=self.config.node_id, cluster_id=self.cluster_id,
+            node_id=self.config.node_id,
+            cluster_id=self.cluster_id,
             nodes={self.config.node_id: self.advertised()},
             partitions=tuple(
-                m.PartitionInfo(partition=i, leader=self.config.node_id, term=1,
-                                commit_index=r.core.durable_index,
-                                applied_index=r.core.state.applied_index)
+                m.PartitionInfo(
+                    partition=i,
+                    leader=self.config.node_id,
+                    term=1,
+                    commit_index=r.core.durable_index,
+                    applied_index=r.core.state.applied_index,
+                )
                 for i, r in enumerate(self.partitions)
             ),
             catalog_version=self.catalog.core.version,
@@ -281,27 +307,49 @@ def _env(name: str, default: str) -> str:
 
 def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     d = NodeConfig()
-    p = argparse.ArgumentParser(prog="python -m unimeter.node", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m unimeter.node",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--node-id", type=int, default=int(_env("node-id", str(d.node_id))))
     p.add_argument("--listen", default=_env("listen", d.listen), help="HOST:PORT")
-    p.add_argument("--advertise", default=_env("advertise", "") or None,
-                   help="HOST:PORT clients should dial (default: --listen)")
+    p.add_argument(
+        "--advertise",
+        default=_env("advertise", "") or None,
+        help="HOST:PORT clients should dial (default: --listen)",
+    )
     p.add_argument("--peers", default=_env("peers", d.peers), help="ID=HOST:PORT,...")
     p.add_argument("--data-dir", default=_env("data-dir", d.data_dir))
-    p.add_argument("--partitions", type=int,
-                   default=int(_env("partitions", str(d.partitions))),
-                   help="fixed when the data directory is created")
-    p.add_argument("--replication-factor", type=int,
-                   default=int(_env("replication-factor", str(d.replication_factor))))
-    p.add_argument("--disk-reserve-bytes", type=int,
-                   default=int(_env("disk-reserve-bytes", str(d.disk_reserve_bytes))))
-    p.add_argument("--retention-days", type=int,
-                   default=int(_env("retention-days", str(d.retention_days))))
-    p.add_argument("--http", default=_env("http", "") or None,
-                   help="HOST:PORT for /health and /metrics (off by default)")
-    p.add_argument("--log-level", default=_env("log-level", d.log_level),
-                   choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=int(_env("partitions", str(d.partitions))),
+        help="fixed when the data directory is created",
+    )
+    p.add_argument(
+        "--replication-factor",
+        type=int,
+        default=int(_env("replication-factor", str(d.replication_factor))),
+    )
+    p.add_argument(
+        "--disk-reserve-bytes",
+        type=int,
+        default=int(_env("disk-reserve-bytes", str(d.disk_reserve_bytes))),
+    )
+    p.add_argument(
+        "--retention-days", type=int, default=int(_env("retention-days", str(d.retention_days)))
+    )
+    p.add_argument(
+        "--http",
+        default=_env("http", "") or None,
+        help="HOST:PORT for /health and /metrics (off by default)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env("log-level", d.log_level),
+        choices=["debug", "info", "warning", "error"],
+    )
     a = p.parse_args(argv)
     if not 1 <= a.partitions <= limits.partitions_max:
         p.error(f"--partitions must be 1-{limits.partitions_max}")
@@ -312,10 +360,17 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     except ValueError as exc:
         p.error(str(exc))
     return NodeConfig(
-        node_id=a.node_id, listen=a.listen, advertise=a.advertise, peers=a.peers,
-        data_dir=a.data_dir, partitions=a.partitions, replication_factor=a.replication_factor,
-        disk_reserve_bytes=a.disk_reserve_bytes, retention_days=a.retention_days,
-        log_level=a.log_level, http=a.http,
+        node_id=a.node_id,
+        listen=a.listen,
+        advertise=a.advertise,
+        peers=a.peers,
+        data_dir=a.data_dir,
+        partitions=a.partitions,
+        replication_factor=a.replication_factor,
+        disk_reserve_bytes=a.disk_reserve_bytes,
+        retention_days=a.retention_days,
+        log_level=a.log_level,
+        http=a.http,
     )
 
 
@@ -334,7 +389,8 @@ async def serve(config: NodeConfig) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
     logging.basicConfig(
-        level=config.log_level.upper(), stream=sys.stderr,
+        level=config.log_level.upper(),
+        stream=sys.stderr,
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     try:

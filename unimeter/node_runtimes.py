@@ -34,8 +34,9 @@ class PartitionRuntime(LogRuntime):
     core: PartitionCore
 
     def __init__(self, name: str, core: PartitionCore, wal: WriteAheadLog, directory: Path) -> None:
-        super().__init__(name, core, wal, Mailbox(limits.mailbox_partition_capacity),
-                         encode_entry, Durable)
+        super().__init__(
+            name, core, wal, Mailbox(limits.mailbox_partition_capacity), encode_entry, Durable
+        )
         self.directory = directory
 
     async def flush_and_settle(self, timeout_s: float = 2.0) -> None:
@@ -55,15 +56,20 @@ class PartitionRuntime(LogRuntime):
         started = time.monotonic()
         write_snapshot(self.directory, state.applied_index, state.snapshot())
         self.wal.compact_before(state.applied_index + 1)
-        log.info("event=snapshot actor=%s index=%d elapsed_s=%.3f", self.name,
-                 state.applied_index, time.monotonic() - started)
+        log.info(
+            "event=snapshot actor=%s index=%d elapsed_s=%.3f",
+            self.name,
+            state.applied_index,
+            time.monotonic() - started,
+        )
 
 
 class CatalogRuntime(LogRuntime):
     core: CatalogCore
 
-    def __init__(self, node: Node, core: CatalogCore, wal: WriteAheadLog,
-                 mailbox: Mailbox[object]) -> None:
+    def __init__(
+        self, node: Node, core: CatalogCore, wal: WriteAheadLog, mailbox: Mailbox[object]
+    ) -> None:
         super().__init__("catalog", core, wal, mailbox, encode_catalog_entry, CatalogDurable)
         self.node = node
         self._publishing: set[asyncio.Task[None]] = set()

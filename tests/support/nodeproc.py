@@ -33,8 +33,14 @@ def port_is_free(port: int) -> bool:
 
 
 class NodeProcess:
-    def __init__(self, data_dir: Path, *, port: int | None = None, partitions: int = 4,
-                 extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        partitions: int = 4,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.partitions = partitions
@@ -50,18 +56,31 @@ class NodeProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
-        cmd = [sys.executable, "-m", "unimeter.node", "--listen", self.address,
-               "--data-dir", str(self.data_dir), "--partitions", str(self.partitions),
-               "--disk-reserve-bytes", "0", *self.extra_args]
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+        cmd = [
+            sys.executable,
+            "-m",
+            "unimeter.node",
+            "--listen",
+            self.address,
+            "--data-dir",
+            str(self.data_dir),
+            "--partitions",
+            str(self.partitions),
+            "--disk-reserve-bytes",
+            "0",
+            *self.extra_args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         log.close()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            with contextlib.suppress(OSError), socket.create_connection(
-                ("127.0.0.1", self.port), timeout=0.2
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
             ):
                 return self
             time.sleep(0.02)

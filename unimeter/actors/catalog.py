@@ -111,9 +111,13 @@ class CatalogCore:
             return
         if isinstance(outcome, CatalogEntry):
             self.last_index += 1
-            self._pending.append((self.last_index, outcome, [Outgoing(
-                msg.token, errors.Status.OK, _reply_for(outcome)
-            )]))
+            self._pending.append(
+                (
+                    self.last_index,
+                    outcome,
+                    [Outgoing(msg.token, errors.Status.OK, _reply_for(outcome))],
+                )
+            )
             self._proposed_version = outcome.version
             if outcome.metric is None:
                 del self._proposed[outcome.code]
@@ -151,7 +155,8 @@ class CatalogCore:
         if isinstance(req, m.MetricCreate):
             if current is None:
                 return CatalogEntry(
-                    version=version, code=schema.code,
+                    version=version,
+                    code=schema.code,
                     metric=LiveMetric(generation=version, schema=schema),
                 )
             if current.schema != schema:
@@ -171,7 +176,8 @@ class CatalogCore:
                     "(delete and create the metric to change it)"
                 )
         return CatalogEntry(
-            version=version, code=schema.code,
+            version=version,
+            code=schema.code,
             metric=LiveMetric(generation=current.generation, schema=schema),
         )
 
@@ -184,9 +190,13 @@ class CatalogCore:
         while self._pending and self._pending[0][0] <= index:
             _, entry, replies = self._pending.pop(0)
             self._apply(entry)
-            fx.publications.append(Publication(
-                version=self.version, metrics=self._sorted(self.metrics), replies=replies,
-            ))
+            fx.publications.append(
+                Publication(
+                    version=self.version,
+                    metrics=self._sorted(self.metrics),
+                    replies=replies,
+                )
+            )
 
     def _apply(self, entry: CatalogEntry) -> None:
         assert entry.version > self.version, (entry.version, self.version)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from unimeter import errors, limits
@@ -30,8 +29,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unimeter.connection")
 
-_PARTITION_KINDS = (m.Ingest, m.Query, m.QueryRealtime, m.QueryBreakdown, m.ListEvents,
-                    m.ListAlerts)
+_PARTITION_KINDS = (
+    m.Ingest,
+    m.Query,
+    m.QueryRealtime,
+    m.QueryBreakdown,
+    m.ListEvents,
+    m.ListAlerts,
+)
 _CATALOG_KINDS = (m.MetricCreate, m.MetricUpdate, m.MetricGet, m.MetricList, m.MetricDelete)
 
 
@@ -60,8 +65,8 @@ class ClientConnection(asyncio.Protocol):
     # ------------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = transport  # type: ignore[assignment]
         self.peer = str(transport.get_extra_info("peername"))
         self.node.connections.add(self)
 
@@ -120,9 +125,12 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(rid, errors.Status.INVALID_REQUEST, "the first request must be HELLO")
             return
         if self.in_flight > limits.in_flight_requests_per_connection_max:
-            self._refuse(rid, errors.Status.BACKPRESSURE,
-                         f"more than {limits.in_flight_requests_per_connection_max} requests "
-                         "in flight on this connection")
+            self._refuse(
+                rid,
+                errors.Status.BACKPRESSURE,
+                f"more than {limits.in_flight_requests_per_connection_max} requests "
+                "in flight on this connection",
+            )
             return
         if not node.serving:
             self._refuse(rid, errors.Status.UNAVAILABLE, "the node is starting or stopping")
@@ -138,14 +146,19 @@ class ClientConnection(asyncio.Protocol):
         else:  # pragma: no cover - the codec only yields known kinds
             self._refuse(rid, errors.Status.INVALID_REQUEST, f"unexpected request {msg!r}")
 
-    def _to_partition(self, rid: int, msg: m.Ingest | m.Query | m.QueryRealtime
-                      | m.QueryBreakdown | m.ListEvents | m.ListAlerts) -> None:
+    def _to_partition(
+        self,
+        rid: int,
+        msg: m.Ingest | m.Query | m.QueryRealtime | m.QueryBreakdown | m.ListEvents | m.ListAlerts,
+    ) -> None:
         node = self.node
         part = msg.partition
         if not 0 <= part < node.partition_count:
-            self._refuse(rid, errors.Status.INVALID_REQUEST,
-                         f"partition {part} does not exist (this cluster has "
-                         f"{node.partition_count})")
+            self._refuse(
+                rid,
+                errors.Status.INVALID_REQUEST,
+                f"partition {part} does not exist (this cluster has {node.partition_count})",
+            )
             return
         if isinstance(msg, m.Ingest):
             problem = node.check_ingest(msg)
@@ -154,9 +167,12 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse(rid, status, text)
                 return
         elif node.route(msg.account_id) != part:
-            self._refuse(rid, errors.Status.INVALID_REQUEST,
-                         f"account {msg.account_id} lives in partition "
-                         f"{node.route(msg.account_id)}, not {part}")
+            self._refuse(
+                rid,
+                errors.Status.INVALID_REQUEST,
+                f"account {msg.account_id} lives in partition "
+                f"{node.route(msg.account_id)}, not {part}",
+            )
             return
         runtime = node.partitions[part]
         self._send(rid, runtime.mailbox, ClientRequest(Reply(self, rid), msg))
@@ -168,5 +184,3 @@ class ClientConnection(asyncio.Protocol):
             self._refuse(rid, errors.Status.BACKPRESSURE, "the node is busy; retry shortly")
         except MailboxClosed:
             self._refuse(rid, errors.Status.UNAVAILABLE, "the node is stopping")
-
-

@@ -115,6 +115,8 @@ class Mailbox(Generic[T]):
 
     def stats(self) -> MailboxStats:
         return MailboxStats(
-            depth=len(self._items), peak=self._peak, capacity=self._capacity,
+            depth=len(self._items),
+            peak=self._peak,
+            capacity=self._capacity,
             rejected=self._rejected,
         )

@@ -149,8 +149,12 @@ class PartitionCore:
                 return
             if outcome is not None:  # applied long ago; its answer is no longer cached
                 reply = m.IngestReply(
-                    n_stored=0, n_duplicates=len(req.batch), n_rejected=0, rejected=(),
-                    last_offset=None, log_index=self.state.applied_index,
+                    n_stored=0,
+                    n_duplicates=len(req.batch),
+                    n_rejected=0,
+                    rejected=(),
+                    last_offset=None,
+                    log_index=self.state.applied_index,
                 )
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
                 return
@@ -162,8 +166,12 @@ class PartitionCore:
         n_stored = len(entry.batch)
         if n_stored == 0 and req.producer_id == 0:
             reply = m.IngestReply(
-                n_stored=0, n_duplicates=entry.n_duplicates, n_rejected=entry.n_rejected,
-                rejected=entry.rejected, last_offset=None, log_index=self.state.applied_index,
+                n_stored=0,
+                n_duplicates=entry.n_duplicates,
+                n_rejected=entry.n_rejected,
+                rejected=entry.rejected,
+                last_offset=None,
+                log_index=self.state.applied_index,
             )
             fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
             return
@@ -173,8 +181,12 @@ class PartitionCore:
             last_offset = self._next_offset + n_stored - 1
             self._next_offset += n_stored
         reply = m.IngestReply(
-            n_stored=n_stored, n_duplicates=entry.n_duplicates, n_rejected=entry.n_rejected,
-            rejected=entry.rejected, last_offset=last_offset, log_index=index,
+            n_stored=n_stored,
+            n_duplicates=entry.n_duplicates,
+            n_rejected=entry.n_rejected,
+            rejected=entry.rejected,
+            last_offset=last_offset,
+            log_index=index,
         )
         self._entry_replies[index] = reply
         if req.producer_id != 0:
@@ -199,19 +211,32 @@ class PartitionCore:
         values = batch.values
         accounts = batch.account_ids
         simple = (
-            all(lm is not None for lm in metrics) and not any(unique)
-            and ts_col is None and ids is None and (ops is None or not any(ops))
+            all(lm is not None for lm in metrics)
+            and not any(unique)
+            and ts_col is None
+            and ids is None
+            and (ops is None or not any(ops))
         )
         if simple:
             # The common case: every event is accepted as sent; only stamp the batch.
             stamped = m.EventBatch(
-                metric_codes=batch.metric_codes, metric_index=midx, account_ids=accounts,
-                values=values, timestamps=array("q", [now_us]) * n, operation_types=ops,
-                properties=batch.properties, event_ids=None,
+                metric_codes=batch.metric_codes,
+                metric_index=midx,
+                account_ids=accounts,
+                values=values,
+                timestamps=array("q", [now_us]) * n,
+                operation_types=ops,
+                properties=batch.properties,
+                event_ids=None,
             )
             return BatchEntry(
-                producer_id=req.producer_id, seq=req.seq, stamp_us=now_us, batch=stamped,
-                n_duplicates=0, n_rejected=0, rejected=(),
+                producer_id=req.producer_id,
+                seq=req.seq,
+                stamp_us=now_us,
+                batch=stamped,
+                n_duplicates=0,
+                n_rejected=0,
+                rejected=(),
             )
         keep: list[int] = []
         rejected: list[tuple[int, str]] = []
@@ -245,7 +270,8 @@ class PartitionCore:
                 if eid is not None:
                     claim = (codes[mi], accounts[i], eid)
                     if (
-                        claim in seen_here or claim in self._pending_ids
+                        claim in seen_here
+                        or claim in self._pending_ids
                         or self.state.event_id_seen(claim[0], claim[1], eid)
                     ):
                         n_duplicates += 1
@@ -255,15 +281,25 @@ class PartitionCore:
         self._pending_ids |= seen_here
         if len(keep) == n:
             kept = m.EventBatch(
-                metric_codes=codes, metric_index=midx, account_ids=accounts, values=values,
-                timestamps=stamps, operation_types=ops, properties=batch.properties,
+                metric_codes=codes,
+                metric_index=midx,
+                account_ids=accounts,
+                values=values,
+                timestamps=stamps,
+                operation_types=ops,
+                properties=batch.properties,
                 event_ids=ids,
             )
         else:
             kept = _select(batch, stamps, keep)
         return BatchEntry(
-            producer_id=req.producer_id, seq=req.seq, stamp_us=now_us, batch=kept,
-            n_duplicates=n_duplicates, n_rejected=len(rejected), rejected=tuple(rejected),
+            producer_id=req.producer_id,
+            seq=req.seq,
+            stamp_us=now_us,
+            batch=kept,
+            n_duplicates=n_duplicates,
+            n_rejected=len(rejected),
+            rejected=tuple(rejected),
         )
 
     # ------------------------------------------------------------------ commit
@@ -304,12 +340,18 @@ class PartitionCore:
         ids = entry.batch.event_ids
         if ids is None or not self._pending_ids:
             return
-        codes, midx, accounts = entry.batch.metric_codes, entry.batch.metric_index, entry.batch.account_ids
+        codes, midx, accounts = (
+            entry.batch.metric_codes,
+            entry.batch.metric_index,
+            entry.batch.account_ids,
+        )
         for i, eid in enumerate(ids):
             if eid is not None:
                 self._pending_ids.discard((codes[midx[i]], accounts[i], eid))
 
-    def _answer_at(self, index: int, token: object, reply: m.IngestReply | None, fx: Effects) -> None:
+    def _answer_at(
+        self, index: int, token: object, reply: m.IngestReply | None, fx: Effects
+    ) -> None:
         if index <= self.state.applied_index:
             fx.replies.append(Outgoing(token, errors.Status.OK, reply or _applied(index)))
         else:
@@ -323,10 +365,16 @@ class PartitionCore:
         min_index = getattr(req, "min_index", 0)
         if min_index > self.state.applied_index:
             if min_index > self.last_index:
-                fx.replies.append(Outgoing(msg.token, errors.Status.INVALID_REQUEST, m.ErrorReply(
-                    message=f"min_index {min_index} is beyond this partition's log "
-                    f"({self.last_index}); was it acknowledged by another cluster?",
-                )))
+                fx.replies.append(
+                    Outgoing(
+                        msg.token,
+                        errors.Status.INVALID_REQUEST,
+                        m.ErrorReply(
+                            message=f"min_index {min_index} is beyond this partition's log "
+                            f"({self.last_index}); was it acknowledged by another cluster?",
+                        ),
+                    )
+                )
                 return
             self._parked_reads.append((min_index, msg))
             return
@@ -353,14 +401,19 @@ class PartitionCore:
                 value = state.query(
                     req.metric_code, req.account_id, req.start_us, req.end_us, req.filters
                 )
-                reply = m.AggReply(value=value, period_start_us=req.start_us,
-                                   period_end_us=req.end_us)
+                reply = m.AggReply(
+                    value=value, period_start_us=req.start_us, period_end_us=req.end_us
+                )
             elif isinstance(req, m.QueryRealtime):
                 value, start, end = state.query_realtime(req.metric_code, req.account_id, now_us)
                 reply = m.AggReply(value=value, period_start_us=start, period_end_us=end)
             elif isinstance(req, m.QueryBreakdown):
                 cells = state.breakdown(
-                    req.metric_code, req.account_id, req.start_us, req.end_us, req.group_by,
+                    req.metric_code,
+                    req.account_id,
+                    req.start_us,
+                    req.end_us,
+                    req.group_by,
                     req.filters,
                 )
                 reply = m.BreakdownReply(cells=cells)
@@ -395,9 +448,7 @@ class PartitionCore:
             failed += self._retry_waiters.pop(index, [])
             self._entry_replies.pop(index, None)
         self.last_index = after
-        schema = next(
-            (e for _, e in reversed(self._unapplied) if isinstance(e, SchemaEntry)), None
-        )
+        schema = next((e for _, e in reversed(self._unapplied) if isinstance(e, SchemaEntry)), None)
         if schema is None:
             self._metrics = {lm.schema.code: lm for lm in self.state.live_metrics()}
             self._catalog_version = self.state.catalog_version

@@ -137,8 +137,9 @@ class LogRuntime:
         for out in replies:
             msg = out.message
             if isinstance(msg, m.IngestReply) and msg.log_index >= first:
-                kept.append(Outgoing(out.token, errors.Status.BACKPRESSURE,
-                                     m.ErrorReply(message=message)))
+                kept.append(
+                    Outgoing(out.token, errors.Status.BACKPRESSURE, m.ErrorReply(message=message))
+                )
             else:
                 kept.append(out)
         return kept

@@ -187,8 +187,19 @@ class ClusterStatus:
 
 
 Request = (
-    Hello | GetPartitionMap | MetricCreate | MetricUpdate | MetricGet | MetricList
-    | MetricDelete | Ingest | Query | QueryRealtime | QueryBreakdown | ListEvents | ListAlerts
+    Hello
+    | GetPartitionMap
+    | MetricCreate
+    | MetricUpdate
+    | MetricGet
+    | MetricList
+    | MetricDelete
+    | Ingest
+    | Query
+    | QueryRealtime
+    | QueryBreakdown
+    | ListEvents
+    | ListAlerts
     | ClusterStatus
 )
 
@@ -311,8 +322,18 @@ class ErrorReply:
 
 
 Reply = (
-    Welcome | PartitionMap | SchemaReply | SchemaList | Deleted | IngestReply | AggReply
-    | BreakdownReply | EventsPage | AlertsPage | ClusterStatusReply | ErrorReply
+    Welcome
+    | PartitionMap
+    | SchemaReply
+    | SchemaList
+    | Deleted
+    | IngestReply
+    | AggReply
+    | BreakdownReply
+    | EventsPage
+    | AlertsPage
+    | ClusterStatusReply
+    | ErrorReply
 )
 
 REPLY_OF: dict[Kind, type[Reply]] = {
@@ -333,10 +354,21 @@ REPLY_OF: dict[Kind, type[Reply]] = {
 }
 
 REQUEST_OF: dict[Kind, type[Request]] = {
-    cls.KIND: cls  # type: ignore[misc]
+    cls.KIND: cls
     for cls in (
-        Hello, GetPartitionMap, MetricCreate, MetricUpdate, MetricGet, MetricList,
-        MetricDelete, Ingest, Query, QueryRealtime, QueryBreakdown, ListEvents, ListAlerts,
+        Hello,
+        GetPartitionMap,
+        MetricCreate,
+        MetricUpdate,
+        MetricGet,
+        MetricList,
+        MetricDelete,
+        Ingest,
+        Query,
+        QueryRealtime,
+        QueryBreakdown,
+        ListEvents,
+        ListAlerts,
         ClusterStatus,
     )
 }
