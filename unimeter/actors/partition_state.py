@@ -108,6 +108,11 @@ class PartitionState:
         self.applied_index = index
         return result
 
+    def apply_noop(self, index: int) -> None:
+        """A log index that holds no entry for this state (a new Raft leader's no-op)."""
+        assert index == self.applied_index + 1, (index, self.applied_index)
+        self.applied_index = index
+
     def _apply_schema(self, entry: SchemaEntry) -> None:
         seen: set[str] = set()
         for metric in entry.metrics:
@@ -294,7 +299,7 @@ class PartitionState:
         """``newest_day`` moves forward: expire what fell out of retention and the windows."""
         self._newest_day = day
         cutoff = max(TS_MIN_US, (day - self.retention_days) * US_PER_DAY)
-        oldest_kept_day = day - self.dedup_window_days + 1
+        oldest_kept_day = day - self.dedup_window_days
         self._ids.expire(oldest_kept_day)
         self._producers.expire(oldest_kept_day)
         if cutoff <= self._cutoff:
