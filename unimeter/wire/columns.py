@@ -2,9 +2,9 @@
 
 Numeric columns travel as RFC 8746 typed arrays: a tag whose content is a byte string of
 packed little-endian numbers. Decoding one is a length check and a byte copy into an
-``array.array``; the only per-event Python work is ``max()`` over the two small index columns
-and one pass over properties and event ids when present. Byte lengths are checked against
-``events_per_batch_max`` before anything is built.
+``array.array``; the index columns are range-checked by a C-level scan (``bytes.translate``),
+and only properties and event ids, when present, cost one Python pass per event. Byte lengths
+are checked against ``events_per_batch_max`` before anything is built.
 
 Keys (docs/protocol.md lists them with types):
     m  metric code table          [text, ...]
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import sys
 from array import array
+from collections.abc import Sized
 from typing import Any
 
 from cbor2 import CBORTag
@@ -65,7 +66,7 @@ def _typed(column: array[int], what: str, allowed: str) -> CBORTag:
 def encode_batch(batch: EventBatch) -> dict[str, Any]:
     """The batch as a CBOR-ready map; ``ValueError`` if its columns do not line up."""
     n = len(batch.account_ids)
-    columns: list[tuple[str, object]] = [
+    columns: list[tuple[str, Sized | None]] = [
         ("metric_index", batch.metric_index),
         ("values", batch.values),
         ("timestamps", batch.timestamps),
@@ -74,8 +75,8 @@ def encode_batch(batch: EventBatch) -> dict[str, Any]:
         ("event_ids", batch.event_ids),
     ]
     for name, column in columns:
-        if column is not None and len(column) != n:  # type: ignore[arg-type]
-            raise ValueError(f"EventBatch.{name} has {len(column)} entries, expected {n}")  # type: ignore[arg-type]
+        if column is not None and len(column) != n:
+            raise ValueError(f"EventBatch.{name} has {len(column)} entries, expected {n}")
     body: dict[str, Any] = {
         "m": list(batch.metric_codes),
         "mi": _typed(batch.metric_index, "metric_index", "BH"),
