@@ -1,34 +1,76 @@
-"""The catalog core's rule table, step by step (pure: no I/O, no clock)."""
+"""The catalog core's rule table, step by step (pure: no I/O, no clock).
+
+A one-member Raft group: ``settle`` plays the runtime, reporting every requested fsync as done.
+"""
 
 from __future__ import annotations
+
+import random
 
 from unimeter import errors
 from unimeter.actors.catalog import (
     CatalogCore,
-    CatalogDurable,
+    CatalogEffects,
     CatalogRequest,
+    CatalogState,
     decode_catalog_entry,
     encode_catalog_entry,
 )
+from unimeter.actors.replicated import Persisted, RaftTick, Recovered
+from unimeter.consensus.config import RaftConfig
+from unimeter.consensus.messages import HardState, LogEntry
 from unimeter.model import AggType, AlertThreshold, DimensionFilter, MetricSchema, PeriodType
 from unimeter.wire import messages as m
 
 API = MetricSchema(code="api_calls", agg_type=AggType.COUNT)
+NOW = 1_000_000_000
 
 
-def request(core: CatalogCore, msg: object, token: str = "t"):  # type: ignore[no-untyped-def]
-    return core.step(CatalogRequest(token, msg), 0)  # type: ignore[arg-type]
+def make_core(entries: tuple[LogEntry, ...] = (), commit: int = 0) -> CatalogCore:
+    core = CatalogCore(
+        state=CatalogState(),
+        node_id=1,
+        members=(1,),
+        addresses={1: "127.0.0.1:1"},
+        recovered=Recovered(
+            hard_state=HardState(term=1, commit=commit), entries=entries, snapshot=None
+        ),
+        raft_config=RaftConfig(),
+        rng=random.Random(1),
+        now_us=NOW,
+    )
+    settle(core, core.step(RaftTick(), NOW))
+    assert core.leader_ready
+    return core
 
 
-def durable(core: CatalogCore):  # type: ignore[no-untyped-def]
-    return core.step(CatalogDurable(core.last_index), 0)
+def settle(core: CatalogCore, fx: CatalogEffects) -> CatalogEffects:
+    """Persist until nothing waits for an fsync; returns every effect produced."""
+    out = CatalogEffects()
+    out.replies += fx.replies
+    out.publications += fx.publications
+    out.appends += fx.appends
+    while fx.sync_number is not None:
+        fx = core.step(Persisted(fx.sync_number), NOW)
+        out.replies += fx.replies
+        out.publications += fx.publications
+        out.appends += fx.appends
+    return out
 
 
-def test_create_is_answered_only_after_it_is_durable_and_published() -> None:
-    core = CatalogCore()
+def request(core: CatalogCore, msg: object, token: str = "t") -> CatalogEffects:
+    return core.step(CatalogRequest(token, msg), NOW)  # type: ignore[arg-type]
+
+
+def durable(core: CatalogCore, fx: CatalogEffects | None = None) -> CatalogEffects:
+    return settle(core, fx or CatalogEffects())
+
+
+def test_create_is_answered_only_after_it_is_committed_and_published() -> None:
+    core = make_core()
     fx = request(core, m.MetricCreate(schema=API))
-    assert fx.replies == [] and fx.sync and len(fx.appends) == 1
-    fx = durable(core)
+    assert fx.replies == [] and fx.sync_number is not None and len(fx.appends) == 1
+    fx = durable(core, fx)
     [pub] = fx.publications
     assert pub.version == 1 and [lm.schema.code for lm in pub.metrics] == ["api_calls"]
     [reply] = pub.replies
@@ -37,12 +79,12 @@ def test_create_is_answered_only_after_it_is_durable_and_published() -> None:
 
 
 def test_identical_create_is_idempotent_and_different_one_conflicts() -> None:
-    core = CatalogCore()
-    request(core, m.MetricCreate(schema=API))
+    core = make_core()
+    first = request(core, m.MetricCreate(schema=API))
     # A retry while the first is still in flight waits for the same answer, adds no entry.
     fx = request(core, m.MetricCreate(schema=API), token="retry")
     assert fx.appends == [] and fx.replies == []
-    fx = durable(core)
+    fx = durable(core, first)
     assert [r.token for r in fx.publications[0].replies] == ["t", "retry"]
     fx = request(core, m.MetricCreate(schema=API), token="later")
     assert fx.appends == [] and fx.replies[0].status == errors.Status.OK
@@ -52,17 +94,15 @@ def test_identical_create_is_idempotent_and_different_one_conflicts() -> None:
 
 
 def test_update_keeps_generation_and_refuses_fixed_fields() -> None:
-    core = CatalogCore()
-    request(core, m.MetricCreate(schema=API))
-    durable(core)
+    core = make_core()
+    durable(core, request(core, m.MetricCreate(schema=API)))
     new = MetricSchema(
         code="api_calls",
         agg_type=AggType.COUNT,
         thresholds=[AlertThreshold(code="t1", value=5)],
         filters=[DimensionFilter(key="plan", values=["pro"])],
     )
-    request(core, m.MetricUpdate(schema=new))
-    fx = durable(core)
+    fx = durable(core, request(core, m.MetricUpdate(schema=new)))
     [lm] = fx.publications[0].metrics
     assert lm.generation == 1 and lm.schema == new.normalized()
     bad = MetricSchema(code="api_calls", agg_type=AggType.COUNT, period_type=PeriodType.DAY)
@@ -74,50 +114,48 @@ def test_update_keeps_generation_and_refuses_fixed_fields() -> None:
 
 
 def test_delete_then_create_is_a_new_generation() -> None:
-    core = CatalogCore()
-    request(core, m.MetricCreate(schema=API))
-    durable(core)
-    request(core, m.MetricDelete(code="api_calls"))
-    fx = durable(core)
+    core = make_core()
+    durable(core, request(core, m.MetricCreate(schema=API)))
+    fx = durable(core, request(core, m.MetricDelete(code="api_calls")))
     assert fx.publications[0].metrics == ()
     assert isinstance(fx.publications[0].replies[0].message, m.Deleted)
     fx = request(core, m.MetricDelete(code="api_calls"))
     assert fx.replies[0].status == errors.Status.NOT_FOUND
-    request(core, m.MetricCreate(schema=MetricSchema(code="api_calls", agg_type=AggType.SUM)))
-    fx = durable(core)
+    summed = MetricSchema(code="api_calls", agg_type=AggType.SUM)
+    fx = durable(core, request(core, m.MetricCreate(schema=summed)))
     [lm] = fx.publications[0].metrics
     assert lm.generation == 3 and lm.schema.agg_type == AggType.SUM
 
 
-def test_get_and_list_serve_only_durable_state() -> None:
-    core = CatalogCore()
-    request(core, m.MetricCreate(schema=API))
+def test_get_and_list_serve_only_committed_state() -> None:
+    core = make_core()
+    pending = request(core, m.MetricCreate(schema=API))
     fx = request(core, m.MetricGet(code="api_calls"))
     assert fx.replies[0].status == errors.Status.NOT_FOUND
-    durable(core)
+    durable(core, pending)
     fx = request(core, m.MetricList())
     assert [s.code for s in fx.replies[0].message.schemas] == ["api_calls"]  # type: ignore[union-attr]
 
 
-def test_recovery_replays_entries_to_the_same_catalog() -> None:
-    core = CatalogCore()
+def test_recovery_replays_the_log_to_the_same_catalog() -> None:
+    core = make_core()
     appended = []
     for msg in (
         m.MetricCreate(schema=API),
         m.MetricDelete(code="api_calls"),
         m.MetricCreate(schema=MetricSchema(code="b", agg_type=AggType.MAX)),
     ):
-        appended += request(core, msg).appends
-        durable(core)
-    blobs = [encode_catalog_entry(e) for _, e in appended]  # type: ignore[arg-type]
-    again = CatalogCore([decode_catalog_entry(b) for b in blobs])
+        appended += durable(core, request(core, msg)).appends
+    # The log on disk: the first leader's no-op, then the three changes.
+    noop = LogEntry(term=2, index=1, data=b"")
+    entries = (noop, *(LogEntry(term=t, index=i, data=d) for i, t, d in appended))
+    # A restarted replica re-elects itself and re-applies the whole log before it serves.
+    again = make_core(entries=entries, commit=0)
     assert again.published() == core.published()
     assert again.version == 3
-
-
-def test_truncate_uncommitted_fails_waiters_and_frees_the_code() -> None:
-    core = CatalogCore()
-    request(core, m.MetricCreate(schema=API), token="a")
-    assert core.truncate_uncommitted(0) == ["a"]
-    fx = request(core, m.MetricCreate(schema=MetricSchema(code="api_calls", agg_type=AggType.SUM)))
-    assert fx.appends and fx.appends[0][1].version == 1  # type: ignore[union-attr]
+    assert [decode_catalog_entry(d).code for _, _, d in appended if d] == [
+        "api_calls",
+        "api_calls",
+        "b",
+    ]
+    assert encode_catalog_entry(decode_catalog_entry(appended[0][2])) == appended[0][2]

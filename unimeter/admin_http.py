@@ -26,7 +26,7 @@ def render_metrics(node: Node) -> str:
         for labels, value in samples:
             lines.append(f"unimeter_{name}{labels} {value}")
 
-    parts = list(enumerate(node.partitions))
+    parts = sorted(node.partitions.items())
     metric("up", "gauge", "1 while the node serves requests.", [("", float(node.serving))])
     metric("connections", "gauge", "Open client connections.", [("", float(len(node.connections)))])
     metric(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import signal
 import sys
 import time
@@ -21,38 +22,31 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cbor2
 
 from unimeter import errors, limits
-from unimeter.actors.catalog import CatalogCore, decode_catalog_entry
+from unimeter.actors.catalog import CatalogCore, CatalogState
 from unimeter.actors.connection import ClientConnection
-from unimeter.actors.mailbox import Mailbox
+from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
 from unimeter.actors.partition_state import PartitionState
+from unimeter.actors.replicated import DiskState, PeerMessage
+from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
 from unimeter.admin_http import AdminServer
+from unimeter.consensus.codec import CATALOG_GROUP
+from unimeter.consensus.config import RaftConfig
 from unimeter.node_runtimes import CatalogRuntime, PartitionRuntime
+from unimeter.peer import PeerLinks
+from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.fsutil import atomic_write
-from unimeter.storage.snapshot import load_latest_snapshot
-from unimeter.storage.wal import WriteAheadLog
 from unimeter.wire import messages as m
-from unimeter.wire.records import decode_entry
+from unimeter.wire.codec import announced_limits
 
 log = logging.getLogger("unimeter.node")
-
-# The limits a client needs to know before it sends (announced in WELCOME).
-ANNOUNCED_LIMITS = (
-    "frame_bytes_max",
-    "events_per_batch_max",
-    "properties_per_event_max",
-    "metric_code_bytes_max",
-    "event_id_bytes_max",
-    "property_key_bytes_max",
-    "property_value_bytes_max",
-    "in_flight_requests_per_connection_max",
-)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,6 +62,7 @@ class NodeConfig:
     retention_days: int = limits.retention_days_default
     log_level: str = "info"
     http: str | None = None
+    election_timeout_ms: int = 1000
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -84,20 +79,34 @@ def split_address(address: str) -> tuple[str, int]:
 class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
+        self.node_id = config.node_id
         self.data_dir = Path(config.data_dir)
         self.partition_count = config.partitions
         self.route = PartitionCache(config.partitions)
+        self.addresses = parse_peers(config.peers)
+        self.addresses[self.node_id] = self.advertised()
+        self.members = tuple(sorted(self.addresses))
         self.cluster_id = ""
-        self.partitions: list[PartitionRuntime] = []
+        self.partitions: dict[int, PartitionRuntime] = {}
         self.catalog: CatalogRuntime | None = None
         self.catalog_mailbox: Mailbox[object] = Mailbox(limits.mailbox_catalog_capacity)
         self.connections: set[ClientConnection] = set()
+        self.peers = PeerLinks(
+            self.node_id, {i: a for i, a in self.addresses.items() if i != self.node_id}
+        )
+        # Leaders of partitions this node does not host, as their leaders announce them.
+        self.gossip: dict[int, tuple[int, int]] = {}
         self.serving = False
         self.disk = DiskSpaceWatch(str(self.data_dir), config.disk_reserve_bytes)
         self.disk_ok = True
+        self._rng = random.Random()
         self._server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def replication_factor(self) -> int:
+        return min(self.config.replication_factor, len(self.members))
 
     # ------------------------------------------------------------------ start
 
@@ -108,11 +117,16 @@ class Node:
         self.disk = DiskSpaceWatch(str(self.data_dir), self.config.disk_reserve_bytes)
         self.catalog = self._recover_catalog()
         for p in range(self.partition_count):
-            self.partitions.append(self._recover_partition(p))
-        for runtime in [self.catalog, *self.partitions]:
+            if self.node_id in replicas_of(p, self.members, self.replication_factor):
+                self.partitions[p] = self._recover_partition(p)
+        runtimes: list[ReplicaRuntime] = [self.catalog, *self.partitions.values()]
+        for runtime in runtimes:
+            runtime.prime()
+        for runtime in runtimes:
             self._tasks.append(asyncio.create_task(runtime.run(), name=runtime.name))
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
-        await self._publish_catalog_to_lagging_partitions()
+        self.peers.start(self.leadership)
+        self._publish_catalog_locally()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -123,13 +137,11 @@ class Node:
             self._admin = await AdminServer(self).start(admin_host, admin_port)
         self.serving = True
         log.info(
-            "event=serving listen=%s:%d partitions=%d data_dir=%s recovery_s=%.3f",
-            host,
-            port,
-            self.partition_count,
-            self.data_dir,
-            time.monotonic() - started,
-        )
+            "event=serving node=%d listen=%s:%d members=%s partitions=%d hosted=%d "
+            "data_dir=%s recovery_s=%.3f",
+            self.node_id, host, port, list(self.members), self.partition_count,
+            len(self.partitions), self.data_dir, time.monotonic() - started,
+        )  # fmt: skip
 
     def _load_cluster_identity(self) -> None:
         path = self.data_dir / "cluster.cbor"
@@ -143,71 +155,134 @@ class Node:
                 )
             self.cluster_id = meta["cluster_id"]
             return
-        self.cluster_id = uuid.uuid4().hex
+        # Every node of a cluster derives the same id from the member list.
+        self.cluster_id = uuid.uuid5(
+            uuid.NAMESPACE_URL,
+            "unimeter:" + ",".join(f"{i}={a}" for i, a in sorted(self.addresses.items())),
+        ).hex
         atomic_write(
             path, cbor2.dumps({"cluster_id": self.cluster_id, "partitions": self.partition_count})
         )
 
+    def _raft_config(self) -> RaftConfig:
+        return RaftConfig(
+            election_timeout_s=self.config.election_timeout_ms / 1000,
+            heartbeat_interval_s=self.config.election_timeout_ms / 10_000,
+        )
+
     def _recover_catalog(self) -> CatalogRuntime:
-        wal, _ = WriteAheadLog.open(self.data_dir / "catalog")
-        entries = [decode_catalog_entry(payload) for _, payload in wal.read_from(wal.first_index)]
-        core = CatalogCore(entries)
-        log.info("event=recovered actor=catalog entries=%d version=%d", len(entries), core.version)
-        return CatalogRuntime(self, core, wal, self.catalog_mailbox)
+        directory = self.data_dir / "catalog"
+        wal, recovered, app = recover_replica(directory)
+        state = CatalogState() if app is None else CatalogState.from_bytes(app)
+        core = CatalogCore(
+            state=state, node_id=self.node_id, members=self.members, addresses=self.addresses,
+            recovered=recovered, raft_config=self._raft_config(), rng=self._rng,
+            now_us=now_us(),
+        )  # fmt: skip
+        runtime = CatalogRuntime(
+            "catalog", core, wal, directory, self.catalog_mailbox, self.peers.send
+        )
+        runtime.attach(self)
+        log.info(
+            "event=recovered actor=catalog log_entries=%d commit=%d",
+            len(recovered.entries),
+            recovered.hard_state.commit,
+        )
+        return runtime
 
     def _recover_partition(self, p: int) -> PartitionRuntime:
         started = time.monotonic()
         directory = self.data_dir / "partitions" / f"{p:04d}"
-        directory.mkdir(parents=True, exist_ok=True)
-        snap = load_latest_snapshot(directory)
-        if snap is None:
+        wal, recovered, app = recover_replica(directory)
+        if app is None:
             state = PartitionState(p, retention_days=self.config.retention_days)
         else:
-            state = PartitionState.from_snapshot(snap[1])
-        wal, report = WriteAheadLog.open(directory, first_index=state.applied_index + 1)
-        replayed = 0
-        for index, payload in wal.read_from(max(wal.first_index, state.applied_index + 1)):
-            state.apply(index, decode_entry(payload))
-            replayed += 1
-        core = PartitionCore(p, state, retention_days=self.config.retention_days)
+            state = PartitionState.from_snapshot(app)
+        members = replicas_of(p, self.members, self.replication_factor)
+        core = PartitionCore(
+            p, state, node_id=self.node_id, members=members, addresses=self.addresses,
+            recovered=recovered, raft_config=self._raft_config(), rng=self._rng,
+            now_us=now_us(), retention_days=self.config.retention_days,
+            preferred=members[0],
+        )  # fmt: skip
         log.info(
-            "event=recovered actor=partition-%d snapshot_index=%s replayed=%d "
-            "torn_tail_bytes=%d elapsed_s=%.3f",
-            p,
-            snap[0] if snap else None,
-            replayed,
-            report.torn_tail_bytes,
-            time.monotonic() - started,
+            "event=recovered actor=partition-%d snapshot_index=%s log_entries=%d commit=%d "
+            "elapsed_s=%.3f",
+            p, recovered.snapshot.index if recovered.snapshot else None,
+            len(recovered.entries), recovered.hard_state.commit, time.monotonic() - started,
+        )  # fmt: skip
+        return PartitionRuntime(
+            f"partition-{p}",
+            core,
+            wal,
+            directory,
+            Mailbox(limits.mailbox_partition_capacity),
+            self.peers.send,
         )
-        return PartitionRuntime(f"partition-{p}", core, wal, directory)
 
-    async def _publish_catalog_to_lagging_partitions(self) -> None:
+    def _publish_catalog_locally(self) -> None:
+        """Partitions learn the catalog recovered on this node (they may have missed it)."""
         assert self.catalog is not None
         version, metrics = self.catalog.core.published()
-        for runtime in self.partitions:
-            if runtime.core.state.catalog_version < version:
-                await runtime.mailbox.send(CatalogUpdate(version, metrics))
+        for runtime in self.partitions.values():
+            runtime.mailbox.post_internal(CatalogUpdate(version, metrics))
 
     async def _watch_disk(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            ok = await asyncio.get_running_loop().run_in_executor(None, self.disk.check)
+            ok = await loop.run_in_executor(None, self.disk.check)
             if ok != self.disk_ok:
                 log.warning(
                     "event=disk_space ok=%s reserve_bytes=%d", ok, self.config.disk_reserve_bytes
                 )
+                for runtime in self.partitions.values():
+                    runtime.mailbox.post_internal(DiskState(ok))
             self.disk_ok = ok
             await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ peers
+
+    def deliver_peer(self, group: int, message: object) -> None:
+        """A Raft message from a peer, for one of this node's replicas (dropped if full)."""
+        if group == CATALOG_GROUP:
+            mailbox: Mailbox[Any] = self.catalog_mailbox
+        else:
+            runtime = self.partitions.get(group)
+            if runtime is None:
+                return
+            mailbox = runtime.mailbox
+        with contextlib.suppress(MailboxFull, MailboxClosed):
+            mailbox.try_send(PeerMessage(message))  # type: ignore[arg-type]
+
+    def leadership(self) -> list[list[int]]:
+        """``[partition, leader, term]`` for every hosted partition with a known leader."""
+        out = []
+        for p, runtime in self.partitions.items():
+            raft = runtime.core.raft
+            if raft.leader_id is not None:
+                out.append([p, raft.leader_id, raft.term])
+        return out
+
+    def note_gossip(self, entries: list[list[int]]) -> None:
+        for p, leader, term in entries:
+            known = self.gossip.get(p)
+            if known is None or known[1] <= term:
+                self.gossip[p] = (leader, term)
+
+    def leader_of(self, p: int) -> int | None:
+        runtime = self.partitions.get(p)
+        if runtime is not None:
+            return runtime.core.raft.leader_id
+        known = self.gossip.get(p)
+        return known[0] if known else None
 
     # ------------------------------------------------------------------ serve
 
     def welcome(self) -> m.Welcome:
         return m.Welcome(
-            node_id=self.config.node_id,
-            cluster_id=self.cluster_id,
-            version=m.PROTOCOL_VERSION,
-            limits={name: getattr(limits, name) for name in ANNOUNCED_LIMITS},
-            partitions=self.partition_count,
-        )
+            node_id=self.node_id, cluster_id=self.cluster_id, version=m.PROTOCOL_VERSION,
+            limits=announced_limits(), partitions=self.partition_count,
+        )  # fmt: skip
 
     def advertised(self) -> str:
         if self.config.advertise:
@@ -216,36 +291,51 @@ class Node:
         return f"{host}:{port}"
 
     def partition_map(self) -> m.PartitionMap:
+        leaders = []
+        epoch = 0
+        for p in range(self.partition_count):
+            leader = self.leader_of(p)
+            leaders.append(-1 if leader is None else leader)
+            runtime = self.partitions.get(p)
+            epoch += runtime.core.raft.term if runtime else self.gossip.get(p, (0, 0))[1]
         return m.PartitionMap(
             partitions=self.partition_count,
-            nodes={self.config.node_id: self.advertised()},
-            leaders=(self.config.node_id,) * self.partition_count,
-            epoch=1,
+            nodes=dict(self.addresses),
+            leaders=tuple(leaders),
+            epoch=epoch,
         )
 
     def cluster_status(self) -> m.ClusterStatusReply:
         assert self.catalog is not None
-        return m.ClusterStatusReply(
-            node_id=self.config.node_id,
-            cluster_id=self.cluster_id,
-            nodes={self.config.node_id: self.advertised()},
-            partitions=tuple(
-                m.PartitionInfo(
-                    partition=i,
-                    leader=self.config.node_id,
-                    term=1,
-                    commit_index=r.core.durable_index,
-                    applied_index=r.core.state.applied_index,
+        infos = []
+        for p in range(self.partition_count):
+            runtime = self.partitions.get(p)
+            leader = self.leader_of(p)
+            if runtime is None:
+                infos.append(
+                    m.PartitionInfo(
+                        partition=p,
+                        leader=-1 if leader is None else leader,
+                        term=self.gossip.get(p, (0, 0))[1],
+                        commit_index=0,
+                        applied_index=0,
+                    )
                 )
-                for i, r in enumerate(self.partitions)
-            ),
-            catalog_version=self.catalog.core.version,
-        )
+                continue
+            raft = runtime.core.raft
+            infos.append(m.PartitionInfo(
+                partition=p, leader=-1 if leader is None else leader, term=raft.term,
+                commit_index=raft.commit_index, applied_index=runtime.core.state.applied_index,
+            ))  # fmt: skip
+        return m.ClusterStatusReply(
+            node_id=self.node_id, cluster_id=self.cluster_id, nodes=dict(self.addresses),
+            partitions=tuple(infos), catalog_version=self.catalog.core.version,
+        )  # fmt: skip
 
     def check_ingest(self, msg: m.Ingest) -> tuple[errors.Status, str] | None:
         """Refuse a whole ingest request before it reaches the partition, or None."""
         runtime = self.partitions[msg.partition]
-        if not self.disk_ok or runtime.disk_full_until > time.monotonic():
+        if not self.disk_ok or runtime.disk_full:
             return errors.Status.BACKPRESSURE, (
                 f"free disk space under the reserve ({self.config.disk_reserve_bytes} bytes); "
                 "writes resume when space returns"
@@ -269,33 +359,44 @@ class Node:
         if self._admin is not None:
             self._admin.close()
         # Let queued work drain: every mailbox empty and every log durable.
-        for _ in range(200):
-            busy = any(len(r.mailbox) for r in self.partitions) or (
-                self.catalog is not None and len(self.catalog.mailbox) > 0
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            busy = any(len(r.mailbox) for r in self.partitions.values()) or len(
+                self.catalog_mailbox
             )
             if not busy:
                 break
             await asyncio.sleep(0.01)
-        for runtime in self.partitions:
-            await runtime.flush()
+        for runtime in self.partitions.values():
+            await runtime.settle()
         if self.catalog is not None:
             await self.catalog.flush()
-        await asyncio.sleep(0)  # let the last Durable messages be stepped
-        for runtime in self.partitions:
-            await runtime.flush_and_settle()
         for conn in list(self.connections):
             conn.close()
+        await self.peers.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        for runtime in self.partitions:
+        for runtime in self.partitions.values():
             runtime.checkpoint()
-            runtime.wal.close()
+            runtime.close()
         if self.catalog is not None:
-            self.catalog.wal.close()
+            self.catalog.close()
         log.info("event=stopped")
+
+
+def parse_peers(text: str) -> dict[int, str]:
+    """``"1=127.0.0.1:7001,2=127.0.0.1:7002"`` to ``{1: "127.0.0.1:7001", ...}``."""
+    out: dict[int, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        ident, sep, address = part.partition("=")
+        if not sep or not ident.strip().isdigit():
+            raise ValueError(f"peer {part!r} must be ID=HOST:PORT")
+        split_address(address)
+        out[int(ident)] = address.strip()
+    return out
 
 
 # ---------------------------------------------------------------------- command line
@@ -346,6 +447,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="HOST:PORT for /health and /metrics (off by default)",
     )
     p.add_argument(
+        "--election-timeout-ms",
+        type=int,
+        default=int(_env("election-timeout-ms", str(d.election_timeout_ms))),
+        help="Raft election timeout; leaders send heartbeats ten times as often",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("log-level", d.log_level),
         choices=["debug", "info", "warning", "error"],
@@ -357,6 +464,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         split_address(a.listen)
         if a.http:
             split_address(a.http)
+        parse_peers(a.peers)
     except ValueError as exc:
         p.error(str(exc))
     return NodeConfig(
@@ -371,6 +479,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         retention_days=a.retention_days,
         log_level=a.log_level,
         http=a.http,
+        election_timeout_ms=a.election_timeout_ms,
     )
 
 

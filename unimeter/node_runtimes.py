@@ -1,28 +1,17 @@
-"""The node's two log-owning runtimes: partitions and the catalog."""
+"""The node's two kinds of replica runtime: partitions and the catalog."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from unimeter import errors, limits
-from unimeter.actors.catalog import (
-    CatalogCore,
-    CatalogDurable,
-    CatalogEffects,
-    Publication,
-    encode_catalog_entry,
-)
+from unimeter import errors
+from unimeter.actors.catalog import CatalogCore, CatalogEffects, Publication
 from unimeter.actors.effects import Effects
-from unimeter.actors.mailbox import Mailbox
-from unimeter.actors.partition import CatalogUpdate, Durable, PartitionCore
-from unimeter.actors.runtime import FutureReply, LogRuntime, deliver
-from unimeter.storage.snapshot import write_snapshot
-from unimeter.storage.wal import WriteAheadLog
-from unimeter.wire.records import encode_entry
+from unimeter.actors.partition import CatalogUpdate, PartitionCore
+from unimeter.actors.runtime import FutureReply, ReplicaRuntime, deliver
 
 if TYPE_CHECKING:
     from unimeter.node import Node
@@ -30,52 +19,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("unimeter.runtime")
 
 
-class PartitionRuntime(LogRuntime):
+class PartitionRuntime(ReplicaRuntime):
     core: PartitionCore
 
-    def __init__(self, name: str, core: PartitionCore, wal: WriteAheadLog, directory: Path) -> None:
-        super().__init__(
-            name, core, wal, Mailbox(limits.mailbox_partition_capacity), encode_entry, Durable
-        )
-        self.directory = directory
-
-    async def flush_and_settle(self, timeout_s: float = 2.0) -> None:
-        """Sync, then wait until the core has applied everything durable (shutdown)."""
+    async def settle(self, timeout_s: float = 2.0) -> None:
+        """Sync, then wait until the core has taken in every fsync (shutdown)."""
         await self.flush()
         deadline = time.monotonic() + timeout_s
-        while (
-            self.core.state.applied_index < self.wal.durable_index or len(self.mailbox)
-        ) and time.monotonic() < deadline:
+        while len(self.mailbox) and time.monotonic() < deadline:
             await asyncio.sleep(0.005)
 
     def checkpoint(self) -> None:
-        """Snapshot the applied state and drop the log before it (on a stopped actor)."""
-        state = self.core.state
-        if state.applied_index == 0:
+        """Snapshot the applied state and drop the log before it."""
+        core = self.core
+        index = core.state.applied_index
+        term = core.raft.term_at(index)
+        if index == 0 or term is None or index <= core.raft.snapshot_index:
             return
         started = time.monotonic()
-        write_snapshot(self.directory, state.applied_index, state.snapshot())
-        self.wal.compact_before(state.applied_index + 1)
+        self._write_snapshot(index, term, core.state.snapshot())
+        core.raft.compact(index)
+        self.wal.compact_before(index + 1)
         log.info(
             "event=snapshot actor=%s index=%d elapsed_s=%.3f",
             self.name,
-            state.applied_index,
+            index,
             time.monotonic() - started,
         )
 
 
-class CatalogRuntime(LogRuntime):
+class CatalogRuntime(ReplicaRuntime):
     core: CatalogCore
+    node: Node
 
-    def __init__(
-        self, node: Node, core: CatalogCore, wal: WriteAheadLog, mailbox: Mailbox[object]
-    ) -> None:
-        super().__init__("catalog", core, wal, mailbox, encode_catalog_entry, CatalogDurable)
+    def attach(self, node: Node) -> None:
         self.node = node
         self._publishing: set[asyncio.Task[None]] = set()
-
-    def _new_effects(self) -> Effects:
-        return CatalogEffects()
 
     def _after(self, fx: Effects) -> None:
         assert isinstance(fx, CatalogEffects)
@@ -85,14 +64,14 @@ class CatalogRuntime(LogRuntime):
             task.add_done_callback(self._publishing.discard)
 
     async def _publish(self, pub: Publication) -> None:
-        """Every partition applies the new catalog before the requester hears back."""
+        """This node's partitions take in the new catalog before the requester hears back."""
         waiters = []
-        for runtime in self.node.partitions:
+        for runtime in self.node.partitions.values():
             token = FutureReply()
             await runtime.mailbox.send(CatalogUpdate(pub.version, pub.metrics, token))
             waiters.append(token.future)
         results = await asyncio.gather(*waiters)
         bad = [r for r in results if r[0] != errors.Status.OK]
-        if bad:  # pragma: no cover - a partition refusing a schema is a bug
-            log.error("event=publish_failed version=%d results=%r", pub.version, bad)
+        if bad:  # a partition that lost leadership meanwhile; it learns the catalog later
+            log.info("event=publish_partial version=%d results=%r", pub.version, bad)
         deliver(pub.replies)

@@ -1,9 +1,11 @@
-"""The catalog actor's pure core: metric schemas, durable and (later) cluster-wide.
+"""The catalog actor's pure core: metric schemas, durable and cluster-wide.
 
-Every change is a ``CatalogEntry`` in the catalog's own log. Once an entry is durable it is
-applied, and the new metric set is *published* to every partition; the requester is answered
-only after every partition has applied it, so a client that created a metric can ingest it on
-any partition straight away (DESIGN §2.1b).
+The catalog is a Raft group of its own over every node. Every change is a ``CatalogEntry`` in
+its log; once committed it is applied on every node, and each node *publishes* the new metric
+set to its local partition replicas (a partition leader then logs it as a ``SchemaEntry``).
+The leader answers the requester after the change is committed and its own node's partitions
+have taken it in; ``Ingest`` carries the catalog version the client saw, so a partition leader
+elsewhere waits until its node has applied that version (DESIGN §2.1b).
 
 Rules (one table, checked in ``_decide``):
     create, code absent                   -> new generation (= the new catalog version)
@@ -13,11 +15,12 @@ Rules (one table, checked in ``_decide``):
     update, changes agg/period fields     -> InvalidRequestError (fixed for a code)
     update, otherwise                     -> same generation, new schema
     delete, code absent                   -> NotFoundError
-    get/list                              -> answered from the durable (applied) catalog
+    get/list                              -> answered by any replica from its applied catalog
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 import cbor2
@@ -25,6 +28,10 @@ import cbor2
 from unimeter import errors
 from unimeter.actors.effects import Effects, Outgoing
 from unimeter.actors.entries import LiveMetric
+from unimeter.actors.replicated import Recovered, ReplicatedCore
+from unimeter.consensus.codec import CATALOG_GROUP
+from unimeter.consensus.config import ProposalRejected, RaftConfig
+from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.model import MetricSchema
 from unimeter.wire import messages as m
 
@@ -47,13 +54,8 @@ class CatalogRequest:
 
 
 @dataclass(frozen=True, slots=True)
-class CatalogDurable:
-    index: int
-
-
-@dataclass(frozen=True, slots=True)
 class Publication:
-    """Deliver ``metrics`` (catalog ``version``) to every partition, then send ``replies``."""
+    """Deliver ``metrics`` (catalog ``version``) to this node's partitions, then ``replies``."""
 
     version: int
     metrics: tuple[LiveMetric, ...]
@@ -64,87 +66,161 @@ class Publication:
 class CatalogEffects(Effects):
     publications: list[Publication] = field(default_factory=list)
 
-    def merge(self, other: Effects) -> None:
-        Effects.merge(self, other)
-        if isinstance(other, CatalogEffects):
-            self.publications.extend(other.publications)
-
-
-CatalogMessage = CatalogRequest | CatalogDurable
 
 _FIXED_FIELDS = ("agg_type", "period_type", "billing_cycle_day", "period_seconds")
 
 
-class CatalogCore:
-    def __init__(self, entries: list[CatalogEntry] | None = None) -> None:
-        self.metrics: dict[str, LiveMetric] = {}  # applied (durable) catalog
-        self.version = 0
-        self.last_index = 0
-        self.durable_index = 0
-        for entry in entries or ():
-            self.last_index += 1
-            self._apply(entry)
-        self.durable_index = self.last_index
-        self._proposed: dict[str, LiveMetric] = dict(self.metrics)
-        self._proposed_version = self.version
-        self._pending: list[tuple[int, CatalogEntry, list[Outgoing]]] = []
+class CatalogState:
+    """The applied catalog: what every replica agrees on, entry by entry."""
 
-    def step(self, msg: CatalogMessage, now_us: int) -> CatalogEffects:
-        fx = CatalogEffects()
-        if isinstance(msg, CatalogRequest):
-            self._on_request(msg, fx)
+    def __init__(self) -> None:
+        self.metrics: dict[str, LiveMetric] = {}
+        self.version = 0
+        self.applied_index = 0
+
+    def apply(self, index: int, entry: CatalogEntry | None) -> None:
+        assert index == self.applied_index + 1, (index, self.applied_index)
+        self.applied_index = index
+        if entry is None:
+            return
+        assert entry.version > self.version, (entry.version, self.version)
+        self.version = entry.version
+        if entry.metric is None:
+            self.metrics.pop(entry.code, None)
         else:
-            self._on_durable(msg.index, fx)
-        return fx
+            self.metrics[entry.code] = entry.metric
+
+    def sorted(self) -> tuple[LiveMetric, ...]:
+        return tuple(self.metrics[code] for code in sorted(self.metrics))
+
+    def to_bytes(self) -> bytes:
+        return bytes(cbor2.dumps([
+            self.applied_index, self.version,
+            [[lm.generation, lm.schema.to_wire()] for lm in self.sorted()],
+        ]))  # fmt: skip
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CatalogState:
+        applied, version, metrics = cbor2.loads(data)
+        state = cls()
+        state.applied_index = applied
+        state.version = version
+        for generation, wire in metrics:
+            schema = MetricSchema.from_wire(wire)
+            state.metrics[schema.code] = LiveMetric(generation=generation, schema=schema)
+        return state
+
+
+class CatalogCore(ReplicatedCore):
+    def __init__(
+        self,
+        *,
+        state: CatalogState,
+        node_id: int,
+        members: tuple[int, ...],
+        addresses: dict[int, str],
+        recovered: Recovered,
+        raft_config: RaftConfig,
+        rng: random.Random,
+        now_us: int,
+    ) -> None:
+        super().__init__(
+            group=CATALOG_GROUP, node_id=node_id, members=members, addresses=addresses,
+            recovered=recovered, applied=state.applied_index, raft_config=raft_config,
+            rng=rng, now_us=now_us,
+        )  # fmt: skip
+        self.state = state
+        self._proposed: dict[str, LiveMetric] = dict(state.metrics)
+        self._proposed_version = state.version
+        self._view_term = -1
+        self._pending: dict[int, tuple[CatalogEntry, list[Outgoing]]] = {}
+
+    @property
+    def version(self) -> int:
+        return self.state.version
 
     def published(self) -> tuple[int, tuple[LiveMetric, ...]]:
-        return self.version, self._sorted(self.metrics)
+        return self.state.version, self.state.sorted()
+
+    def step(self, msg: object, now_us: int) -> CatalogEffects:
+        fx = CatalogEffects()
+        if isinstance(msg, CatalogRequest):
+            self._on_request(msg, now_us, fx)
+        elif not self.step_common(msg, now_us, fx):
+            raise AssertionError(f"unexpected message {msg!r}")
+        self.drain(now_us, fx)
+        return fx
 
     # ------------------------------------------------------------------ requests
 
-    def _on_request(self, msg: CatalogRequest, fx: CatalogEffects) -> None:
+    def _on_request(self, msg: CatalogRequest, now_us: int, fx: CatalogEffects) -> None:
         req = msg.request
+        if isinstance(req, m.MetricGet):
+            lm = self.state.metrics.get(req.code)
+            if lm is None:
+                fx.replies.append(
+                    _error(msg.token, errors.NotFoundError(f"metric {req.code!r} does not exist"))
+                )
+            else:
+                fx.replies.append(
+                    Outgoing(
+                        msg.token,
+                        errors.Status.OK,
+                        m.SchemaReply(schema=lm.schema, catalog_version=self.state.version),
+                    )
+                )
+            return
+        if isinstance(req, m.MetricList):
+            fx.replies.append(
+                Outgoing(
+                    msg.token,
+                    errors.Status.OK,
+                    m.SchemaList(
+                        schemas=tuple(lm.schema for lm in self.state.sorted()),
+                        catalog_version=self.state.version,
+                    ),
+                )
+            )
+            return
+        if not self.leader_ready:
+            fx.replies.append(self.not_leader(msg.token))
+            return
+        self._refresh_view()
         try:
             outcome = self._decide(req)
         except errors.UnimeterError as exc:
-            fx.replies.append(Outgoing(msg.token, exc.status, m.ErrorReply(message=exc.message)))
+            fx.replies.append(_error(msg.token, exc))
             return
-        if isinstance(outcome, CatalogEntry):
-            self.last_index += 1
-            self._pending.append(
-                (
-                    self.last_index,
-                    outcome,
-                    [Outgoing(msg.token, errors.Status.OK, _reply_for(outcome))],
-                )
-            )
+        if isinstance(outcome, int):
+            # The identical create is still in flight: answer with that entry's reply.
+            entry, replies = self._pending[outcome]
+            replies.append(Outgoing(msg.token, errors.Status.OK, _reply_for(entry)))
+        elif isinstance(outcome, CatalogEntry):
+            try:
+                index = self._propose(encode_catalog_entry(outcome), now_us)
+            except ProposalRejected:
+                fx.replies.append(self.not_leader(msg.token))
+                return
+            self._pending[index] = (outcome, [
+                Outgoing(msg.token, errors.Status.OK, _reply_for(outcome))
+            ])  # fmt: skip
             self._proposed_version = outcome.version
             if outcome.metric is None:
                 del self._proposed[outcome.code]
             else:
                 self._proposed[outcome.code] = outcome.metric
-            fx.appends.append((self.last_index, outcome))  # type: ignore[arg-type]
-            fx.sync = True
-        elif isinstance(outcome, int):
-            # Identical create still in flight: answer with that entry's reply.
-            for index, entry, replies in self._pending:
-                if index == outcome:
-                    assert entry.metric is not None
-                    replies.append(Outgoing(msg.token, errors.Status.OK, _reply_for(entry)))
         else:
             fx.replies.append(Outgoing(msg.token, errors.Status.OK, outcome))
 
-    def _decide(self, req: CatalogRequestMessage) -> CatalogEntry | m.Reply | int:
-        if isinstance(req, m.MetricGet):
-            lm = self.metrics.get(req.code)
-            if lm is None:
-                raise errors.NotFoundError(f"metric {req.code!r} does not exist")
-            return m.SchemaReply(schema=lm.schema, catalog_version=self.version)
-        if isinstance(req, m.MetricList):
-            return m.SchemaList(
-                schemas=tuple(lm.schema for lm in self._sorted(self.metrics)),
-                catalog_version=self.version,
-            )
+    def _refresh_view(self) -> None:
+        if self._view_term != self.raft.term:
+            self._view_term = self.raft.term
+            self._proposed = dict(self.state.metrics)
+            self._proposed_version = self.state.version
+
+    def _decide(
+        self, req: m.MetricCreate | m.MetricUpdate | m.MetricDelete
+    ) -> CatalogEntry | m.Reply | int:
         version = self._proposed_version + 1
         if isinstance(req, m.MetricDelete):
             if req.code not in self._proposed:
@@ -155,18 +231,17 @@ class CatalogCore:
         if isinstance(req, m.MetricCreate):
             if current is None:
                 return CatalogEntry(
-                    version=version,
-                    code=schema.code,
+                    version=version, code=schema.code,
                     metric=LiveMetric(generation=version, schema=schema),
-                )
+                )  # fmt: skip
             if current.schema != schema:
                 raise errors.AlreadyExistsError(
                     f"metric {schema.code!r} already exists with a different schema"
                 )
-            for index, entry, _ in self._pending:
+            for index, (entry, _) in self._pending.items():
                 if entry.code == schema.code:
                     return index
-            return m.SchemaReply(schema=current.schema, catalog_version=self.version)
+            return m.SchemaReply(schema=current.schema, catalog_version=self.state.version)
         if current is None:
             raise errors.NotFoundError(f"metric {schema.code!r} does not exist")
         for name in _FIXED_FIELDS:
@@ -176,57 +251,48 @@ class CatalogCore:
                     "(delete and create the metric to change it)"
                 )
         return CatalogEntry(
-            version=version,
-            code=schema.code,
+            version=version, code=schema.code,
             metric=LiveMetric(generation=current.generation, schema=schema),
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ replication hooks
+
+    def _apply_entry(self, entry: LogEntry, now_us: int, fx: Effects) -> None:
+        assert isinstance(fx, CatalogEffects)
+        pending = self._pending.pop(entry.index, None)
+        decoded = decode_catalog_entry(entry.data)
+        self.state.apply(entry.index, decoded)
+        replies = pending[1] if pending is not None and pending[0] == decoded else []
+        fx.publications.append(
+            Publication(version=self.state.version, metrics=self.state.sorted(), replies=replies)
         )
 
-    # ------------------------------------------------------------------ durability
+    def _apply_noop(self, index: int, now_us: int, fx: Effects) -> None:
+        self.state.apply(index, None)
 
-    def _on_durable(self, index: int, fx: CatalogEffects) -> None:
-        if index <= self.durable_index:
-            return
-        self.durable_index = index
-        while self._pending and self._pending[0][0] <= index:
-            _, entry, replies = self._pending.pop(0)
-            self._apply(entry)
-            fx.publications.append(
-                Publication(
-                    version=self.version,
-                    metrics=self._sorted(self.metrics),
-                    replies=replies,
-                )
-            )
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        self.state = CatalogState.from_bytes(snapshot.data)
+        self._view_term = -1
 
-    def _apply(self, entry: CatalogEntry) -> None:
-        assert entry.version > self.version, (entry.version, self.version)
-        self.version = entry.version
-        if entry.metric is None:
-            self.metrics.pop(entry.code, None)
-        else:
-            self.metrics[entry.code] = entry.metric
+    def _snapshot_data(self) -> bytes:
+        return self.state.to_bytes()
 
-    @staticmethod
-    def _sorted(metrics: dict[str, LiveMetric]) -> tuple[LiveMetric, ...]:
-        return tuple(metrics[code] for code in sorted(metrics))
+    def _lost_leadership(self, now_us: int, fx: Effects) -> None:
+        for _, replies in self._pending.values():
+            for out in replies:
+                fx.replies.append(self.not_leader(out.token))
+        self._pending.clear()
+        self._view_term = -1
 
-    def truncate_uncommitted(self, after: int) -> list[object]:
-        """Forget proposals after ``after`` (they never reached the log); see PartitionCore."""
-        failed = [o.token for i, _, rs in self._pending if i > after for o in rs]
-        self._pending = [p for p in self._pending if p[0] <= after]
-        self.last_index = after
-        self._proposed = dict(self.metrics)
-        self._proposed_version = self.version
-        for _, entry, _ in self._pending:
-            self._proposed_version = entry.version
-            if entry.metric is None:
-                self._proposed.pop(entry.code, None)
-            else:
-                self._proposed[entry.code] = entry.metric
-        return failed
+    def _after_drain(self, now_us: int, fx: Effects) -> None:
+        pass
 
     def pending_tokens(self) -> list[object]:
-        return [out.token for _, _, replies in self._pending for out in replies]
+        return [out.token for _, replies in self._pending.values() for out in replies]
+
+
+def _error(token: object, exc: errors.UnimeterError) -> Outgoing:
+    return Outgoing(token, exc.status, m.ErrorReply(message=exc.message))
 
 
 def _reply_for(entry: CatalogEntry) -> m.Reply:

@@ -21,6 +21,8 @@ from unimeter import errors, limits
 from unimeter.actors.catalog import CatalogRequest
 from unimeter.actors.mailbox import MailboxClosed, MailboxFull
 from unimeter.actors.partition import ClientRequest
+from unimeter.consensus.codec import PeerMessageError, decode_message
+from unimeter.peer import GOSSIP_TAG
 from unimeter.wire import messages as m
 from unimeter.wire.codec import BadRequest, ServerCodec
 
@@ -59,6 +61,7 @@ class ClientConnection(asyncio.Protocol):
         self.codec = ServerCodec()
         self.transport: asyncio.Transport | None = None
         self.greeted = False
+        self.peer_node_id: int | None = None  # set when a cluster peer says HELLO
         self.in_flight = 0
         self.peer = "?"
 
@@ -105,13 +108,40 @@ class ClientConnection(asyncio.Protocol):
             if frame is None:
                 return
             self.in_flight += 1
+            if isinstance(frame, m.PeerFrame):
+                self.in_flight -= 1  # peer frames are never answered
+                if not self._on_peer_frame(frame):
+                    return
+                continue
             if isinstance(frame, BadRequest):
                 self._refuse(frame.request_id, errors.Status.INVALID_REQUEST, frame.message)
                 continue
             self._dispatch(frame)
 
-    def _refuse(self, request_id: int, status: errors.Status, message: str) -> None:
-        self.respond(request_id, status, m.ErrorReply(message=message))
+    def _on_peer_frame(self, frame: m.PeerFrame) -> bool:
+        """Hand each Raft message to its replica; False (and close) if the frame is bad."""
+        if self.peer_node_id is None:
+            log.info("event=peer_frame_refused peer=%s reason=not_a_peer", self.peer)
+            self.close()
+            return False
+        node = self.node
+        try:
+            for item in frame.items:
+                if type(item) is list and len(item) == 3 and item[0] == GOSSIP_TAG:
+                    node.note_gossip(item[2])
+                    continue
+                group, message = decode_message(item)
+                node.deliver_peer(group, message)
+        except (PeerMessageError, TypeError, ValueError) as exc:
+            log.warning("event=peer_frame_bad peer=%s error=%r", self.peer, exc)
+            self.close()
+            return False
+        return True
+
+    def _refuse(
+        self, request_id: int, status: errors.Status, message: str, leader: str | None = None
+    ) -> None:
+        self.respond(request_id, status, m.ErrorReply(message=message, leader=leader))
 
     def _dispatch(self, frame: m.RequestFrame) -> None:
         msg = frame.message
@@ -119,6 +149,7 @@ class ClientConnection(asyncio.Protocol):
         node = self.node
         if isinstance(msg, m.Hello):
             self.greeted = True
+            self.peer_node_id = msg.peer_node_id
             self.respond(rid, errors.Status.OK, node.welcome())
             return
         if not self.greeted:
@@ -160,6 +191,16 @@ class ClientConnection(asyncio.Protocol):
                 f"partition {part} does not exist (this cluster has {node.partition_count})",
             )
             return
+        runtime = node.partitions.get(part)
+        if runtime is None:
+            leader = node.leader_of(part)
+            self._refuse(
+                rid,
+                errors.Status.NOT_LEADER,
+                f"node {node.node_id} holds no replica of partition {part}",
+                leader=node.addresses.get(leader) if leader is not None else None,
+            )
+            return
         if isinstance(msg, m.Ingest):
             problem = node.check_ingest(msg)
             if problem is not None:
@@ -174,7 +215,6 @@ class ClientConnection(asyncio.Protocol):
                 f"{node.route(msg.account_id)}, not {part}",
             )
             return
-        runtime = node.partitions[part]
         self._send(rid, runtime.mailbox, ClientRequest(Reply(self, rid), msg))
 
     def _send(self, rid: int, mailbox: object, item: object) -> None:

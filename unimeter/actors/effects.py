@@ -1,11 +1,16 @@
 """What a pure core asks its runtime to do after one ``step``.
 
-The runtime executes effects in a fixed order (etcd-io/raft's Ready contract):
-1. ``appends`` go to the write-ahead log (buffered write);
-2. ``sync`` requests an fsync, off the event loop; its completion comes back to the core as a
-   ``Durable`` message, and only then does the core release what waited for durability;
-3. ``replies`` go out (they never include anything that still waits for durability);
-4. ``alerts`` are published to live subscribers.
+The runtime executes effects in a fixed order (etcd-io/raft's Ready contract,
+``unimeter/consensus/ready.py``):
+1. ``install``: a snapshot replaces the log (write the snapshot file, restart the WAL after it);
+2. ``truncate_after`` then ``appends`` go to the write-ahead log (buffered writes);
+3. ``hard_state`` is stored (term and vote changes are fsynced before anything else leaves);
+4. ``sends`` go to peers (they never depend on what 1-3 wrote: the Raft core holds back every
+   message that promises durable state until it is durable);
+5. ``sync_number``: fsync off the loop, then report ``Persisted(sync_number)`` to the core —
+   only then does the core count the entries as durable and release what waited for them;
+6. ``replies`` go out (none of them waits for durability any more);
+7. ``alerts`` are published to live subscribers.
 A core never awaits, never reads a clock and never touches a file or socket.
 """
 
@@ -13,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from unimeter.actors.entries import Entry
+from unimeter.consensus.messages import HardState, Message, Snapshot
 from unimeter.wire.messages import Reply, StoredAlert
 
 
@@ -26,15 +31,20 @@ class Outgoing:
     message: Reply
 
 
+@dataclass(frozen=True, slots=True)
+class Send:
+    dst: int  # node id
+    group: int  # partition number, or the catalog's group
+    message: Message
+
+
 @dataclass(slots=True)
 class Effects:
-    appends: list[tuple[int, Entry]] = field(default_factory=list)
-    sync: bool = False
+    install: Snapshot | None = None
+    truncate_after: int | None = None
+    appends: list[tuple[int, int, bytes]] = field(default_factory=list)  # (index, term, data)
+    hard_state: HardState | None = None
+    sends: list[Send] = field(default_factory=list)
+    sync_number: int | None = None
     replies: list[Outgoing] = field(default_factory=list)
     alerts: list[StoredAlert] = field(default_factory=list)
-
-    def merge(self, other: Effects) -> None:
-        self.appends.extend(other.appends)
-        self.sync = self.sync or other.sync
-        self.replies.extend(other.replies)
-        self.alerts.extend(other.alerts)

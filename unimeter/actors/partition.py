@@ -1,37 +1,47 @@
 """The partition actor's pure core: turns requests into log entries and answers reads.
 
-Theory of operation (single replica; the cluster issue puts Raft between append and commit):
+Theory of operation. Each partition replica is a member of the partition's Raft group
+(``ReplicatedCore``); only the leader takes requests:
 
-    request ──propose──▶ entry appended (index i) ──fsync──▶ Durable(i) ──commit──▶ applied
-                 │                                                        │
-        ASYNC ack here                                          SYNC ack, parked reads
+    request ──propose──▶ entry appended at index i ──Raft: quorum fsynced──▶ committed ──▶ applied
+                 │                                                                     │
+        ASYNC ack here (appended on the leader)                      SYNC ack, parked reads
 
-- *Propose* runs on the leader only. It validates each event (unknown metric, timestamp window,
-  operation type), stamps events that came without a timestamp, and removes duplicates: event ids
-  already applied, already proposed, or repeated in the same batch. The producer's
-  ``(producer_id, seq)`` is checked against applied *and* proposed batches, so a retry is never
-  proposed twice; a retry of a batch still in flight waits for that batch's answer.
+- *Propose* runs on the leader only, once it has applied every entry of earlier terms (so its
+  view of event ids and producer sequences is complete). It validates each event (unknown
+  metric, timestamp window, operation type), stamps events that came without a timestamp, and
+  removes duplicates: event ids already applied, already proposed, or repeated in the batch. The
+  producer's ``(producer_id, seq)`` is checked against applied *and* proposed batches, so a
+  retry is never proposed twice; a retry of a batch still in flight waits for its answer.
   The dedup claims (event ids, producer seq) live only in the entry itself: if the entry is
   never committed, nothing was claimed (DESIGN §2.6).
-- *Commit* applies entries in log order to ``PartitionState``, the deterministic applied state.
-  Reads are served from applied state only, after ``min_index`` is applied (read-your-writes).
-- Schema changes arrive as ``CatalogUpdate`` and become ``SchemaEntry`` records, so the applied
-  state sees every schema change at a fixed point of the log.
+- *Commit* applies entries in log order to ``PartitionState``, the deterministic applied state,
+  on every replica alike. Reads are served by the leader from applied state only, once
+  ``min_index`` is applied (read-your-writes, also across a leader change: indexes are the
+  group's).
+- Schema changes arrive as ``CatalogUpdate`` from this node's catalog replica; the leader turns
+  them into ``SchemaEntry`` records, so every replica sees each change at the same log index.
+- Losing leadership fails every waiting request with NOT_LEADER (naming the new leader when
+  known); the client retries there with the same producer sequence, which is always safe.
 """
 
 from __future__ import annotations
 
+import random
 from array import array
-from collections import deque
 from dataclasses import dataclass
 
 from unimeter import errors, limits
 from unimeter.actors.effects import Effects, Outgoing
 from unimeter.actors.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
 from unimeter.actors.partition_state import PartitionState
+from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seconds
+from unimeter.consensus.config import ProposalRejected, RaftConfig
+from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.model import AggType
 from unimeter.periods import US_PER_DAY
 from unimeter.wire import messages as m
+from unimeter.wire.records import decode_entry, encode_entry
 
 # Reasons a single event is rejected (IngestResult.rejected); documented in docs/protocol.md.
 REJECT_UNKNOWN_METRIC = "unknown_metric"
@@ -42,6 +52,12 @@ REJECT_NEGATIVE_UNIQUE = "count_unique_value_negative"
 
 PartitionRead = m.Query | m.QueryRealtime | m.QueryBreakdown | m.ListEvents | m.ListAlerts
 
+# How often a leader that is not the preferred one tries to hand leadership back.
+_HAND_BACK_INTERVAL_US = 2_000_000
+
+# Requests parked while a new leader applies earlier terms' entries (beyond: UNAVAILABLE).
+_PARKED_MAX = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class ClientRequest:
@@ -51,84 +67,136 @@ class ClientRequest:
 
 @dataclass(frozen=True, slots=True)
 class CatalogUpdate:
-    """The catalog's new metric set; ``token`` is answered once the partition has applied it."""
+    """This node's catalog replica applied ``version``; ``token`` hears back once the
+    partition has taken it in (applied it as leader, or noted it as follower)."""
 
     version: int
     metrics: tuple[LiveMetric, ...]
     token: object | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Durable:
-    """The runtime's fsync finished: the log is durable up to ``index``."""
-
-    index: int
-
-
-PartitionMessage = ClientRequest | CatalogUpdate | Durable
-
-
-class PartitionCore:
+class PartitionCore(ReplicatedCore):
     def __init__(
         self,
         partition: int,
         state: PartitionState,
         *,
+        node_id: int = 1,
+        members: tuple[int, ...] = (1,),
+        addresses: dict[int, str] | None = None,
+        recovered: Recovered,
+        raft_config: RaftConfig,
+        rng: random.Random,
+        now_us: int,
         retention_days: int = limits.retention_days_default,
+        preferred: int | None = None,
     ) -> None:
+        super().__init__(
+            group=partition, node_id=node_id, members=members, addresses=addresses or {},
+            recovered=recovered, applied=state.applied_index, raft_config=raft_config,
+            rng=rng, now_us=now_us,
+        )  # fmt: skip
         self.partition = partition
         self.state = state
         self.retention_us = retention_days * US_PER_DAY
-        self.last_index = state.applied_index
-        self.durable_index = state.applied_index
-        self._unapplied: deque[tuple[int, Entry]] = deque()
-        self._metrics: dict[str, LiveMetric] = {lm.schema.code: lm for lm in state.live_metrics()}
-        self._catalog_version = state.catalog_version
-        self._next_offset = state.next_offset
+        self.preferred = preferred  # the node that should lead this partition when healthy
+        self._transfer_tried_us = 0
+        # The leader's proposal view: the catalog and offsets as of its last proposal.
+        self._metrics: dict[str, LiveMetric] = {}
+        self._catalog_version = 0
+        self._next_offset = 0
+        self._node_catalog: tuple[int, tuple[LiveMetric, ...]] = (0, ())
+        self._view_term = -1  # the term whose leadership the view was built for
+        # Entries this replica proposed, by index, so applying them needs no decoding.
+        self._proposals: dict[int, tuple[int, Entry]] = {}
         # Claims of entries proposed but not yet applied (cleared as each one applies).
         self._pending_ids: set[tuple[str, int, str]] = set()
         self._pending_seqs: dict[tuple[int, int], int] = {}
         # Replies released when the entry at their index is applied.
         self._on_apply: dict[int, list[tuple[object, m.IngestReply | None]]] = {}
-        # Retries of an in-flight batch: answered with that batch's reply once it applies.
-        self._retry_waiters: dict[int, list[object]] = {}
         self._entry_replies: dict[int, m.IngestReply] = {}
         self._parked_reads: list[tuple[int, ClientRequest]] = []
-        self._parked_ingests: list[ClientRequest] = []
+        self._parked_ingests: list[ClientRequest] = []  # waiting for a catalog version
+        self._parked_leader: list[ClientRequest] = []  # waiting for leader_ready
 
     # ------------------------------------------------------------------ step
 
-    def step(self, msg: PartitionMessage, now_us: int) -> Effects:
+    def step(self, msg: object, now_us: int) -> Effects:
         fx = Effects()
         if isinstance(msg, ClientRequest):
-            req = msg.request
-            if isinstance(req, m.Ingest):
-                self._on_ingest(msg, now_us, fx)
-            else:
-                self._on_read(msg, now_us, fx)
+            self._on_request(msg, now_us, fx)
         elif isinstance(msg, CatalogUpdate):
             self._on_catalog(msg, now_us, fx)
-        elif isinstance(msg, Durable):
-            self._on_durable(msg.index, now_us, fx)
-        else:  # pragma: no cover - the runtime only delivers the types above
+        elif not self.step_common(msg, now_us, fx):
             raise AssertionError(f"unexpected message {msg!r}")
+        elif isinstance(msg, RaftTick):
+            self._maybe_hand_back(now_us)
+        self.drain(now_us, fx)
         return fx
+
+    def _maybe_hand_back(self, now_us: int) -> None:
+        """Give leadership back to the preferred node once it is caught up (spreads leaders)."""
+        pref = self.preferred
+        if pref is None or pref == self.node_id or not self.leader_ready:
+            return
+        if now_us - self._transfer_tried_us < _HAND_BACK_INTERVAL_US:
+            return
+        peer = self.raft.status().peers.get(pref)
+        if peer is None or not peer.recent_active or peer.match < self.raft.last_index:
+            return
+        self._transfer_tried_us = now_us
+        self.raft.transfer_leadership(pref, seconds(now_us))
+
+    def _on_request(self, msg: ClientRequest, now_us: int, fx: Effects) -> None:
+        if not self.leader_ready:
+            if self.role.value == "leader" and len(self._parked_leader) < _PARKED_MAX:
+                self._parked_leader.append(msg)
+            else:
+                fx.replies.append(self.not_leader(msg.token))
+            return
+        self._refresh_view()
+        if isinstance(msg.request, m.Ingest):
+            self._on_ingest(msg, now_us, fx)
+        else:
+            self._on_read(msg, now_us, fx)
+
+    def _refresh_view(self) -> None:
+        """On the first request of a new term, rebuild the proposal view from applied state
+        (leader_ready guarantees every earlier entry is applied)."""
+        term = self.raft.term
+        if self._view_term == term:
+            return
+        self._view_term = term
+        self._metrics = {lm.schema.code: lm for lm in self.state.live_metrics()}
+        self._catalog_version = self.state.catalog_version
+        self._next_offset = self.state.next_offset
 
     # ------------------------------------------------------------------ catalog
 
     def _on_catalog(self, msg: CatalogUpdate, now_us: int, fx: Effects) -> None:
-        if msg.version <= self._catalog_version:
-            if msg.token is not None:
-                # Already proposed: answer once it is applied (or now, if it is).
-                index = self.last_index if self.state.catalog_version < msg.version else 0
-                self._answer_at(index, msg.token, None, fx)
+        if msg.version > self._node_catalog[0]:
+            self._node_catalog = (msg.version, msg.metrics)
+        if msg.token is None:
             return
-        self._catalog_version = msg.version
-        self._metrics = {lm.schema.code: lm for lm in msg.metrics}
-        index = self._append(SchemaEntry(catalog_version=msg.version, metrics=msg.metrics), fx)
-        if msg.token is not None:
-            self._on_apply.setdefault(index, []).append((msg.token, None))
-        # Ingests that waited for this catalog version can go now.
+        if self.leader_ready:
+            self._propose_catalog(now_us, fx)
+            pending = self.raft.last_index > self.state.applied_index
+            if self.state.catalog_version < msg.version and pending:
+                self._on_apply.setdefault(self.raft.last_index, []).append((msg.token, None))
+                return
+        fx.replies.append(Outgoing(msg.token, errors.Status.OK, _applied(0)))
+
+    def _propose_catalog(self, now_us: int, fx: Effects) -> None:
+        """As leader, log the node's newer catalog as a SchemaEntry, then retry parked ingests."""
+        self._refresh_view()
+        version, metrics = self._node_catalog
+        if version <= self._catalog_version or not self.writable:
+            return
+        entry = SchemaEntry(catalog_version=version, metrics=metrics)
+        if self._append(entry, now_us, fx) is None:
+            return
+        self._catalog_version = version
+        self._metrics = {lm.schema.code: lm for lm in metrics}
         parked, self._parked_ingests = self._parked_ingests, []
         for req in parked:
             self._on_ingest(req, now_us, fx)
@@ -139,7 +207,16 @@ class PartitionCore:
         req = msg.request
         assert isinstance(req, m.Ingest)
         if req.catalog_version > self._catalog_version:
-            self._parked_ingests.append(msg)
+            if len(self._parked_ingests) >= _PARKED_MAX:
+                fx.replies.append(
+                    _error(
+                        msg.token,
+                        errors.Status.UNAVAILABLE,
+                        "the catalog version asked for is not known yet",
+                    )
+                )
+            else:
+                self._parked_ingests.append(msg)
             return
         key = (req.producer_id, req.seq)
         if req.producer_id != 0:
@@ -149,45 +226,49 @@ class PartitionCore:
                 return
             if outcome is not None:  # applied long ago; its answer is no longer cached
                 reply = m.IngestReply(
-                    n_stored=0,
-                    n_duplicates=len(req.batch),
-                    n_rejected=0,
-                    rejected=(),
-                    last_offset=None,
-                    log_index=self.state.applied_index,
-                )
+                    n_stored=0, n_duplicates=len(req.batch), n_rejected=0, rejected=(),
+                    last_offset=None, log_index=self.state.applied_index,
+                )  # fmt: skip
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
                 return
             in_flight = self._pending_seqs.get(key)
             if in_flight is not None:
-                self._retry_waiters.setdefault(in_flight, []).append(msg.token)
+                self._on_apply.setdefault(in_flight, []).append(
+                    (msg.token, self._entry_replies[in_flight])
+                )
                 return
+        if not self.writable:
+            fx.replies.append(
+                _error(
+                    msg.token,
+                    errors.Status.BACKPRESSURE,
+                    "the data disk is full (or under its reserve); "
+                    "writes resume when space returns",
+                )
+            )
+            return
         entry = self._build_entry(req, now_us)
         n_stored = len(entry.batch)
         if n_stored == 0 and req.producer_id == 0:
             reply = m.IngestReply(
-                n_stored=0,
-                n_duplicates=entry.n_duplicates,
-                n_rejected=entry.n_rejected,
-                rejected=entry.rejected,
-                last_offset=None,
-                log_index=self.state.applied_index,
-            )
+                n_stored=0, n_duplicates=entry.n_duplicates, n_rejected=entry.n_rejected,
+                rejected=entry.rejected, last_offset=None, log_index=self.state.applied_index,
+            )  # fmt: skip
             fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
             return
-        index = self._append(entry, fx)
+        index = self._append(entry, now_us, fx)
+        if index is None:
+            self._release_claims(entry)
+            fx.replies.append(self.not_leader(msg.token))
+            return
         last_offset = None
         if n_stored:
             last_offset = self._next_offset + n_stored - 1
             self._next_offset += n_stored
         reply = m.IngestReply(
-            n_stored=n_stored,
-            n_duplicates=entry.n_duplicates,
-            n_rejected=entry.n_rejected,
-            rejected=entry.rejected,
-            last_offset=last_offset,
-            log_index=index,
-        )
+            n_stored=n_stored, n_duplicates=entry.n_duplicates, n_rejected=entry.n_rejected,
+            rejected=entry.rejected, last_offset=last_offset, log_index=index,
+        )  # fmt: skip
         self._entry_replies[index] = reply
         if req.producer_id != 0:
             self._pending_seqs[key] = index
@@ -302,60 +383,84 @@ class PartitionCore:
             rejected=tuple(rejected),
         )
 
-    # ------------------------------------------------------------------ commit
+    # ------------------------------------------------------------------ log
 
-    def _append(self, entry: Entry, fx: Effects) -> int:
-        self.last_index += 1
-        index = self.last_index
-        self._unapplied.append((index, entry))
-        fx.appends.append((index, entry))
-        fx.sync = True
+    def _append(self, entry: Entry, now_us: int, fx: Effects) -> int | None:
+        """Propose ``entry``; its index, or None if this replica may not propose now."""
+        try:
+            index = self._propose(encode_entry(entry), now_us)
+        except ProposalRejected:
+            return None
+        self._proposals[index] = (self.raft.term, entry)
         return index
 
-    def _on_durable(self, index: int, now_us: int, fx: Effects) -> None:
-        if index <= self.durable_index:
-            return  # a stale completion (an earlier sync finished late)
-        assert index <= self.last_index, (index, self.last_index)
-        self.durable_index = index
-        self._commit(index, now_us, fx)
+    def _apply_entry(self, entry: LogEntry, now_us: int, fx: Effects) -> None:
+        index = entry.index
+        proposal = self._proposals.pop(index, None)
+        obj = proposal[1] if proposal is not None and proposal[0] == entry.term else None
+        if obj is None:
+            obj = decode_entry(entry.data)
+        result = self.state.apply(index, obj)
+        fx.alerts.extend(result.alerts)
+        if isinstance(obj, BatchEntry):
+            self._release_claims(obj)
+        self._answer_applied(index, fx)
 
-    def _commit(self, upto: int, now_us: int, fx: Effects) -> None:
-        state = self.state
-        while self._unapplied and self._unapplied[0][0] <= upto:
-            index, entry = self._unapplied.popleft()
-            result = state.apply(index, entry)
-            fx.alerts.extend(result.alerts)
-            if isinstance(entry, BatchEntry):
-                self._release_claims(index, entry)
-            for token, reply in self._on_apply.pop(index, ()):
-                fx.replies.append(Outgoing(token, errors.Status.OK, reply or _applied(index)))
-            for token in self._retry_waiters.pop(index, ()):
-                fx.replies.append(Outgoing(token, errors.Status.OK, self._entry_replies[index]))
-            self._entry_replies.pop(index, None)
-        self._release_reads(now_us, fx)
+    def _apply_noop(self, index: int, now_us: int, fx: Effects) -> None:
+        self._proposals.pop(index, None)
+        self.state.apply_noop(index)
+        self._answer_applied(index, fx)
 
-    def _release_claims(self, index: int, entry: BatchEntry) -> None:
+    def _answer_applied(self, index: int, fx: Effects) -> None:
+        for token, reply in self._on_apply.pop(index, ()):
+            fx.replies.append(Outgoing(token, errors.Status.OK, reply or _applied(index)))
+        self._entry_replies.pop(index, None)
+
+    def _release_claims(self, entry: BatchEntry) -> None:
         if entry.producer_id != 0:
             self._pending_seqs.pop((entry.producer_id, entry.seq), None)
         ids = entry.batch.event_ids
         if ids is None or not self._pending_ids:
             return
-        codes, midx, accounts = (
-            entry.batch.metric_codes,
-            entry.batch.metric_index,
-            entry.batch.account_ids,
-        )
+        batch = entry.batch
+        codes, midx, accounts = batch.metric_codes, batch.metric_index, batch.account_ids
         for i, eid in enumerate(ids):
             if eid is not None:
                 self._pending_ids.discard((codes[midx[i]], accounts[i], eid))
 
-    def _answer_at(
-        self, index: int, token: object, reply: m.IngestReply | None, fx: Effects
-    ) -> None:
-        if index <= self.state.applied_index:
-            fx.replies.append(Outgoing(token, errors.Status.OK, reply or _applied(index)))
-        else:
-            self._on_apply.setdefault(index, []).append((token, reply))
+    def _install_snapshot(self, snapshot: Snapshot) -> None:
+        self.state = PartitionState.from_snapshot(snapshot.data)
+        self._proposals.clear()
+        self._view_term = -1
+
+    def _snapshot_data(self) -> bytes:
+        return self.state.snapshot()
+
+    def _lost_leadership(self, now_us: int, fx: Effects) -> None:
+        tokens = [t for waiters in self._on_apply.values() for t, _ in waiters]
+        tokens += [msg.token for _, msg in self._parked_reads]
+        tokens += [msg.token for msg in self._parked_ingests + self._parked_leader]
+        for token in tokens:
+            fx.replies.append(self.not_leader(token))
+        self._on_apply.clear()
+        self._entry_replies.clear()
+        self._parked_reads.clear()
+        self._parked_ingests.clear()
+        self._parked_leader.clear()
+        self._pending_ids.clear()
+        self._pending_seqs.clear()
+        self._view_term = -1
+
+    def _after_drain(self, now_us: int, fx: Effects) -> None:
+        if not self.leader_ready:
+            return
+        if self._node_catalog[0] > self.state.catalog_version:
+            self._propose_catalog(now_us, fx)
+        if self._parked_leader:
+            parked, self._parked_leader = self._parked_leader, []
+            for msg in parked:
+                self._on_request(msg, now_us, fx)
+        self._release_reads(now_us, fx)
 
     # ------------------------------------------------------------------ reads
 
@@ -364,17 +469,12 @@ class PartitionCore:
         assert not isinstance(req, m.Ingest)
         min_index = getattr(req, "min_index", 0)
         if min_index > self.state.applied_index:
-            if min_index > self.last_index:
-                fx.replies.append(
-                    Outgoing(
-                        msg.token,
-                        errors.Status.INVALID_REQUEST,
-                        m.ErrorReply(
-                            message=f"min_index {min_index} is beyond this partition's log "
-                            f"({self.last_index}); was it acknowledged by another cluster?",
-                        ),
-                    )
-                )
+            if min_index > self.raft.last_index:
+                fx.replies.append(_error(
+                    msg.token, errors.Status.INVALID_REQUEST,
+                    f"min_index {min_index} is beyond this partition's log "
+                    f"({self.raft.last_index}); was it acknowledged by another cluster?",
+                ))  # fmt: skip
                 return
             self._parked_reads.append((min_index, msg))
             return
@@ -433,38 +533,13 @@ class PartitionCore:
             return Outgoing(msg.token, exc.status, m.ErrorReply(message=exc.message))
         return Outgoing(msg.token, errors.Status.OK, reply)
 
-    def truncate_uncommitted(self, after: int) -> list[object]:
-        """Forget the proposals after ``after``: they never reached the log (disk full, or a
-        new leader's log replaced them). Returns the requesters to fail; nothing they sent was
-        stored, so their retries are free to be accepted."""
-        assert after >= self.state.applied_index, (after, self.state.applied_index)
-        failed: list[object] = []
-        while self._unapplied and self._unapplied[-1][0] > after:
-            index, entry = self._unapplied.pop()
-            if isinstance(entry, BatchEntry):
-                self._release_claims(index, entry)
-                self._next_offset -= len(entry.batch)
-            failed += [t for t, _ in self._on_apply.pop(index, ())]
-            failed += self._retry_waiters.pop(index, [])
-            self._entry_replies.pop(index, None)
-        self.last_index = after
-        schema = next((e for _, e in reversed(self._unapplied) if isinstance(e, SchemaEntry)), None)
-        if schema is None:
-            self._metrics = {lm.schema.code: lm for lm in self.state.live_metrics()}
-            self._catalog_version = self.state.catalog_version
-        else:
-            self._metrics = {lm.schema.code: lm for lm in schema.metrics}
-            self._catalog_version = schema.catalog_version
-        return failed
-
     # ------------------------------------------------------------------ shutdown
 
     def pending_tokens(self) -> list[object]:
         """Every requester still waiting for an answer (failed with a typed error on stop)."""
         tokens: list[object] = [t for waiters in self._on_apply.values() for t, _ in waiters]
-        tokens += [t for waiters in self._retry_waiters.values() for t in waiters]
         tokens += [msg.token for _, msg in self._parked_reads]
-        tokens += [msg.token for msg in self._parked_ingests]
+        tokens += [msg.token for msg in self._parked_ingests + self._parked_leader]
         return tokens
 
 
@@ -472,6 +547,10 @@ def _applied(index: int) -> m.IngestReply:
     return m.IngestReply(
         n_stored=0, n_duplicates=0, n_rejected=0, rejected=(), last_offset=None, log_index=index
     )
+
+
+def _error(token: object, status: errors.Status, message: str) -> Outgoing:
+    return Outgoing(token, status, m.ErrorReply(message=message))
 
 
 def _select(batch: m.EventBatch, stamps: array[int], keep: list[int]) -> m.EventBatch:

@@ -1,28 +1,45 @@
-"""The thin asyncio runtime around a pure core.
+"""The thin asyncio runtime around a replicated pure core (partition or catalog).
 
-One task per actor: wait for mail, drain the mailbox, ``step`` the core once per message, then
-execute the collected effects in the fixed order of ``effects.py``. Because a whole drained
-mailbox is stepped before the runtime starts an fsync, every append made in one loop iteration
-shares one fsync (group commit), and only one fsync per log is in flight at a time: the number of
-fsyncs does not grow with the number of clients. The fsync runs in a worker thread; its
-completion is posted back to the same mailbox as a ``Durable`` message.
+One task per actor: wait for mail, drain the mailbox, ``step`` the core once per message and
+execute each step's effects in the fixed order of ``effects.py``. Log writes are buffered
+``pwrite``s; the fsync runs in a worker thread once per loop iteration at most (only one is in
+flight per log), so every append made while a sync runs shares the next one: group commit, and
+the number of fsyncs does not grow with the number of clients. A finished fsync comes back to
+the core as ``Persisted``; the core's Raft timer comes back as ``RaftTick``.
+
+Disk full: a write that fails with ENOSPC is kept in memory, the core is told the disk is not
+writable (new writes get BACKPRESSURE), and the write is retried every ``disk_retry_s`` until it
+lands; the log stays in order and nothing appended is dropped. A failed fsync or any other I/O
+error stops the node: a restart recovers from what is on disk.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
+import cbor2
+
 from unimeter import errors
-from unimeter.actors.effects import Effects, Outgoing
+from unimeter.actors.effects import Effects, Outgoing, Send
 from unimeter.actors.mailbox import Mailbox, MailboxClosed
+from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
+from unimeter.consensus.messages import HardState, LogEntry, Snapshot, SnapshotMeta
+from unimeter.storage.fsutil import atomic_write
+from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
 from unimeter.storage.wal import DiskFullError, WriteAheadLog
 from unimeter.wire import messages as m
 
 log = logging.getLogger("unimeter.runtime")
+
+_TERM = struct.Struct("<Q")
+HARD_STATE_FILE = "raft-state.cbor"
+disk_retry_s = 0.2
 
 
 class ReplyTo(Protocol):
@@ -62,35 +79,84 @@ def fail_all(tokens: list[object], status: errors.Status, message: str) -> None:
         reply.send(status, m.ErrorReply(message=message))
 
 
-class LogRuntime:
-    """Runs a core that owns a write-ahead log; subclasses say how to encode and what else to do.
+# ---------------------------------------------------------------------- on-disk replica state
 
-    ``durable_message`` builds the core's "durable up to index" message.
-    """
+
+def encode_record(term: int, data: bytes) -> bytes:
+    return _TERM.pack(term) + data
+
+
+def recover_replica(directory: Path) -> tuple[WriteAheadLog, Recovered, bytes | None]:
+    """Read a replica's snapshot, hard state and log. Returns the open WAL, what Raft needs,
+    and the snapshot's application bytes (None without a snapshot)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    meta: SnapshotMeta | None = None
+    app: bytes | None = None
+    snap = load_latest_snapshot(directory)
+    if snap is not None:
+        term, members, app = cbor2.loads(snap[1])
+        meta = SnapshotMeta(index=snap[0], term=term, members=tuple(members))
+    hard = HardState()
+    path = directory / HARD_STATE_FILE
+    if path.exists():
+        term, vote, commit = cbor2.loads(path.read_bytes())
+        hard = HardState(term=term, vote=vote, commit=commit)
+    first = meta.index + 1 if meta else 1
+    wal, _ = WriteAheadLog.open(directory, first_index=first)
+    entries = tuple(
+        LogEntry(term=_TERM.unpack_from(data)[0], index=index, data=bytes(data[8:]))
+        for index, data in wal.read_from(max(wal.first_index, first))
+    )
+    if meta is not None and hard.commit < meta.index:
+        hard = HardState(term=hard.term, vote=hard.vote, commit=meta.index)
+    if entries and hard.commit > entries[-1].index:
+        hard = HardState(term=hard.term, vote=hard.vote, commit=entries[-1].index)
+    return wal, Recovered(hard_state=hard, entries=entries, snapshot=meta), app
+
+
+def save_hard_state(directory: Path, hs: HardState) -> None:
+    atomic_write(directory / HARD_STATE_FILE, cbor2.dumps([hs.term, hs.vote, hs.commit]))
+
+
+# ---------------------------------------------------------------------- the runtime
+
+
+class ReplicaRuntime:
+    """Runs one replicated core; ``send_peer`` carries its Raft messages to other nodes."""
 
     def __init__(
         self,
         name: str,
         core: Any,
         wal: WriteAheadLog,
+        directory: Path,
         mailbox: Mailbox[Any],
-        encode: Callable[[Any], bytes],
-        durable_message: Callable[[int], object],
+        send_peer: Callable[[Send], None],
         clock: Callable[[], int] = now_us,
     ) -> None:
         self.name = name
         self.core = core
         self.wal = wal
+        self.directory = directory
         self.mailbox = mailbox
-        self._encode = encode
-        self._durable_message = durable_message
+        self._send_peer = send_peer
         self._clock = clock
+        self._saved_hs = core.raft.status().term, core.raft.status().vote
         self._syncing = False
-        self._sync_again = False
+        self._sync_wanted = 0  # highest Ready number waiting for an fsync
         self._sync_task: asyncio.Future[int] | None = None
-        self.disk_full_until = 0.0  # monotonic time before which writes are refused
+        self._unwritten: list[tuple[int, bytes]] = []  # appends the disk refused (ENOSPC)
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self.disk_full = False
         self.steps = 0
         self.fsyncs = 0
+
+    # ------------------------------------------------------------------ loop
+
+    def prime(self) -> None:
+        """Step once before serving: applies what recovery found committed, starts timers."""
+        self._step_all([RaftTick()])
 
     async def run(self) -> None:
         mailbox = self.mailbox
@@ -98,87 +164,162 @@ class LogRuntime:
             while True:
                 await mailbox.wait()
                 batch = mailbox.drain()
-                if not batch:
-                    continue
-                fx = self._new_effects()
-                for msg in batch:
-                    fx.merge(self.core.step(msg, self._clock()))
-                self.steps += len(batch)
-                self._execute(fx)
+                if batch:
+                    self._step_all(batch)
         except MailboxClosed:
             pass
 
-    def _new_effects(self) -> Effects:
-        return Effects()
+    def _step_all(self, batch: list[Any]) -> None:
+        core = self.core
+        clock = self._clock
+        for msg in batch:
+            self._execute(core.step(msg, clock()))
+        self.steps += len(batch)
+        if self._sync_wanted and not self._syncing and not self._unwritten:
+            self._start_sync()
+        self._arm_timer()
 
     def _execute(self, fx: Effects) -> None:
-        replies = fx.replies
+        if fx.install is not None:
+            self._install(fx.install)
+        if fx.truncate_after is not None:
+            self._unwritten = [(i, d) for i, d in self._unwritten if i <= fx.truncate_after]
+            if fx.truncate_after < self.wal.last_index:
+                self.wal.truncate_after(fx.truncate_after)
         if fx.appends:
-            first = fx.appends[0][0]
-            try:
-                last = self.wal.append_many([self._encode(e) for _, e in fx.appends])
-            except DiskFullError as exc:
-                log.warning("actor=%s event=disk_full error=%r", self.name, str(exc))
-                self.disk_full_until = time.monotonic() + 1.0
-                replies = self._abandon_from(first, replies)
-            else:
-                assert last == fx.appends[-1][0], (last, fx.appends[-1][0])
-        if fx.sync:
-            self._request_sync()
-        deliver(replies)
+            self._unwritten.extend((i, encode_record(t, d)) for i, t, d in fx.appends)
+            self._write()
+        if fx.hard_state is not None:
+            hs = fx.hard_state
+            if (hs.term, hs.vote) != self._saved_hs:
+                # Term and vote must be durable before any message that depends on them.
+                save_hard_state(self.directory, hs)
+                self._saved_hs = (hs.term, hs.vote)
+            self._last_hs = hs
+        for send in fx.sends:
+            self._send_peer(send)
+        if fx.sync_number is not None:
+            self._sync_wanted = max(self._sync_wanted, fx.sync_number)
+        if fx.replies:
+            deliver(fx.replies)
         self._after(fx)
 
-    def _abandon_from(self, first: int, replies: list[Outgoing]) -> list[Outgoing]:
-        """The appends from ``first`` on never reached the log: take them back."""
-        failed = self.core.truncate_uncommitted(first - 1)
-        message = "disk full: the write was not stored; retry later"
-        fail_all(failed, errors.Status.BACKPRESSURE, message)
-        kept: list[Outgoing] = []
-        for out in replies:
-            msg = out.message
-            if isinstance(msg, m.IngestReply) and msg.log_index >= first:
-                kept.append(
-                    Outgoing(out.token, errors.Status.BACKPRESSURE, m.ErrorReply(message=message))
-                )
-            else:
-                kept.append(out)
-        return kept
+    _last_hs: HardState | None = None
 
     def _after(self, fx: Effects) -> None:
         """Hook for effects beyond the common ones."""
 
+    # ------------------------------------------------------------------ log writes
+
+    def _write(self) -> None:
+        if not self._unwritten:
+            return
+        first = self._unwritten[0][0]
+        expected = self.wal.last_index + 1
+        assert first == expected, (first, expected)
+        try:
+            last = self.wal.append_many([data for _, data in self._unwritten])
+        except DiskFullError as exc:
+            if not self.disk_full:
+                log.warning("actor=%s event=disk_full error=%r", self.name, str(exc))
+                self.disk_full = True
+                self.mailbox.post_internal(self._disk_state(False))
+                asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
+            return
+        assert last == self._unwritten[-1][0], (last, self._unwritten[-1][0])
+        self._unwritten.clear()
+        if self.disk_full:
+            log.info("actor=%s event=disk_writable", self.name)
+            self.disk_full = False
+            self.mailbox.post_internal(self._disk_state(True))
+
+    def _retry_write(self) -> None:
+        if self.mailbox.closed:
+            return
+        self._write()
+        if self._unwritten:
+            asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
+        elif self._sync_wanted and not self._syncing:
+            self._start_sync()
+
+    def _disk_state(self, writable: bool) -> object:
+        return DiskState(writable)
+
+    def _install(self, snapshot: Snapshot) -> None:
+        """A leader's snapshot replaces this replica's log and state (the core has loaded it)."""
+        meta = snapshot.meta
+        self._write_snapshot(meta.index, meta.term, snapshot.data)
+        self._unwritten.clear()
+        self.wal.close()
+        for path in self.directory.glob("*.wal"):
+            path.unlink()
+        self.wal, _ = WriteAheadLog.open(self.directory, first_index=meta.index + 1)
+
+    def _write_snapshot(self, index: int, term: int, data: bytes) -> None:
+        blob = cbor2.dumps([term, list(self.core.members), data])
+        write_snapshot(self.directory, index, blob)
+
     # ------------------------------------------------------------------ group commit
 
-    def _request_sync(self) -> None:
-        if self._syncing:
-            self._sync_again = True
-            return
+    def _start_sync(self) -> None:
         self._syncing = True
+        number = self._sync_wanted
+        self._sync_wanted = 0
         loop = asyncio.get_running_loop()
         fut = loop.run_in_executor(None, self.wal.sync)
-        fut.add_done_callback(self._sync_done)
+        fut.add_done_callback(lambda f: self._sync_done(f, number))
         self._sync_task = fut
 
-    def _sync_done(self, fut: asyncio.Future[int]) -> None:
+    def _sync_done(self, fut: asyncio.Future[int], number: int) -> None:
         self._syncing = False
         self.fsyncs += 1
+        if fut.cancelled():
+            return
         exc = fut.exception()
         if exc is not None:
-            # A failed fsync may have dropped dirty pages: nothing after the last durable index
-            # can be trusted. Stop this actor; the node exits and recovery sorts it out.
+            if isinstance(exc, DiskFullError):
+                # The WAL keeps what it could not sync and rewrites it on the next sync.
+                log.warning("actor=%s event=sync_disk_full error=%r", self.name, str(exc))
+                self._sync_wanted = max(self._sync_wanted, number)
+                asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
+                return
             log.critical("actor=%s event=fsync_failed error=%r", self.name, exc)
             self.mailbox.close()
             raise SystemExit(f"fsync failed in {self.name}: {exc}")
         if self.mailbox.closed:
             return
-        self.mailbox.post_internal(self._durable_message(fut.result()))
-        if self._sync_again:
-            self._sync_again = False
-            self._request_sync()
+        self.mailbox.post_internal(Persisted(number))
+        if self._sync_wanted and not self._unwritten:
+            self._start_sync()
 
     async def flush(self) -> None:
         """Wait until everything appended so far is durable (used on shutdown)."""
         while self._syncing and self._sync_task is not None:
             await asyncio.wait({self._sync_task})
-        if self.wal.durable_index < self.wal.last_index:
+        if not self._unwritten and self.wal.durable_index < self.wal.last_index:
             await asyncio.get_running_loop().run_in_executor(None, self.wal.sync)
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm_timer(self) -> None:
+        deadline = self.core.next_deadline_us()
+        if self._timer is not None and self._timer_at <= deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(0.0, (deadline - self._clock()) / 1_000_000)
+        self._timer_at = deadline
+        self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        if not self.mailbox.closed:
+            self.mailbox.post_internal(RaftTick())
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self.mailbox.close()
+        if self._last_hs is not None:
+            save_hard_state(self.directory, self._last_hs)
+        self.wal.close()

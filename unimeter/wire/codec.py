@@ -97,7 +97,9 @@ class ClientCodec:
         self.frame_bytes_max = frame_bytes_max
         self._decoder = FrameDecoder(frame_bytes_max=frame_bytes_max)
         self._pending: dict[int, m.Kind] = {}
-        # Ids given up on whose replies may still arrive; bounded, oldest dropped first.
+        # Ids given up on whose replies may still arrive. Bounded, oldest dropped first: a reply
+        # to a dropped id then counts as unknown, which only a peer that sat on thousands of
+        # requests can cause.
         self._forgotten: OrderedDict[int, None] = OrderedDict()
 
     @property
@@ -192,7 +194,7 @@ class ServerCodec:
     def feed(self, data: bytes) -> None:
         self._decoder.feed(data)
 
-    def next_frame(self) -> m.RequestFrame | BadRequest | None:
+    def next_frame(self) -> m.RequestFrame | m.PeerFrame | BadRequest | None:
         """The next request (or BadRequest), or None until more bytes arrive."""
         try:
             item = self._decoder.next_item()
@@ -201,8 +203,14 @@ class ServerCodec:
             self._decoder.fail(exc.message)  # nothing after it can be trusted
             raise
 
-    def _request(self, item: Any) -> m.RequestFrame | BadRequest:
+    def _request(self, item: Any) -> m.RequestFrame | m.PeerFrame | BadRequest:
         raw_kind, request_id, body = _split(item, "request")
+        if raw_kind == m.Kind.PEER:
+            # Peer traffic is decoded by the consensus layer, which checks every item.
+            if type(body) is not list:
+                return BadRequest(request_id=request_id, kind=raw_kind,
+                                  message="a PEER frame carries a list of raft messages")
+            return m.PeerFrame(items=body)
         try:
             kind = m.Kind(raw_kind)
         except ValueError:

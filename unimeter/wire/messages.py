@@ -40,6 +40,8 @@ class Kind(enum.IntEnum):
     LIST_EVENTS = 12
     LIST_ALERTS = 13
     CLUSTER_STATUS = 14
+    # Node-to-node: Raft messages for many groups, one way, never answered (see PeerFrame).
+    PEER = 15
 
 
 # --------------------------------------------------------------------------- columnar batch
@@ -378,6 +380,14 @@ REQUEST_OF: dict[Kind, type[Request]] = {
 class RequestFrame:
     request_id: int
     message: Request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PeerFrame:
+    """A batch of Raft messages from a peer node (``unimeter/consensus/codec.py`` reads the
+    items). Only a connection that said HELLO with a ``peer_node_id`` may send it."""
+
+    items: list[object]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
