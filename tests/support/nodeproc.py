@@ -113,3 +113,42 @@ class NodeProcess:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+class ClusterProcesses:
+    """N real node processes on free loopback ports, each listing all as peers."""
+
+    def __init__(
+        self, root: Path, nodes: int = 3, *, partitions: int = 6, election_timeout_ms: int = 400
+    ) -> None:
+        ports = [free_port() for _ in range(nodes)]
+        peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(ports))
+        self.nodes = {
+            i + 1: NodeProcess(
+                root / f"node{i + 1}",
+                port=port,
+                partitions=partitions,
+                extra_args=(
+                    "--node-id",
+                    str(i + 1),
+                    "--peers",
+                    peers,
+                    "--election-timeout-ms",
+                    str(election_timeout_ms),
+                ),
+            )
+            for i, port in enumerate(ports)
+        }
+
+    @property
+    def seeds(self) -> list[str]:
+        return [n.address for n in self.nodes.values()]
+
+    def start(self) -> ClusterProcesses:
+        for node in self.nodes.values():
+            node.start()
+        return self
+
+    def kill_all(self) -> None:
+        for node in self.nodes.values():
+            node.kill()

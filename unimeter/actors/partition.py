@@ -408,7 +408,9 @@ class PartitionCore(ReplicatedCore):
 
     def _apply_noop(self, index: int, now_us: int, fx: Effects) -> None:
         self._proposals.pop(index, None)
-        self.state.apply_noop(index)
+        # A no-op changes nothing but the applied index (the state's own public field).
+        assert index == self.state.applied_index + 1, (index, self.state.applied_index)
+        self.state.applied_index = index
         self._answer_applied(index, fx)
 
     def _answer_applied(self, index: int, fx: Effects) -> None:
