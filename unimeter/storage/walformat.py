@@ -50,8 +50,11 @@ RECORD_HEADER = struct.Struct("<II")
 RECORD_HEADER_BYTES = RECORD_HEADER.size
 OFFSET_STRIDE = 64  # the log remembers every 64th record's offset: 1/8 byte per record
 _SEARCH_WINDOW = 4096
-_SEARCH_POSITION_COST = 32
-_SEARCH_CANDIDATE_COST = 512
+_SEARCH_SHORT_BYTES = 64 << 10  # candidates up to this long are tried in the first pass
+_SEARCH_POSITION_COST = 16
+_SEARCH_CANDIDATE_COST = 1024
+_U32 = struct.Struct("<I")
+_HIGH_BYTE_PLAUSIBLE = bytes(int(b > record_bytes_max >> 24) for b in range(256))
 
 assert SEGMENT_HEADER_BYTES == 24 and RECORD_HEADER_BYTES == 8
 assert 0 < record_bytes_max < 2**32
@@ -185,26 +188,63 @@ def looks_interrupted(data: bytes, bad: int) -> bool:
 def find_record(data: bytes, start: int, starts_end: int) -> tuple[int | None, bool]:
     """An offset in ``[start, starts_end)`` where a whole CRC-valid record begins.
 
-    Returns ``(offset or None, whether the work bound stopped the search)``. Candidates are
-    tried window by window, shortest first, so long false candidates (a timestamp's high word
-    read as a length) do not spend the bound before a nearby real record is tried.
+    Returns ``(offset or None, whether the work bound stopped the search)``. Two passes keep a
+    nearby real record from hiding behind long false candidates (a timestamp's high word read as
+    a length is ~400 KB of CRC work each): first every short candidate in offset order, then the
+    long ones, shortest first.
     """
-    view, end, unpack = memoryview(data), len(data), RECORD_HEADER.unpack_from
-    budget = tail_search_work_max
+    view, end, budget = memoryview(data), len(data), tail_search_work_max
+    long_ones: list[tuple[int, int]] = []
+    long_cost, skipped = 0, False
     for window in range(start, starts_end, _SEARCH_WINDOW):
-        candidates: list[tuple[int, int, int]] = []
-        for offset in range(window, min(window + _SEARCH_WINDOW, starts_end)):
-            length, checksum = unpack(data, offset)
-            if 0 < length <= record_bytes_max and offset + RECORD_HEADER_BYTES + length <= end:
-                candidates.append((length, offset, checksum))
-        budget -= _SEARCH_WINDOW * _SEARCH_POSITION_COST
-        for length, offset, checksum in sorted(candidates):
-            budget -= _SEARCH_CANDIDATE_COST + length
+        stop = min(window + _SEARCH_WINDOW, starts_end)
+        budget -= (stop - window) * _SEARCH_POSITION_COST
+        for length, offset in _candidates(data, window, stop):
+            cost = _SEARCH_CANDIDATE_COST + length
+            if offset + RECORD_HEADER_BYTES + length > end:
+                continue
+            if length > _SEARCH_SHORT_BYTES:
+                skipped |= long_cost + cost > budget
+                if long_cost + cost <= budget:
+                    long_ones.append((length, offset))
+                    long_cost += cost
+                continue
+            budget -= cost
             if budget < 0:
                 return None, True
-            body = offset + RECORD_HEADER_BYTES
-            if crc32c(view[body : body + length]) == checksum:
+            if _valid_at(data, view, offset, length):
                 return offset, False
         if budget < 0:
             return None, True
-    return None, False
+    for length, offset in sorted(long_ones):
+        budget -= _SEARCH_CANDIDATE_COST + length
+        if budget < 0:
+            return None, True
+        if _valid_at(data, view, offset, length):
+            return offset, False
+    return None, skipped
+
+
+def _candidates(data: bytes, low: int, high: int) -> list[tuple[int, int]]:
+    """``(length, offset)`` for each offset in [low, high) whose length field is plausible.
+
+    A plausible little-endian length has a small high byte; those offsets are found at C speed
+    (a strided slice of high bytes, translated so the small ones become zero, then ``find``).
+    """
+    found: list[tuple[int, int]] = []
+    for first in range(low, min(low + 4, high)):
+        marks = data[first + 3 : high + 3 : 4].translate(_HIGH_BYTE_PLAUSIBLE)
+        index = marks.find(0)
+        while index >= 0:
+            offset = first + 4 * index
+            length: int = _U32.unpack_from(data, offset)[0]
+            if 0 < length <= record_bytes_max:
+                found.append((length, offset))
+            index = marks.find(0, index + 1)
+    return found
+
+
+def _valid_at(data: bytes, view: memoryview, offset: int, length: int) -> bool:
+    body = offset + RECORD_HEADER_BYTES
+    checksum: int = RECORD_HEADER.unpack_from(data, offset)[1]
+    return crc32c(view[body : body + length]) == checksum
