@@ -29,6 +29,7 @@ from unimeter.wire import bodies
 from unimeter.wire import messages as m
 from unimeter.wire.codec import (
     ANNOUNCED_LIMITS,
+    BadRequest,
     ClientCodec,
     FrameDecoder,
     ServerCodec,
@@ -231,6 +232,16 @@ def test_bad_frames_are_protocol_errors(name: str, payload: bytes) -> None:
     client.feed(frame)
     with pytest.raises(errors.ProtocolError):
         client.next_frame()
+
+
+def test_peer_frames_pass_their_items_through() -> None:
+    """Node-to-node Raft traffic: the consensus layer decodes the items, not this codec."""
+    server = ServerCodec()
+    server.feed(encode_frame([int(m.Kind.PEER), 0, [[1, 2], {"x": 3}]]))
+    server.feed(encode_frame([int(m.Kind.PEER), 0, {"not": "a list"}]))
+    assert server.next_frame() == m.PeerFrame(items=[[1, 2], {"x": 3}])
+    refused = server.next_frame()
+    assert isinstance(refused, BadRequest) and refused.kind == m.Kind.PEER
 
 
 # --------------------------------------------------------------------------- client side

@@ -208,8 +208,11 @@ class ServerCodec:
         if raw_kind == m.Kind.PEER:
             # Peer traffic is decoded by the consensus layer, which checks every item.
             if type(body) is not list:
-                return BadRequest(request_id=request_id, kind=raw_kind,
-                                  message="a PEER frame carries a list of raft messages")
+                return BadRequest(
+                    request_id=request_id,
+                    kind=raw_kind,
+                    message="a PEER frame carries a list of raft messages",
+                )
             return m.PeerFrame(items=body)
         try:
             kind = m.Kind(raw_kind)
