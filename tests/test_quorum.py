@@ -28,7 +28,10 @@ def naive_vote(voters: frozenset[int], votes: dict[int, bool]) -> VoteResult:
     missing = [v for v in voters if v not in votes]
     outcomes = set()
     for fill in itertools.product([True, False], repeat=len(missing)):
-        complete = {**{v: votes[v] for v in voters if v in votes}, **dict(zip(missing, fill))}
+        complete = {
+            **{v: votes[v] for v in voters if v in votes},
+            **dict(zip(missing, fill, strict=True)),
+        }
         granted = sum(complete.values())
         outcomes.add(granted * 2 > len(voters))
     if outcomes == {True}:
