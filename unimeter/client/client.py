@@ -122,6 +122,7 @@ class AsyncClient:
         self._connect_lock = asyncio.Lock()
         self._refresher: asyncio.Task[None] | None = None
         self._map_fetch: asyncio.Task[None] | None = None
+        self._refresh_failing = False
         self._any_hint: str | None = None  # the catalog leader, as a NOT_LEADER named it
         self._any_turn = 0  # rotates the node for ANY_NODE requests after a failure
         self._events_per_batch_max = limits.events_per_batch_max
@@ -452,10 +453,15 @@ class AsyncClient:
             failures = await self._fetch_map_from(candidates, self._deadline())
         except UnimeterError as exc:
             failures = [str(exc)]
-        if failures is not None:
-            log.warning("partition map refresh failed: %s", "; ".join(failures))
-        else:
+        if failures is None:
+            self._refresh_failing = False
             self._pool.warm(self._map.addresses())
+        else:
+            # Every retry of every request asks for a refresh while the cluster is unreachable:
+            # warn once per outage, not once per attempt.
+            level = logging.DEBUG if self._refresh_failing else logging.WARNING
+            self._refresh_failing = True
+            log.log(level, "partition map refresh failed: %s", "; ".join(failures))
 
     async def _refresh_periodically(self) -> None:
         while True:

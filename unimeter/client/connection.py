@@ -19,6 +19,7 @@ import asyncio
 import builtins
 import enum
 import logging
+from typing import cast
 
 from unimeter import limits
 from unimeter.errors import (
@@ -137,6 +138,10 @@ class Connection(asyncio.Protocol):
             await self._wait(self._slot_waiters, deadline)
             if self._state not in (_State.READY, _State.CONNECTING):
                 raise self._refusal()
+        assert self._transport is not None
+        if self._transport.is_closing():
+            # The peer is gone and connection_lost has not run yet: a write now would vanish.
+            raise UnavailableError(f"connection to {self.address} is closing")
         request_id = self._new_request_id()
         try:
             frame = self._codec.encode_request(request_id, message)
@@ -144,7 +149,6 @@ class Connection(asyncio.Protocol):
             raise
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidRequestError(f"cannot encode {type(message).__name__}: {exc}") from None
-        assert self._transport is not None
         future: asyncio.Future[ResponseFrame] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
@@ -200,8 +204,8 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ protocol callbacks
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self._transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         self._dispatch(data)
