@@ -30,6 +30,7 @@ import random
 from collections.abc import Sequence
 
 from unimeter.consensus.config import LeadershipTransferring, NotLeader, RaftConfig, Role
+from unimeter.consensus.leader import Leader
 from unimeter.consensus.log import RaftLog
 from unimeter.consensus.messages import (
     AppendEntries,
@@ -48,10 +49,10 @@ from unimeter.consensus.messages import (
     TimeoutNow,
 )
 from unimeter.consensus.quorum import Membership, VoteResult
-from unimeter.consensus.ready import Outbox, PeerStatus, Ready, SoftState, Status
-from unimeter.consensus.replication import Replication
+from unimeter.consensus.ready import Outbox, Ready, SoftState, Status
 
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
+_TO_LEADER = (AppendEntriesResponse, InstallSnapshotResponse, HeartbeatResponse)
 
 
 class RaftCore:
@@ -102,14 +103,8 @@ class RaftCore:
         self._election_due = now
         if self._peers:
             self._reset_election_timer()
-        # Leader-only state.
-        self._repl: Replication | None = None
-        self._heartbeat_due = math.inf
-        self._check_quorum_due = math.inf
-        self._transferee: int | None = None
-        self._transfer_due = math.inf
-        self._timeout_now_sent = False
-        self._term_start_index = 0
+        self._lead: Leader | None = None  # while leading
+        self._term_start_index = 0  # the index of this leader's no-op
         self._commit_moved = False
 
         recovered = HardState(term=self._term, vote=self._vote, commit=self._commit)
@@ -189,16 +184,6 @@ class RaftCore:
         return self._log.entries_from(lo)[: hi - lo + 1]
 
     def status(self) -> Status:
-        peers = {}
-        if self._repl is not None:
-            for p, pr in self._repl.progress.items():
-                peers[p] = PeerStatus(
-                    match=pr.match,
-                    next=pr.next,
-                    state=pr.state,
-                    inflight_appends=len(pr.inflights),
-                    recent_active=pr.recent_active,
-                )
         return Status(
             node_id=self._id,
             role=self._role,
@@ -210,7 +195,7 @@ class RaftCore:
             stable_index=self._stable,
             last_index=self._log.last_index,
             snapshot_index=self._log.snapshot_index,
-            peers=peers,
+            peers=self._lead.peer_status() if self._lead is not None else {},
         )
 
     # ------------------------------------------------------------------ local inputs
@@ -226,8 +211,8 @@ class RaftCore:
             raise ValueError("empty payloads are reserved for the leader's no-op")
         if self._role is not Role.LEADER:
             raise NotLeader(self._leader)
-        if self._transferee is not None:
-            raise LeadershipTransferring(self._transferee)
+        if self._lead is not None and self._lead.transferee is not None:
+            raise LeadershipTransferring(self._lead.transferee)
         self._now = now
         index = self._log.last_index + 1
         self._log.append(LogEntry(term=self._term, index=index, data=data))
@@ -236,48 +221,27 @@ class RaftCore:
     def tick(self, now: float) -> None:
         self._assert_no_outstanding_ready()
         self._now = now
-        if self._repl is None:
+        if self._lead is None:
             if now >= self._election_due:
                 self._campaign(transfer=False)
-            return
-        if now >= self._check_quorum_due:
-            self._check_quorum_due = now + self._cfg.election_timeout_s
-            if self._cfg.check_quorum:
-                active = [self._id, *self._repl.recently_active()]
-                if not self._members.has_quorum(active):
-                    self._become_follower(self._term, None)
-                    return
-            self._repl.forget_activity()
-        if self._transferee is not None and now >= self._transfer_due:
-            self._transferee = None  # the target did not take over in time: lead on
-            self._transfer_due = math.inf
-            self._timeout_now_sent = False
-        if now >= self._heartbeat_due:
-            self._heartbeat_due = now + self._cfg.heartbeat_interval_s
-            self._repl.heartbeat(self._commit, now)
+        elif not self._lead.tick(now, self._commit):
+            self._become_follower(self._term, None)  # check-quorum: we may be cut off
 
     def next_deadline(self) -> float:
         """When ``tick`` must be called next (calling it earlier is harmless)."""
-        if self._repl is None:
-            return self._election_due
-        return min(self._heartbeat_due, self._check_quorum_due, self._transfer_due)
+        return self._election_due if self._lead is None else self._lead.next_deadline()
 
     def transfer_leadership(self, to: int, now: float) -> None:
         """Hand leadership to ``to`` once it has every entry (proposals pause meanwhile).
 
         Gives up after an election timeout; a no-op if ``to`` is this node."""
         self._assert_no_outstanding_ready()
-        if self._repl is None:
+        if self._lead is None:
             raise NotLeader(self._leader)
         if to not in self._members:
             raise ValueError(f"{to} is not a member")
         self._now = now
-        if to == self._id or to == self._transferee:
-            return
-        self._transferee = to
-        self._transfer_due = now + self._cfg.election_timeout_s
-        self._timeout_now_sent = False
-        self._maybe_send_timeout_now()
+        self._lead.start_transfer(to, now)
 
     def send_snapshot(self, to: int, snapshot: Snapshot, now: float) -> None:
         """The runtime's answer to ``Ready.snapshot_requests``: the latest snapshot.
@@ -287,9 +251,9 @@ class RaftCore:
         from the log) and at most the commit index.
         """
         self._assert_no_outstanding_ready()
-        if self._repl is not None:
+        if self._lead is not None:
             self._now = now
-            self._repl.send_snapshot(to, snapshot, self._commit, now)
+            self._lead.send_snapshot(to, snapshot, self._commit, now)
 
     def compact(self, index: int) -> None:
         """The application holds a durable snapshot at ``index``: drop entries up to it."""
@@ -349,8 +313,8 @@ class RaftCore:
         assert self._out.outstanding is None, "call advance() before anything else after ready()"
 
     def _flush(self) -> None:
-        if self._repl is not None:
-            self._repl.flush(self._commit, self._now, commit_moved=self._commit_moved)
+        if self._lead is not None:
+            self._lead.flush(self._commit, self._now, commit_moved=self._commit_moved)
             self._commit_moved = False
 
     # ------------------------------------------------------------------ messages
@@ -380,8 +344,10 @@ class RaftCore:
         elif isinstance(msg, TimeoutNow):
             if self._role is Role.FOLLOWER:
                 self._campaign(transfer=True)
-        elif self._repl is not None:
-            self._step_leader(msg)
+        elif self._lead is not None:
+            assert isinstance(msg, _TO_LEADER), msg
+            if self._lead.on_response(msg, self._now):
+                self._maybe_commit()
 
     def _step_term(self, msg: Message) -> bool:
         """Apply the term rules of Raft §5.1 plus pre-vote and the lease; False: drop it."""
@@ -432,10 +398,7 @@ class RaftCore:
         if leader is not None:
             self._leader_contact_at = self._now
         self._votes = {}
-        self._repl = None
-        self._heartbeat_due = self._check_quorum_due = math.inf
-        self._transferee = None
-        self._transfer_due = math.inf
+        self._lead = None
         self._term_start_index = 0
         self._commit_moved = False
         self._reset_election_timer()
@@ -509,17 +472,15 @@ class RaftCore:
         self._role = Role.LEADER
         self._leader = self._id
         self._votes = {}
-        self._repl = Replication(
+        self._lead = Leader(
             node_id=self._id,
             term=self._term,
-            peers=self._peers,
+            members=self._members,
             log=self._log,
             config=self._cfg,
             outbox=self._out,
             now=self._now,
         )
-        self._heartbeat_due = self._now + self._cfg.heartbeat_interval_s
-        self._check_quorum_due = self._now + self._cfg.election_timeout_s
         # Raft §5.4.2: entries of earlier terms commit only under an entry of this term.
         self._term_start_index = self._log.last_index + 1
         self._log.append(LogEntry(term=self._term, index=self._term_start_index, data=b""))
@@ -569,9 +530,7 @@ class RaftCore:
             self._ack(msg.src, self._commit)
             return
         if not self._log.matches(msg.prev_index, msg.prev_term):
-            hint = self._log.find_conflict_by_term(
-                min(msg.prev_index, self._log.last_index), msg.prev_term
-            )
+            hint = self._log.find_conflict_by_term(msg.prev_index, msg.prev_term)
             self._out.now.append(
                 AppendEntriesResponse(
                     src=self._id,
@@ -628,39 +587,10 @@ class RaftCore:
 
     # ------------------------------------------------------------------ leader
 
-    def _step_leader(self, msg: Message) -> None:
-        assert self._repl is not None
-        if msg.src not in self._repl.progress:
-            return
-        if isinstance(msg, AppendEntriesResponse):
-            if self._repl.on_append_response(msg, self._now):
-                self._maybe_commit()
-        elif isinstance(msg, InstallSnapshotResponse):
-            pr = self._repl.progress[msg.src]
-            pr.recent_active = True
-            assert msg.match_index <= self._log.last_index, (msg, self._log.last_index)
-            if self._repl.on_ack(pr, msg.match_index, self._now):
-                self._maybe_commit()
-        elif isinstance(msg, HeartbeatResponse):
-            self._repl.on_heartbeat_response(msg.src)
-        self._maybe_send_timeout_now()
-
     def _maybe_commit(self) -> None:
-        assert self._repl is not None
-        match = self._repl.match_indexes()
-        match[self._id] = self._stable
-        index = self._members.committed_index(match)
+        assert self._lead is not None
+        index = self._lead.quorum_match(self._stable)
         # Raft §5.4.2: count replicas only for an entry of the current term.
         if index > self._commit and self._log.term_at(index) == self._term:
             self._commit = index
             self._commit_moved = True
-
-    def _maybe_send_timeout_now(self) -> None:
-        assert self._repl is not None
-        to = self._transferee
-        if to is None or self._timeout_now_sent:
-            return
-        if self._repl.progress[to].match == self._log.last_index:
-            # Sent once: if it is lost, the transfer times out and this leader leads on.
-            self._out.now.append(TimeoutNow(src=self._id, dst=to, term=self._term))
-            self._timeout_now_sent = True

@@ -1,10 +1,13 @@
-"""The leader's side of log replication: one Progress per follower, flow control, snapshots.
+"""What a node holds only while it leads one term: followers' progress, heartbeats,
+check-quorum and leadership transfer.
 
-Lives only while its node leads one term. It decides what to send to whom (progress.py has
-the per-follower state machine); the core decides what is committed from ``match_indexes``.
+It decides what to send to whom (progress.py has the per-follower flow-control state machine)
+and reports the quorum's match index; the core decides what that commits (Raft §5.4.2).
 """
 
 from __future__ import annotations
+
+import math
 
 from unimeter.consensus.config import RaftConfig
 from unimeter.consensus.log import RaftLog
@@ -12,21 +15,25 @@ from unimeter.consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Heartbeat,
+    HeartbeatResponse,
     InstallSnapshot,
+    InstallSnapshotResponse,
     LogEntry,
     Snapshot,
+    TimeoutNow,
 )
 from unimeter.consensus.progress import Inflights, Progress, ProgressState
-from unimeter.consensus.ready import Outbox
+from unimeter.consensus.quorum import Membership
+from unimeter.consensus.ready import Outbox, PeerStatus
 
 
-class Replication:
+class Leader:
     def __init__(
         self,
         *,
         node_id: int,
         term: int,
-        peers: tuple[int, ...],
+        members: Membership,
         log: RaftLog,
         config: RaftConfig,
         outbox: Outbox,
@@ -34,9 +41,15 @@ class Replication:
     ) -> None:
         self._id = node_id
         self._term = term
+        self._members = members
         self._log = log
         self._cfg = config
         self._outbox = outbox
+        self.heartbeat_due = now + config.heartbeat_interval_s
+        self.check_quorum_due = now + config.election_timeout_s
+        self.transferee: int | None = None
+        self.transfer_due = math.inf
+        self._timeout_now_sent = False
         next_index = log.last_index + 1
         self.progress = {
             p: Progress(
@@ -45,35 +58,105 @@ class Replication:
                 inflights=Inflights(config.inflight_appends_max, config.inflight_bytes_max),
                 last_ack_at=now,
             )
-            for p in peers
+            for p in members.sorted()
+            if p != node_id
         }
 
-    def match_indexes(self) -> dict[int, int]:
-        return {p: pr.match for p, pr in self.progress.items()}
+    def quorum_match(self, own_stable: int) -> int:
+        """The highest index durable on a quorum (our own log counts up to ``own_stable``)."""
+        match = {p: pr.match for p, pr in self.progress.items()}
+        match[self._id] = own_stable
+        return self._members.committed_index(match)
 
-    def recently_active(self) -> list[int]:
-        return [p for p, pr in self.progress.items() if pr.recent_active]
+    def peer_status(self) -> dict[int, PeerStatus]:
+        return {
+            p: PeerStatus(
+                match=pr.match,
+                next=pr.next,
+                state=pr.state,
+                inflight_appends=len(pr.inflights),
+                recent_active=pr.recent_active,
+            )
+            for p, pr in self.progress.items()
+        }
 
-    def forget_activity(self) -> None:
-        for pr in self.progress.values():
-            pr.recent_active = False
+    # ------------------------------------------------------------------ timers
+
+    def next_deadline(self) -> float:
+        return min(self.heartbeat_due, self.check_quorum_due, self.transfer_due)
+
+    def tick(self, now: float, commit: int) -> bool:
+        """Run due timers; False means the leader must step down (check-quorum failed)."""
+        if now >= self.check_quorum_due:
+            self.check_quorum_due = now + self._cfg.election_timeout_s
+            if self._cfg.check_quorum:
+                active = [self._id, *(p for p, pr in self.progress.items() if pr.recent_active)]
+                if not self._members.has_quorum(active):
+                    return False
+            for pr in self.progress.values():
+                pr.recent_active = False
+        if self.transferee is not None and now >= self.transfer_due:
+            self.transferee = None  # the target did not take over in time: lead on
+            self.transfer_due = math.inf
+        if now >= self.heartbeat_due:
+            self.heartbeat_due = now + self._cfg.heartbeat_interval_s
+            self._heartbeat(commit, now)
+        return True
+
+    # ------------------------------------------------------------------ transfer
+
+    def start_transfer(self, to: int, now: float) -> None:
+        if to == self._id or to == self.transferee:
+            return
+        self.transferee = to
+        self.transfer_due = now + self._cfg.election_timeout_s
+        self._timeout_now_sent = False
+        self.maybe_send_timeout_now()
+
+    def maybe_send_timeout_now(self) -> None:
+        to = self.transferee
+        if to is None or self._timeout_now_sent:
+            return
+        if self.progress[to].match == self._log.last_index:
+            # Sent once: if it is lost, the transfer times out and this leader leads on.
+            self._outbox.now.append(TimeoutNow(src=self._id, dst=to, term=self._term))
+            self._timeout_now_sent = True
 
     # ------------------------------------------------------------------ answers
 
-    def on_append_response(self, msg: AppendEntriesResponse, now: float) -> bool:
+    def on_response(
+        self,
+        msg: AppendEntriesResponse | InstallSnapshotResponse | HeartbeatResponse,
+        now: float,
+    ) -> bool:
         """Returns whether the follower's match index moved (commit may advance)."""
-        pr = self.progress[msg.src]
+        pr = self.progress.get(msg.src)
+        if pr is None:
+            return False
         pr.recent_active = True
+        if isinstance(msg, HeartbeatResponse):
+            # Also how a lost probe is retried: at most one probe per heartbeat round trip.
+            pr.probe_sent = False
+            return False
+        if isinstance(msg, InstallSnapshotResponse):
+            assert msg.match_index <= self._log.last_index, (msg, self._log.last_index)
+            moved = self._on_ack(pr, msg.match_index, now)
+        else:
+            moved = self._on_append_response(pr, msg, now)
+        self.maybe_send_timeout_now()
+        return moved
+
+    def _on_append_response(self, pr: Progress, msg: AppendEntriesResponse, now: float) -> bool:
         if msg.success:
             assert msg.match_index <= self._log.last_index, (msg, self._log.last_index)
             pr.last_ack_at = now
-            return self.on_ack(pr, msg.match_index, now)
+            return self._on_ack(pr, msg.match_index, now)
         hint = self._log.find_conflict_by_term(msg.hint_index, msg.hint_term)
         if pr.maybe_decrease(msg.rejected_index, hint) and pr.state is ProgressState.REPLICATE:
             pr.become_probe()
         return False
 
-    def on_ack(self, pr: Progress, match: int, now: float) -> bool:
+    def _on_ack(self, pr: Progress, match: int, now: float) -> bool:
         updated = pr.maybe_update(match)
         if pr.state is ProgressState.SNAPSHOT:
             if pr.match >= self._log.snapshot_index:  # the log can take it from here
@@ -85,15 +168,9 @@ class Replication:
                 pr.inflights.free_to(match)
         return updated
 
-    def on_heartbeat_response(self, peer: int) -> None:
-        pr = self.progress[peer]
-        pr.recent_active = True
-        # Also how a lost probe is retried: at most one probe per heartbeat round trip.
-        pr.probe_sent = False
-
     # ------------------------------------------------------------------ sending
 
-    def heartbeat(self, commit: int, now: float) -> None:
+    def _heartbeat(self, commit: int, now: float) -> None:
         for peer, pr in self.progress.items():
             # Capped at what the follower is known to hold, so it can adopt it blindly.
             hb_commit = min(commit, pr.match)
