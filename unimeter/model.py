@@ -247,25 +247,49 @@ class MetricSchema:
     @classmethod
     def from_wire(cls, body: Mapping[str, object]) -> MetricSchema:
         """Build (and validate) a schema from its wire map; raises ``ValueError``."""
-        try:
-            dims = body.get("dims", [])
-            ths = body.get("thresholds", [])
-            assert isinstance(dims, list) and isinstance(ths, list)
-            schema = cls(
-                code=body["code"],  # type: ignore[arg-type]
-                agg_type=AggType(body["agg"]),  # type: ignore[arg-type]
-                period_type=PeriodType(body.get("period", 0)),  # type: ignore[arg-type]
-                billing_cycle_day=body.get("cycle_day", 1),  # type: ignore[arg-type]
-                period_seconds=body.get("period_s", limits.period_seconds_default),  # type: ignore[arg-type]
-                recurring=bool(body.get("recurring", False)),
-                filters=tuple(DimensionFilter(key=k, values=tuple(v)) for k, v in dims),
-                thresholds=tuple(
-                    AlertThreshold(code=c, value=v, recurring=bool(r)) for c, v, r in ths
-                ),
+
+        def need(cond: bool, what: str) -> None:
+            if not cond:
+                raise ValueError(f"malformed metric schema: {what}")
+
+        def integer(x: object, what: str) -> int:
+            need(type(x) is int, f"{what} must be an integer")
+            return x  # type: ignore[return-value]
+
+        dims = body.get("dims", [])
+        ths = body.get("thresholds", [])
+        if not isinstance(dims, list) or not isinstance(ths, list):
+            raise ValueError("malformed metric schema: dims and thresholds must be lists")
+        filters = []
+        for d in dims:
+            need(isinstance(d, list) and len(d) == 2, "a dimension is [key, values]")
+            need(isinstance(d[1], list), "dimension values must be a list")
+            filters.append(DimensionFilter(key=d[0], values=tuple(d[1])))
+        thresholds = []
+        for t in ths:
+            need(isinstance(t, list) and len(t) == 3, "a threshold is [code, value, recurring]")
+            need(type(t[2]) is bool, "threshold recurring must be a boolean")
+            thresholds.append(
+                AlertThreshold(code=t[0], value=integer(t[1], "threshold value"), recurring=t[2])
             )
-        except (KeyError, TypeError, ValueError, AssertionError) as exc:
-            raise ValueError(f"malformed metric schema: {exc!r}") from None
-        schema.validate()
+        recurring = body.get("recurring", False)
+        need(type(recurring) is bool, "recurring must be a boolean")
+        try:
+            schema = cls(
+                code=body.get("code"),  # type: ignore[arg-type]
+                agg_type=AggType(integer(body.get("agg"), "agg")),
+                period_type=PeriodType(integer(body.get("period", 0), "period")),
+                billing_cycle_day=integer(body.get("cycle_day", 1), "cycle_day"),
+                period_seconds=integer(
+                    body.get("period_s", limits.period_seconds_default), "period_s"
+                ),
+                recurring=recurring,  # type: ignore[arg-type]
+                filters=tuple(filters),
+                thresholds=tuple(thresholds),
+            )
+            schema.validate()
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"malformed metric schema: {exc}") from None
         return schema
 
     def normalized(self) -> MetricSchema:

@@ -86,7 +86,13 @@ class ClientConnection(asyncio.Protocol):
         transport = self.transport
         if transport is None or transport.is_closing():
             return  # the client went away; its request may still have been applied
-        transport.write(self.codec.encode_response(request_id, status, message))
+        try:
+            frame = self.codec.encode_response(request_id, status, message)
+        except errors.ServerError as exc:  # a reply over the frame limit: say so instead
+            frame = self.codec.encode_response(
+                request_id, errors.Status.INTERNAL, m.ErrorReply(message=exc.message)
+            )
+        transport.write(frame)
 
     def close(self) -> None:
         if self.transport is not None:
