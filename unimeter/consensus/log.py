@@ -74,6 +74,11 @@ class RaftLog:
         assert lo > self._snap_index, (lo, self._snap_index)
         return tuple(self._entries[lo - self._snap_index - 1 :])
 
+    def span(self, lo: int, hi: int) -> tuple[LogEntry, ...]:
+        """Entries ``lo..hi`` (inclusive), both in memory."""
+        assert self._snap_index < lo and hi <= self.last_index, (lo, hi, self._snap_index)
+        return tuple(self._entries[lo - self._snap_index - 1 : hi - self._snap_index])
+
     def slice(self, lo: int, hi: int, *, count_max: int, bytes_max: int) -> tuple[LogEntry, ...]:
         """Entries ``lo..hi`` (inclusive), cut to the limits but never empty if any exist."""
         assert lo > self._snap_index, (lo, self._snap_index)

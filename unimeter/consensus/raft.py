@@ -179,9 +179,7 @@ class RaftCore:
         """Entries ``lo..hi`` (inclusive) still in memory."""
         lo = max(lo, self._log.first_index)
         hi = min(hi, self._log.last_index)
-        if lo > hi:
-            return ()
-        return self._log.entries_from(lo)[: hi - lo + 1]
+        return self._log.span(lo, hi) if lo <= hi else ()
 
     def status(self) -> Status:
         return Status(
