@@ -299,7 +299,7 @@ class PartitionState:
         """``newest_day`` moves forward: expire what fell out of retention and the windows."""
         self._newest_day = day
         cutoff = max(TS_MIN_US, (day - self.retention_days) * US_PER_DAY)
-        oldest_kept_day = day - self.dedup_window_days
+        oldest_kept_day = day - self.dedup_window_days + 1
         self._ids.expire(oldest_kept_day)
         self._producers.expire(oldest_kept_day)
         if cutoff <= self._cutoff:
