@@ -177,6 +177,23 @@ def test_the_leaders_own_fsync_counts_only_once_done() -> None:
     assert cluster.run_until(lambda: b"x" in committed_payloads(cluster, leader), ELECTION)
 
 
+def test_an_idle_follower_is_not_mistaken_for_a_stalled_one() -> None:
+    cluster = Cluster(3, seed=14)
+    leader = cluster.wait_leader()
+    assert cluster.run_until(lambda: cluster.core(leader).leader_ready, ELECTION)
+    follower = next(n for n in cluster.members if n != leader)
+    cluster.run_for(10 * ELECTION)  # idle, much longer than replicate_stall_s
+    cluster.set_hold_fsync(follower, True)
+    cluster.propose(leader, b"x")
+    cluster.run_for(0.8 * FAST.replicate_stall_s)  # heartbeats pass; the ack is not late yet
+    peer = cluster.core(leader).status().peers[follower]
+    assert peer.state is ProgressState.REPLICATE and peer.inflight_appends == 1
+    cluster.run_for(FAST.replicate_stall_s)  # now it is: probe again
+    assert cluster.core(leader).status().peers[follower].state is ProgressState.PROBE
+    cluster.set_hold_fsync(follower, False)
+    assert cluster.run_until(lambda: b"x" in committed_payloads(cluster, follower), ELECTION)
+
+
 def test_a_stale_leaders_entries_are_replaced_after_a_new_election() -> None:
     cluster = Cluster(3, seed=6)
     old = cluster.wait_leader()

@@ -56,7 +56,7 @@ class Leader:
                 match=0,
                 next=next_index,
                 inflights=Inflights(config.inflight_appends_max, config.inflight_bytes_max),
-                last_ack_at=now,
+                waiting_since=now,
             )
             for p in members.sorted()
             if p != node_id
@@ -149,7 +149,7 @@ class Leader:
     def _on_append_response(self, pr: Progress, msg: AppendEntriesResponse, now: float) -> bool:
         if msg.success:
             assert msg.match_index <= self._log.last_index, (msg, self._log.last_index)
-            pr.last_ack_at = now
+            pr.waiting_since = now
             return self._on_ack(pr, msg.match_index, now)
         hint = self._log.find_conflict_by_term(msg.hint_index, msg.hint_term)
         if pr.maybe_decrease(msg.rejected_index, hint) and pr.state is ProgressState.REPLICATE:
@@ -180,7 +180,7 @@ class Leader:
             stalled = (
                 pr.state is ProgressState.REPLICATE
                 and len(pr.inflights) > 0
-                and now - pr.last_ack_at >= self._cfg.replicate_stall_s
+                and now - pr.waiting_since >= self._cfg.replicate_stall_s
             )
             snapshot_lost = (
                 pr.state is ProgressState.SNAPSHOT
@@ -236,7 +236,7 @@ class Leader:
         )
         if not entries:
             return False
-        pr.sent(entries[-1].index, sum(e.size_bytes for e in entries))
+        pr.sent(entries[-1].index, sum(e.size_bytes for e in entries), now)
         return True
 
     def send_snapshot(self, peer: int, snapshot: Snapshot, commit: int, now: float) -> None:

@@ -67,7 +67,8 @@ class Progress:
     state: ProgressState = ProgressState.PROBE
     probe_sent: bool = False  # PROBE: an append is out; wait for its answer or a heartbeat's
     recent_active: bool = False  # heard from since the last check-quorum round
-    last_ack_at: float = 0.0  # when an append answer last arrived (REPLICATE stall detection)
+    # REPLICATE: since when we have waited for an answer with appends out (stall detection).
+    waiting_since: float = 0.0
     snapshot_index: int = 0  # SNAPSHOT: index of the snapshot sent, 0 while still wanted
     snapshot_at: float = 0.0  # SNAPSHOT: when it was wanted or sent (retry timer)
 
@@ -84,7 +85,7 @@ class Progress:
         self.probe_sent = False
         self.inflights.clear()
         self.snapshot_index = 0
-        self.last_ack_at = now
+        self.waiting_since = now
 
     def become_snapshot(self, now: float) -> None:
         self.state = ProgressState.SNAPSHOT
@@ -100,10 +101,12 @@ class Progress:
             return self.inflights.full()
         return True
 
-    def sent(self, last_index: int, size_bytes: int) -> None:
+    def sent(self, last_index: int, size_bytes: int, now: float) -> None:
         """An append carrying entries up to ``last_index`` went out."""
         if self.state is ProgressState.REPLICATE:
             if last_index >= self.next:
+                if not len(self.inflights):
+                    self.waiting_since = now  # an idle follower is not a stalled one
                 self.inflights.add(last_index, size_bytes)
                 self.next = last_index + 1
         else:
