@@ -114,7 +114,7 @@ def test_disk_full_leaves_the_previous_snapshots_intact(
     write_snapshot(tmp_path, 5, state(5))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
 
-    def half_then_enospc(fd: int, data: bytes, offset: int) -> None:
+    def half_then_enospc(fd: int, data: bytes, offset: int, pwrite: object = None) -> None:
         os.pwrite(fd, data[: len(data) // 2], offset)
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -181,6 +181,24 @@ def test_compact_before_then_reopen(tmp_path: Path) -> None:
         assert (report.first_index, report.last_index) == (firsts[-1], firsts[-1])
 
 
+def test_reset_restarts_the_log_after_a_snapshot(tmp_path: Path) -> None:
+    write_log(tmp_path, 40)
+    wal, _ = WriteAheadLog.open(tmp_path, segment_bytes_max=256)
+    with wal:
+        wal.reset(501)  # a leader's snapshot at 500 replaced everything
+        assert (wal.first_index, wal.last_index, wal.durable_index) == (501, 500, 500)
+        assert list(wal.read_from(501)) == []
+        assert wal.append(b"after the snapshot") == 501
+        wal.sync()
+        with pytest.raises(ValueError):
+            wal.reset(0)
+    assert [s.name for s in segments(tmp_path)] == ["0000000000000501.wal"]
+    assert contents(tmp_path) == [b"after the snapshot"]
+    wal, report = WriteAheadLog.open(tmp_path, first_index=7)
+    wal.close()
+    assert (report.first_index, report.last_index) == (501, 501)
+
+
 # ------------------------------------------------------------------------ recovery: torn tails
 
 

@@ -158,6 +158,25 @@ def test_other_io_errors_fail_the_log_for_good(tmp_path: Path) -> None:
         assert contents(directory) == expected
 
 
+def test_a_failed_reset_fails_the_log_and_a_reopen_finishes_it(tmp_path: Path) -> None:
+    faults = Faults()
+    wal, _ = WriteAheadLog.open(
+        tmp_path, segment_bytes_max=160, test_only_syscalls=faults.syscalls()
+    )
+    wal.append_many([payload(i) for i in range(1, 9)])
+    wal.sync()
+    faults.fail_at = faults.calls + 1  # the directory fsync after the unlinks
+    with pytest.raises(LogFailedError):
+        wal.reset(100)
+    with pytest.raises(LogFailedError):
+        wal.append(b"x")
+    wal.close()
+    wal, report = WriteAheadLog.open(tmp_path, first_index=100)  # what the owner does next
+    with wal:
+        assert (report.first_index, report.last_index) == (100, 99)
+        assert wal.append(b"y") == 100
+
+
 @pytest.fixture
 def small_filesystem(tmp_path: Path) -> Iterator[Path | None]:
     """A 256 KiB tmpfs if this machine lets us mount one (root in a sandbox usually can)."""

@@ -45,11 +45,11 @@ def disk_full_error(exc: OSError, what: str) -> DiskFullError:
     return DiskFullError(f"{what}: {os.strerror(exc.errno or 0)}", errno_code=exc.errno or 0)
 
 
-def fsync_dir(path: str | os.PathLike[str]) -> None:
+def fsync_dir(path: str | os.PathLike[str], fsync: Callable[[int], None] = os.fsync) -> None:
     """Make the directory's entries (created, renamed, removed names) durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -80,28 +80,35 @@ def write_all(
         view, offset = view[written:], offset + written
 
 
-def atomic_write(path: str | os.PathLike[str], data: bytes) -> None:
+def atomic_write(
+    path: str | os.PathLike[str],
+    data: bytes,
+    *,
+    pwrite: Callable[[int, memoryview, int], int] = os.pwrite,
+    fsync: Callable[[int], None] = os.fsync,
+) -> None:
     """Replace ``path`` with ``data`` so a crash leaves either the old file or the new one.
 
     Temp file, write, fsync, rename over ``path``, fsync the directory. On failure the temp
-    file is removed; ENOSPC/EDQUOT raise :class:`DiskFullError`.
+    file is removed; ENOSPC/EDQUOT raise :class:`DiskFullError`. ``pwrite``/``fsync`` are
+    substituted only by fault-injection tests.
     """
     final = Path(path)
     temp = final.with_name(final.name + TEMP_SUFFIX)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
         try:
-            write_all(fd, data, 0)
-            os.fsync(fd)
+            write_all(fd, data, 0, pwrite)
+            fsync(fd)
         finally:
             os.close(fd)
         os.replace(temp, final)
+        fsync_dir(final.parent, fsync)
     except OSError as exc:
         temp.unlink(missing_ok=True)
         if is_disk_full(exc):
             raise disk_full_error(exc, f"writing {final}") from exc
         raise
-    fsync_dir(final.parent)
 
 
 def remove_durable(paths: list[Path]) -> None:

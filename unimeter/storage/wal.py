@@ -14,31 +14,27 @@ the last is always complete. ``sync`` fdatasyncs and advances ``durable_index`` 
 ``last_index`` it saw when it started: that is what the runtime may acknowledge. Everything
 appended before a ``sync`` starts is covered by it; appends racing with it wait for the next.
 
-*Threading contract.* One owner thread (the event loop) calls every method except ``sync``;
-``sync`` may run concurrently in other threads (sync calls serialise among themselves).
-``append`` holds an internal lock only while it writes to the page cache, so an fsync in flight
-never blocks it -- except when the append rotates segments, which waits for the in-flight sync
-and then fsyncs the old segment itself. ``truncate_after`` and ``close`` also wait for it.
-``first_index``/``last_index``/``durable_index`` may be read from any thread. An iterator from
-``read_from`` stays valid across ``append`` and successful ``sync``, and must be finished
-before the next ``truncate_after``/``compact_before`` (or a failed ``sync``, which cuts bytes).
+*Threading contract.* One owner thread (the event loop) calls every method except ``sync``,
+which may run concurrently in other threads (sync calls serialise among themselves). ``append``
+holds an internal lock only while it writes to the page cache, so an fsync in flight never
+blocks it -- unless it rotates segments: then it waits for that sync and fsyncs the old segment
+itself; ``truncate_after``, ``reset`` and ``close`` wait too. The ``*_index`` attributes may be
+read from any thread. A ``read_from`` iterator survives ``append`` and successful ``sync``;
+finish it before anything that removes bytes (truncate, compact, reset, a failed sync).
 
-*Recovery.* ``open`` reads every segment and checks every record's CRC. A bad record in a
-segment that is not the last, a gap between segments, or a stray file with a segment's name is
-:class:`CorruptLogError` (naming file and offset) and nothing is modified. A torn tail of the
-last segment is copied to ``<segment>.torn-<offset>``, cut, and both fsynced. Then the last
-segment is fdatasynced, so what a crashed process left in the page cache is durable before
-``durable_index`` claims it.
+*Recovery.* ``open`` checks every record of every segment. Corruption (rule in ``walformat``)
+raises :class:`CorruptLogError` naming file and offset, with nothing modified; a torn tail of
+the last segment is copied to ``<segment>.torn-<offset>`` and cut. The last segment is then
+fdatasynced: what a crashed process left in the page cache is durable before it counts.
 
-*Disk full.* ENOSPC/EDQUOT become :class:`DiskFullError`. A failed write is truncated away,
-leaving the log exactly as before the call. A failed fsync is worse: Linux may drop the dirty
-pages, mark them clean and report success on the next fsync, so bytes after the last durable
-point may exist only in the page cache -- or nowhere. The log therefore cuts them from the file
-at once (so neither this process nor a reopen can take them for durable), keeps the batches in
-memory, rejects appends with ``DiskFullError``, and the next ``sync`` reopens the file,
-rewrites them and fsyncs: writes resume by themselves once space returns (DESIGN §2.8), and no
-appended record is dropped. Any other I/O error fails the log for good (:class:`LogFailedError`);
-the node should stop, and a restart recovers from what is on disk.
+*Disk full.* ENOSPC/EDQUOT become :class:`DiskFullError`. A failed write is truncated away:
+the log is exactly as before the call. After a failed fsync, Linux may have dropped the dirty
+pages and will report success next time, so the bytes after the last durable point are cut
+from the file at once (no one, not even a reopen, may take them for durable) and their batches
+kept in memory; appends get ``DiskFullError`` and the next ``sync`` rewrites and fsyncs them.
+Writes resume by themselves when space returns (DESIGN §2.8) and no appended record is dropped.
+Any other I/O error fails the log for good (:class:`LogFailedError`): stop the node; a restart
+recovers from the disk.
 """
 
 from __future__ import annotations
@@ -59,6 +55,7 @@ from pathlib import Path
 from unimeter.storage.fsutil import (
     TEMP_SUFFIX,
     DiskFullError,
+    atomic_write,
     disk_full_error,
     is_disk_full,
     make_dirs_durable,
@@ -179,7 +176,7 @@ class WriteAheadLog:
         self.durable_index = self.last_index
         self._synced_size = tail.size
         self._unsynced: list[_Batch] = []  # batches in the last segment after _synced_size
-        self._failure: OSError | None = None
+        self._failure: BaseException | None = None
         self._failed_for_good = False
         self._closed = False
 
@@ -272,7 +269,7 @@ class WriteAheadLog:
         if segments:
             fd = os.open(segments[-1].path, os.O_WRONLY | os.O_CLOEXEC)
         else:
-            segment, fd = _create_segment(path, dir_fd, first_index, sys)
+            segment, fd = _create_segment(path, first_index, sys)
             segments.append(segment)
         try:
             sys.fdatasync(fd)  # a crashed process's unsynced bytes may sit only in the page cache
@@ -305,11 +302,8 @@ class WriteAheadLog:
         return self.append_many((payload,))
 
     def append_many(self, payloads: Sequence[bytes]) -> int:
-        """Write records with one write and return the last index; all or nothing.
-
-        Raises DiskFullError (the log unchanged) or LogFailedError; ValueError for a payload
-        outside 1..record_bytes_max bytes.
-        """
+        """Write records with one write and return the last index; all or nothing. Raises
+        DiskFullError (log unchanged), LogFailedError, ValueError (payload not 1..16 MiB)."""
         if not payloads:
             return self.last_index
         frame, lengths = encode_records(payloads)
@@ -330,11 +324,8 @@ class WriteAheadLog:
             self._rotate(len(frame))
 
     def sync(self) -> int:
-        """fdatasync everything appended before the call; return the index now durable.
-
-        Safe to call from a worker thread while the owner appends. Raises DiskFullError (the
-        unsynced records stay appended; a later sync retries) or LogFailedError.
-        """
+        """fdatasync all appended before the call; return the index now durable. Thread-safe.
+        Raises DiskFullError (records stay appended; a later sync retries) or LogFailedError."""
         with self._sync_lock:
             with self._lock:
                 self._check_open()
@@ -372,9 +363,7 @@ class WriteAheadLog:
             self.durable_index, self._synced_size = self.last_index, self._segments[-1].size
             self._unsynced.clear()
             try:
-                segment, fd = _create_segment(
-                    self._dir, self._dir_fd, self.last_index + 1, self._sys
-                )
+                segment, fd = _create_segment(self._dir, self.last_index + 1, self._sys)
             except OSError as exc:
                 self._failure, self._failed_for_good = exc, True
                 raise LogFailedError(f"cannot create a segment in {self._dir}") from exc
@@ -511,6 +500,29 @@ class WriteAheadLog:
             self._synced_size = cut
             self._unsynced.clear()
 
+    def reset(self, first_index: int) -> None:
+        """Drop every record; the log continues at ``first_index`` (a leader's snapshot replaced
+        it). Durable when it returns. A crash midway leaves a prefix of the old log, or an empty
+        directory that ``open(first_index=...)`` restarts: the owner compares ``last_index``
+        with its snapshot at recovery and resets again if the log ends before it."""
+        if first_index < 1:
+            raise ValueError(f"first_index must be >= 1, got {first_index}")
+        with self._sync_lock, self._lock:
+            self._check_open()
+            os.close(self._fd)
+            self._fd = -1
+            try:
+                for segment in reversed(self._segments):  # newest first: each step leaves a prefix
+                    segment.path.unlink()
+                self._sys.fsync(self._dir_fd)
+                segment, self._fd = _create_segment(self._dir, first_index, self._sys)
+            except (OSError, DiskFullError) as exc:
+                self._failure, self._failed_for_good = exc, True
+                raise LogFailedError(f"resetting {self._dir} failed; restart to recover") from exc
+            self._segments, self._synced_size, self._failure = [segment], segment.size, None
+            self.last_index = self.durable_index = first_index - 1
+            self._unsynced.clear()
+
     def compact_before(self, index: int) -> None:
         """Delete whole segments whose records all precede ``index`` (never the last segment)."""
         with self._lock:
@@ -533,7 +545,8 @@ class WriteAheadLog:
             if self._closed:
                 return
             self._closed = True
-            os.close(self._fd)
+            if self._fd >= 0:
+                os.close(self._fd)
             os.close(self._dir_fd)
 
     def __enter__(self) -> WriteAheadLog:
@@ -571,25 +584,12 @@ class WriteAheadLog:
         return offset
 
 
-def _create_segment(
-    directory: Path, dir_fd: int, first: int, sys: Syscalls
-) -> tuple[_Segment, int]:
+def _create_segment(directory: Path, first: int, sys: Syscalls) -> tuple[_Segment, int]:
     """A new empty segment whose name is durable and never names a partial header."""
-    final = directory / f"{first:016d}.wal"
-    temp = final.with_name(final.name + TEMP_SUFFIX)
-    fd = -1
+    path = directory / f"{first:016d}.wal"
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-        write_all(fd, segment_header(first), 0, sys.pwrite)
-        sys.fsync(fd)
-        os.rename(temp, final)
-        sys.fsync(dir_fd)
-    except OSError as exc:
-        if fd >= 0:
-            os.close(fd)
-        temp.unlink(missing_ok=True)
-        final.unlink(missing_ok=True)  # an empty segment must not outlive this failure
-        if is_disk_full(exc):
-            raise disk_full_error(exc, f"creating {final}") from exc
+        atomic_write(path, segment_header(first), pwrite=sys.pwrite, fsync=sys.fsync)
+    except (OSError, DiskFullError):
+        path.unlink(missing_ok=True)  # renamed but not durable: must not outlive the failure
         raise
-    return _Segment(first_index=first, path=final), fd
+    return _Segment(first_index=first, path=path), os.open(path, os.O_WRONLY | os.O_CLOEXEC)
