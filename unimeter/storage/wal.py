@@ -444,7 +444,7 @@ class WriteAheadLog:
                          segment.first_index + skip, segment.records - skip)
                     )  # fmt: skip
             in_file = self._segments[-1].first_index + self._segments[-1].records - 1
-            pending = list(self._unsynced) if self._failure is not None else []
+            pending = list(self._unsynced) if in_file < self.last_index else []  # cut by _fail_sync
         return self._read(plan, pending, in_file + 1, index)
 
     @staticmethod
