@@ -43,6 +43,12 @@ dedup_window_days_default = 35
 producer_results_cached_max = 64  # recent results kept per producer for exact retry answers
 partitions_default = 8
 partitions_max = 4096
+# A partition is snapshotted (by a forked child) once its log grew by this many entries or
+# bytes; the WAL before the older of the two kept snapshots is then deleted.
+snapshot_entries_default = 100_000
+snapshot_bytes_default = 256 * 1024 * 1024
+wal_segment_bytes_default = 64 * 1024 * 1024
+wal_segment_bytes_min = 4096
 
 # --- client ---
 request_timeout_s_default = 30.0

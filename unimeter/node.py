@@ -35,6 +35,7 @@ from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.replicated import DiskState, PeerMessage
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
 from unimeter.admin_http import AdminServer
+from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import RaftConfig
 from unimeter.node_runtimes import CatalogRuntime, PartitionRuntime
@@ -42,6 +43,7 @@ from unimeter.peer import PeerLinks
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
+from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
@@ -63,6 +65,9 @@ class NodeConfig:
     log_level: str = "info"
     http: str | None = None
     election_timeout_ms: int = 1000
+    snapshot_entries: int = limits.snapshot_entries_default
+    snapshot_bytes: int = limits.snapshot_bytes_default
+    wal_segment_bytes: int = limits.wal_segment_bytes_default
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -103,6 +108,9 @@ class Node:
         self._server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.checkpoints = Checkpoints(
+            SnapshotPolicy(entries=config.snapshot_entries, bytes=config.snapshot_bytes)
+        )
 
     @property
     def replication_factor(self) -> int:
@@ -119,6 +127,7 @@ class Node:
         for p in range(self.partition_count):
             if self.node_id in replicas_of(p, self.members, self.replication_factor):
                 self.partitions[p] = self._recover_partition(p)
+                self.checkpoints.track(self.partitions[p])
         runtimes: list[ReplicaRuntime] = [self.catalog, *self.partitions.values()]
         for runtime in runtimes:
             runtime.prime()
@@ -193,7 +202,10 @@ class Node:
     def _recover_partition(self, p: int) -> PartitionRuntime:
         started = time.monotonic()
         directory = self.data_dir / "partitions" / f"{p:04d}"
-        wal, recovered, app = recover_replica(directory)
+        remove_stale_temps(directory)  # a snapshot child's work cut short by a crash
+        wal, recovered, app = recover_replica(
+            directory, segment_bytes_max=self.config.wal_segment_bytes
+        )
         if app is None:
             state = PartitionState(p, retention_days=self.config.retention_days)
         else:
@@ -379,6 +391,7 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self.checkpoints.stop()
         for runtime in self.partitions.values():
             runtime.checkpoint()
             runtime.close()
@@ -453,6 +466,24 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="Raft election timeout; leaders send heartbeats ten times as often",
     )
     p.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=int(_env("snapshot-entries", str(d.snapshot_entries))),
+        help="snapshot a partition after this many log entries (0: only at shutdown)",
+    )
+    p.add_argument(
+        "--snapshot-bytes",
+        type=int,
+        default=int(_env("snapshot-bytes", str(d.snapshot_bytes))),
+        help="... or after this many log bytes (0: no byte trigger)",
+    )
+    p.add_argument(
+        "--wal-segment-bytes",
+        type=int,
+        default=int(_env("wal-segment-bytes", str(d.wal_segment_bytes))),
+        help="WAL segment size; compaction deletes whole segments",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("log-level", d.log_level),
         choices=["debug", "info", "warning", "error"],
@@ -460,6 +491,10 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     a = p.parse_args(argv)
     if not 1 <= a.partitions <= limits.partitions_max:
         p.error(f"--partitions must be 1-{limits.partitions_max}")
+    if a.snapshot_entries < 0 or a.snapshot_bytes < 0:
+        p.error("--snapshot-entries and --snapshot-bytes must be >= 0")
+    if a.wal_segment_bytes < limits.wal_segment_bytes_min:
+        p.error(f"--wal-segment-bytes must be >= {limits.wal_segment_bytes_min}")
     try:
         split_address(a.listen)
         if a.http:
@@ -480,6 +515,9 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         log_level=a.log_level,
         http=a.http,
         election_timeout_ms=a.election_timeout_ms,
+        snapshot_entries=a.snapshot_entries,
+        snapshot_bytes=a.snapshot_bytes,
+        wal_segment_bytes=a.wal_segment_bytes,
     )
 
 

@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from unimeter import errors
 from unimeter.actors.catalog import CatalogCore, CatalogEffects, Publication
 from unimeter.actors.effects import Effects
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
 from unimeter.actors.runtime import FutureReply, ReplicaRuntime, deliver
+from unimeter.consensus.messages import Snapshot
+from unimeter.storage.snapshot import snapshot_indexes
 
 if TYPE_CHECKING:
     from unimeter.node import Node
@@ -21,6 +25,23 @@ log = logging.getLogger("unimeter.runtime")
 
 class PartitionRuntime(ReplicaRuntime):
     core: PartitionCore
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Periodic snapshots (unimeter/checkpoints.py): told of every append; a snapshot is
+        # published under the lock, and only if no leader's snapshot was installed meanwhile.
+        self.on_appended: Callable[[PartitionRuntime, int, int], None] | None = None
+        self.snapshot_lock = threading.Lock()
+        self.install_epoch = 0
+
+    def _after(self, fx: Effects) -> None:
+        if fx.appends and self.on_appended is not None:
+            self.on_appended(self, len(fx.appends), sum(len(a[2]) for a in fx.appends))
+
+    def _install(self, snapshot: Snapshot) -> None:
+        with self.snapshot_lock:
+            self.install_epoch += 1
+            super()._install(snapshot)
 
     async def settle(self, timeout_s: float = 2.0) -> None:
         """Sync, then wait until the core has taken in every fsync (shutdown)."""
@@ -37,9 +58,12 @@ class PartitionRuntime(ReplicaRuntime):
         if index == 0 or term is None or index <= core.raft.snapshot_index:
             return
         started = time.monotonic()
-        self._write_snapshot(index, term, core.state.snapshot())
+        with self.snapshot_lock:
+            self._write_snapshot(index, term, core.state.snapshot())
         core.raft.compact(index)
-        self.wal.compact_before(index + 1)
+        older = [i for i in snapshot_indexes(self.directory) if i < index]
+        if older:  # the older snapshot is the fallback: the WAL must reach back to it
+            self.wal.compact_before(max(older) + 1)
         log.info(
             "event=snapshot actor=%s index=%d elapsed_s=%.3f",
             self.name,

@@ -32,7 +32,7 @@ from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
 from unimeter.consensus.messages import HardState, LogEntry, Snapshot, SnapshotMeta
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
-from unimeter.storage.wal import DiskFullError, WriteAheadLog
+from unimeter.storage.wal import DiskFullError, WriteAheadLog, segment_bytes_max_default
 from unimeter.wire import messages as m
 
 log = logging.getLogger("unimeter.runtime")
@@ -86,7 +86,9 @@ def encode_record(term: int, data: bytes) -> bytes:
     return _TERM.pack(term) + data
 
 
-def recover_replica(directory: Path) -> tuple[WriteAheadLog, Recovered, bytes | None]:
+def recover_replica(
+    directory: Path, *, segment_bytes_max: int = segment_bytes_max_default
+) -> tuple[WriteAheadLog, Recovered, bytes | None]:
     """Read a replica's snapshot, hard state and log. Returns the open WAL, what Raft needs,
     and the snapshot's application bytes (None without a snapshot)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -102,7 +104,7 @@ def recover_replica(directory: Path) -> tuple[WriteAheadLog, Recovered, bytes | 
         term, vote, commit = cbor2.loads(path.read_bytes())
         hard = HardState(term=term, vote=vote, commit=commit)
     first = meta.index + 1 if meta else 1
-    wal, _ = WriteAheadLog.open(directory, first_index=first)
+    wal, _ = WriteAheadLog.open(directory, first_index=first, segment_bytes_max=segment_bytes_max)
     entries = tuple(
         LogEntry(term=_TERM.unpack_from(data)[0], index=index, data=bytes(data[8:]))
         for index, data in wal.read_from(max(wal.first_index, first))
@@ -253,7 +255,9 @@ class ReplicaRuntime:
         self.wal.close()
         for path in self.directory.glob("*.wal"):
             path.unlink()
-        self.wal, _ = WriteAheadLog.open(self.directory, first_index=meta.index + 1)
+        self.wal, _ = WriteAheadLog.open(
+            self.directory, first_index=meta.index + 1, segment_bytes_max=self.wal.segment_bytes_max
+        )
 
     def _write_snapshot(self, index: int, term: int, data: bytes) -> None:
         blob = cbor2.dumps([term, list(self.core.members), data])

@@ -22,9 +22,22 @@ from pathlib import Path
 
 from crc32c import crc32c
 
-from unimeter.storage.fsutil import TEMP_SUFFIX, atomic_write, make_dirs_durable, remove_durable
+from unimeter.storage.fsutil import (
+    TEMP_SUFFIX,
+    atomic_write,
+    fsync_dir,
+    make_dirs_durable,
+    remove_durable,
+)
 
-__all__ = ["load_latest_snapshot", "snapshot_indexes", "write_snapshot"]
+__all__ = [
+    "load_latest_snapshot",
+    "publish_snapshot",
+    "snapshot_header",
+    "snapshot_indexes",
+    "snapshot_temp_path",
+    "write_snapshot",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +78,36 @@ def write_snapshot(directory: str | os.PathLike[str], index: int, data: bytes) -
     folder = Path(directory)
     crashed = [p for p in folder.iterdir() if p.suffix == TEMP_SUFFIX and _NAME.match(p.stem)]
     remove_durable(crashed)  # temp files of writes a crash interrupted
-    header = _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, index, len(data), crc32c(data))
     path = snapshot_path(folder, index)
-    atomic_write(path, header + _HEADER_CRC.pack(crc32c(header)) + data)
+    atomic_write(path, snapshot_header(index, len(data), crc32c(data)) + data)
+    _prune(folder, index)
+    return path
+
+
+def snapshot_header(index: int, payload_bytes: int, payload_crc: int) -> bytes:
+    """The header of a snapshot file whose payload has that length and crc32c."""
+    header = _HEADER.pack(SNAPSHOT_MAGIC, SNAPSHOT_VERSION, 0, index, payload_bytes, payload_crc)
+    return header + _HEADER_CRC.pack(crc32c(header))
+
+
+def snapshot_temp_path(directory: str | os.PathLike[str], index: int) -> Path:
+    """Where a snapshot is written before :func:`publish_snapshot` renames it into place."""
+    final = snapshot_path(directory, index)
+    return final.with_name(final.name + TEMP_SUFFIX)
+
+
+def publish_snapshot(directory: str | os.PathLike[str], index: int) -> int | None:
+    """Rename a complete, fsynced temp file (``snapshot_temp_path``) into place, durably, and
+    prune like :func:`write_snapshot`. Returns the index of the older snapshot kept, if any:
+    the WAL may be compacted up to it, not further."""
+    folder = Path(directory)
+    os.replace(snapshot_temp_path(folder, index), snapshot_path(folder, index))
+    fsync_dir(folder)
+    return _prune(folder, index)
+
+
+def _prune(folder: Path, index: int) -> int | None:
+    """Keep ``index`` and the newest older snapshot; return that older one's index."""
     existing = snapshot_indexes(folder)
     older = sorted(i for i in existing if i < index)
     remove_durable([existing[i] for i in older[: -(snapshots_kept - 1) or None]])
@@ -75,7 +115,7 @@ def write_snapshot(directory: str | os.PathLike[str], index: int, data: bytes) -
         log.warning(
             "snapshot newer than the one just written left in place path=%s", existing[newer]
         )
-    return path
+    return older[-1] if older else None
 
 
 def load_latest_snapshot(directory: str | os.PathLike[str]) -> tuple[int, bytes] | None:

@@ -184,6 +184,10 @@ class WriteAheadLog:
     def first_index(self) -> int:
         return self._segments[0].first_index
 
+    @property
+    def segment_bytes_max(self) -> int:
+        return self._segment_bytes_max
+
     # ---------------------------------------------------------------- opening and recovery
 
     @classmethod

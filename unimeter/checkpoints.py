@@ -1,0 +1,315 @@
+"""Periodic snapshots of a node's partitions while it runs (DESIGN §3.3), and what follows them.
+
+Theory of operation
+-------------------
+*When.* Each partition runtime reports every batch of log appends (entries and payload bytes).
+Once a partition's log has grown by ``SnapshotPolicy.entries`` entries or ``.bytes`` bytes since
+its last snapshot began, the partition is *due*. Leaders and followers count alike: every
+replica compacts its own log.
+
+*How.* A snapshot is written by a forked child (``storage/forksnap.py`` says why), and at most
+one child runs per node: every fork copies the page tables of the whole process, and children
+compete with the loop for the CPU and for copy-on-write memory. A child writes every partition
+due when it starts (up to ``jobs_per_child_max``), so N due partitions cost one fork, not N.
+For each, the parent fixes the cut before forking: the state's ``applied_index``, the term
+at that index, the members.
+
+*After.* Once the child exits 0, each file is published (renamed into place, older snapshots
+pruned to one) in a worker thread under the runtime's ``snapshot_lock``, unless the replica
+installed a leader's snapshot meanwhile (``install_epoch`` moved): that one is newer and its
+WAL starts after it, so the child's file is dropped. Then, on the loop: Raft's in-memory log is
+compacted to the new index, and the WAL to the *older* kept snapshot -- if the newest file
+turns out damaged, recovery falls back to the older one plus the WAL after it, so the WAL must
+still reach back that far.
+
+*Failure.* A child that fails (disk full, I/O error, killed) leaves only temp files; they are
+removed and its partitions are due again after ``retry_s``. Nothing is compacted unless a
+snapshot is durable under its final name. ``stop`` kills a running child by its PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import cbor2
+
+from unimeter import limits
+from unimeter.actors import state_snapshot  # noqa: F401 - imported before any fork uses it
+from unimeter.storage.forksnap import EXIT_OK, ForkedWrite, SnapshotJob, fork_snapshots
+from unimeter.storage.snapshot import publish_snapshot, snapshot_temp_path
+
+if TYPE_CHECKING:
+    from unimeter.node_runtimes import PartitionRuntime
+
+__all__ = ["Checkpoints", "SnapshotPolicy", "payload_prefix"]
+
+log = logging.getLogger("unimeter.snapshots")
+
+jobs_per_child_max = 64
+poll_s = 0.05
+retry_s = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotPolicy:
+    """Snapshot a partition once its log grew by this many entries or bytes (0: never)."""
+
+    entries: int = limits.snapshot_entries_default
+    bytes: int = limits.snapshot_bytes_default
+
+    def __post_init__(self) -> None:
+        if self.entries < 0 or self.bytes < 0:
+            raise ValueError(f"snapshot thresholds must be >= 0: {self}")
+
+    def due(self, entries: int, nbytes: int) -> bool:
+        return (0 < self.entries <= entries) or (0 < self.bytes <= nbytes)
+
+
+def payload_prefix(term: int, members: Sequence[int], data_bytes: int) -> bytes:
+    """The bytes before ``data`` in ``cbor2.dumps([term, list(members), data])``: the replica
+    snapshot payload (``ReplicaRuntime._write_snapshot``), built without copying ``data``."""
+    head = b"\x83" + cbor2.dumps(term) + cbor2.dumps(list(members))
+    if data_bytes < 24:
+        return head + bytes([0x40 | data_bytes])
+    for tag, fmt in ((0x58, ">B"), (0x59, ">H"), (0x5A, ">I"), (0x5B, ">Q")):
+        if data_bytes < 1 << (8 * struct.calcsize(fmt)):
+            return head + bytes([tag]) + struct.pack(fmt, data_bytes)
+    raise ValueError(f"{data_bytes} bytes cannot be one CBOR byte string")
+
+
+@dataclass(slots=True)
+class _Tracked:
+    runtime: PartitionRuntime
+    entries: int = 0  # appended since the last snapshot began
+    bytes: int = 0
+    retry_at: float = 0.0  # monotonic; a failed attempt waits until then
+    failed: bool = False  # due again after a failure, whatever the counters say
+    snapshots: int = 0
+    epoch: int = 0  # the runtime's install_epoch the counters belong to
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    tracked: _Tracked
+    job: SnapshotJob
+    epoch: int
+    entries: int
+    bytes: int
+
+
+class Checkpoints:
+    """The node's snapshot scheduler; every method runs on the event loop."""
+
+    def __init__(self, policy: SnapshotPolicy) -> None:
+        self.policy = policy
+        self._tracked: dict[str, _Tracked] = {}
+        self._child: ForkedWrite | None = None
+        self._pending: list[_Pending] = []
+        self._busy = False  # a child or its publication is in progress
+        self._started_at = 0.0
+        self._fork_ms = 0.0
+        self._timer: asyncio.Handle | None = None
+        self._stopped = False
+        self.completed = 0
+        self.failed = 0
+
+    def track(self, runtime: PartitionRuntime) -> None:
+        self._tracked[runtime.name] = _Tracked(runtime)
+        runtime.on_appended = self.appended
+
+    def appended(self, runtime: PartitionRuntime, entries: int, nbytes: int) -> None:
+        tracked = self._tracked[runtime.name]
+        if tracked.epoch != runtime.install_epoch:  # a leader's snapshot restarted its log
+            tracked.epoch = runtime.install_epoch
+            tracked.entries = tracked.bytes = 0
+        tracked.entries += entries
+        tracked.bytes += nbytes
+        if not self._busy and self._timer is None and self._is_due(tracked, time.monotonic()):
+            self._timer = asyncio.get_running_loop().call_soon(self._start)
+
+    def stop(self) -> None:
+        """Kill a running child (by its PID) and forget what is pending."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._child is not None:
+            self._child.abort()
+            self._child = None
+
+    # ------------------------------------------------------------------ starting a child
+
+    def _is_due(self, tracked: _Tracked, now: float) -> bool:
+        if tracked.retry_at > now or tracked.runtime.mailbox.closed:
+            return False
+        return tracked.failed or self.policy.due(tracked.entries, tracked.bytes)
+
+    def _start(self) -> None:
+        self._timer = None
+        if self._busy or self._stopped:
+            return
+        now = time.monotonic()
+        due = [t for t in self._tracked.values() if self._is_due(t, now)]
+        due.sort(key=lambda t: (t.bytes, t.entries), reverse=True)
+        pending: list[_Pending] = []
+        for tracked in due[:jobs_per_child_max]:
+            job = self._job(tracked)
+            if job is None:  # nothing applied since the last snapshot yet: look again later
+                tracked.retry_at = now + 1.0
+                continue
+            pending.append(
+                _Pending(
+                    tracked, job, tracked.runtime.install_epoch, tracked.entries, tracked.bytes
+                )
+            )
+        if not pending:
+            self._arm(1.0)
+            return
+        started = time.perf_counter()
+        try:
+            child = fork_snapshots([p.job for p in pending])
+        except OSError as exc:
+            log.error("event=snapshot_fork_failed error=%r", str(exc))
+            self._failed(pending, now)
+            self._arm(retry_s)
+            return
+        self._fork_ms = (time.perf_counter() - started) * 1000
+        self._started_at = now
+        self._child, self._pending, self._busy = child, pending, True
+        for p in pending:
+            p.tracked.entries = p.tracked.bytes = 0
+            p.tracked.failed = False
+        log.info(
+            "event=snapshot_started pid=%d partitions=%s fork_ms=%.1f",
+            child.pid, ",".join(f"{p.tracked.runtime.name}@{p.job.index}" for p in pending),
+            self._fork_ms,
+        )  # fmt: skip
+        self._arm(poll_s)
+
+    def _job(self, tracked: _Tracked) -> SnapshotJob | None:
+        runtime = tracked.runtime
+        core = runtime.core
+        state = core.state
+        index = state.applied_index
+        if index <= core.raft.snapshot_index:
+            return None
+        term = core.raft.term_at(index)
+        assert term is not None, f"{runtime.name}: no term for applied index {index}"
+        members = tuple(core.members)
+
+        def render() -> Sequence[bytes]:  # runs in the child, on its frozen copy of the state
+            data = state.snapshot()
+            return (payload_prefix(term, members, len(data)), data)
+
+        return SnapshotJob(directory=runtime.directory, index=index, render=render)
+
+    def _arm(self, delay_s: float) -> None:
+        if self._timer is None and not self._stopped:
+            handler = self._poll if self._busy else self._start
+            self._timer = asyncio.get_running_loop().call_later(delay_s, handler)
+
+    # ------------------------------------------------------------------ the child ends
+
+    def _poll(self) -> None:
+        self._timer = None
+        child = self._child
+        if child is None or self._stopped:
+            return
+        code = child.poll()
+        if code is None:
+            self._arm(poll_s)
+            return
+        self._child = None
+        child_s = time.monotonic() - self._started_at
+        if code != EXIT_OK:
+            log.error(
+                "event=snapshot_failed pid=%d exit=%d child_s=%.3f (temp files removed; "
+                "retried in %.0f s)", child.pid, code, child_s, retry_s,
+            )  # fmt: skip
+            child.discard()
+            self._failed(self._pending, time.monotonic())
+            self._finish()
+            return
+        pending = self._pending
+        loop = asyncio.get_running_loop()
+        publishing = loop.run_in_executor(None, _publish_all, pending)
+        publishing.add_done_callback(lambda fut: self._published(fut, pending, child_s))
+
+    def _published(
+        self,
+        fut: asyncio.Future[list[int | BaseException | None]],
+        pending: list[_Pending],
+        child_s: float,
+    ) -> None:
+        outcomes = fut.result()
+        now = time.monotonic()
+        for p, outcome in zip(pending, outcomes, strict=True):
+            runtime = p.tracked.runtime
+            if isinstance(outcome, BaseException):
+                log.error(
+                    "event=snapshot_publish_failed actor=%s index=%d error=%r",
+                    runtime.name, p.job.index, str(outcome),
+                )  # fmt: skip
+                self._failed([p], now)
+                continue
+            if runtime.mailbox.closed or runtime.install_epoch != p.epoch:
+                continue  # stopping, or a leader's snapshot replaced this one
+            self._compact(runtime, p.job.index, outcome)
+            p.tracked.snapshots += 1
+            self.completed += 1
+            log.info(
+                "event=snapshot actor=%s index=%d older=%s fork_ms=%.1f child_s=%.3f "
+                "grown_entries=%d grown_bytes=%d",
+                runtime.name, p.job.index, outcome, self._fork_ms, child_s, p.entries, p.bytes,
+            )  # fmt: skip
+        self._finish()
+
+    def _compact(self, runtime: PartitionRuntime, index: int, older: int | None) -> None:
+        raft = runtime.core.raft
+        if index > raft.snapshot_index:
+            raft.compact(index)
+        if older is not None:
+            runtime.wal.compact_before(older + 1)
+
+    def _failed(self, pending: Sequence[_Pending], now: float) -> None:
+        self.failed += 1
+        for p in pending:
+            p.tracked.failed = True
+            p.tracked.retry_at = now + retry_s
+            p.tracked.entries += p.entries
+            p.tracked.bytes += p.bytes
+
+    def _finish(self) -> None:
+        self._busy = False
+        self._pending = []
+        if self._stopped:
+            return
+        now = time.monotonic()
+        if any(self._is_due(t, now) for t in self._tracked.values()):
+            self._arm(0.0)
+        elif any(t.failed for t in self._tracked.values()):
+            self._arm(retry_s)
+
+
+def _publish_all(pending: Sequence[_Pending]) -> list[int | BaseException | None]:
+    """In a worker thread: rename each temp file into place (or drop it if superseded)."""
+    outcomes: list[int | BaseException | None] = []
+    for p in pending:
+        runtime, job = p.tracked.runtime, p.job
+        with runtime.snapshot_lock:
+            try:
+                if runtime.install_epoch != p.epoch or runtime.mailbox.closed:
+                    snapshot_temp_path(job.directory, job.index).unlink(missing_ok=True)
+                    outcomes.append(None)
+                else:
+                    outcomes.append(publish_snapshot(job.directory, job.index))
+            except OSError as exc:
+                snapshot_temp_path(job.directory, job.index).unlink(missing_ok=True)
+                outcomes.append(exc)
+    return outcomes
