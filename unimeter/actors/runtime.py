@@ -105,6 +105,9 @@ def recover_replica(
         hard = HardState(term=term, vote=vote, commit=commit)
     first = meta.index + 1 if meta else 1
     wal, _ = WriteAheadLog.open(directory, first_index=first, segment_bytes_max=segment_bytes_max)
+    if wal.last_index < first - 1:
+        # A crash during a snapshot install: the log ends before the snapshot; start after it.
+        wal.reset(first)
     entries = tuple(
         LogEntry(term=_TERM.unpack_from(data)[0], index=index, data=bytes(data[8:]))
         for index, data in wal.read_from(max(wal.first_index, first))
@@ -252,12 +255,8 @@ class ReplicaRuntime:
         meta = snapshot.meta
         self._write_snapshot(meta.index, meta.term, snapshot.data)
         self._unwritten.clear()
-        self.wal.close()
-        for path in self.directory.glob("*.wal"):
-            path.unlink()
-        self.wal, _ = WriteAheadLog.open(
-            self.directory, first_index=meta.index + 1, segment_bytes_max=self.wal.segment_bytes_max
-        )
+        # Newest segment first, each removal durable: any crash point leaves a valid log.
+        self.wal.reset(meta.index + 1)
 
     def _write_snapshot(self, index: int, term: int, data: bytes) -> None:
         blob = cbor2.dumps([term, list(self.core.members), data])
