@@ -145,11 +145,13 @@ class ReplicatedCore(abc.ABC):
                     self._apply_noop(entry.index, now_us, fx)
             if ready.soft_state is not None:
                 self._role_changed(ready.soft_state, now_us, fx)
-            for peer in ready.snapshot_requests:
-                self._send_snapshot(peer, now_us)
             if ready.must_sync:
                 fx.sync_number = ready.number
             raft.advance(ready)
+            # Only after advance (ready.py step 7): the core takes no call between ready() and
+            # advance(), and its applied index then matches the state the snapshot is cut from.
+            for peer in ready.snapshot_requests:
+                self._send_snapshot(peer, now_us)
         self._after_drain(now_us, fx)
 
     def _role_changed(self, soft: SoftState, now_us: int, fx: Effects) -> None:
