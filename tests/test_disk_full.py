@@ -1,0 +1,259 @@
+"""A real node on a real, small filesystem that fills up (DESIGN §2.8).
+
+The node's ``--data-dir`` lives on a filesystem of a few MiB mounted for this test: an ext4
+image on a loop device (journal, delayed allocation, blocks freed only when the journal
+commits) and a tmpfs. A filler file the test controls takes the free space away:
+
+* *ENOSPC*: no reserve, the filler eats every block, so the WAL's own writes fail with ENOSPC.
+  The runtime keeps the refused write in memory and retries it; the partition answers
+  BACKPRESSURE to new writes.
+* *reserve*: ``--disk-reserve-bytes`` is larger than what the filler leaves, so the disk watch
+  turns writes into BACKPRESSURE before any write fails.
+
+Either way reads keep working and show exactly what was acknowledged; deleting the filler makes
+writes resume without a restart; then a SIGKILL and restart must show the same totals and no
+torn or corrupt file. Every batch carries event ids, so batches the client was unsure of (a
+SYNC write that was waiting for the disk when the client gave up) are re-sent safely.
+
+Needs root (``mount``); the mount is removed in ``finally`` by its path, even on failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.nodeproc import NodeProcess, free_port
+from unimeter import (
+    AggType,
+    AsyncClient,
+    BackpressureError,
+    DeliveryMode,
+    Event,
+    MetricSchema,
+    UnimeterError,
+    current_month,
+)
+
+FS_MIB = 40
+ACCOUNTS = 20
+BATCH = 200
+WAIT_S = 30.0
+
+
+# ---------------------------------------------------------------------- the small filesystem
+
+
+def run(*argv: str) -> None:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def small_filesystem(root: Path, kind: str) -> Iterator[Path]:
+    mount_point = root / f"mnt-{kind}"
+    mount_point.mkdir()
+    if kind == "tmpfs":
+        run("mount", "-t", "tmpfs", "-o", f"size={FS_MIB}m", "tmpfs", str(mount_point))
+    else:
+        image = root / "fs.img"
+        with image.open("wb") as file:
+            file.truncate(FS_MIB << 20)
+        # -m 0: no blocks reserved for root, so a full disk is full for the node (root) too.
+        run("mkfs.ext4", "-q", "-F", "-m", "0", str(image))
+        run("mount", "-o", "loop", str(image), str(mount_point))
+    try:
+        yield mount_point
+    finally:
+        unmount(mount_point)
+
+
+def unmount(mount_point: Path) -> None:
+    done = subprocess.run(["umount", str(mount_point)], capture_output=True, timeout=60)
+    if done.returncode != 0:  # still busy (a process we failed to stop): detach it lazily
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, timeout=60)
+
+
+def free_bytes(path: Path) -> int:
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def fill(filler: Path, leave_bytes: int = 0) -> None:
+    """Grow ``filler`` until the filesystem has at most ``leave_bytes`` free (0: ENOSPC)."""
+    with filler.open("ab", buffering=0) as file:
+        for chunk in (1 << 20, 64 << 10, 4 << 10):
+            while free_bytes(filler.parent) > leave_bytes:
+                try:
+                    file.write(b"\xa5" * min(chunk, max(free_bytes(filler.parent), 4096)))
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+            with contextlib.suppress(OSError):
+                os.fsync(file.fileno())
+
+
+# ---------------------------------------------------------------------- the workload
+
+
+def batch_events(n: int) -> list[Event]:
+    return [
+        Event(account_id=(n * 3 + i) % ACCOUNTS, metric_code="calls", value=i % 7 + 1,
+              event_id=f"disk-{n}-{i}", properties={"pad": "p" * 60})
+        for i in range(BATCH)
+    ]  # fmt: skip
+
+
+def expected_totals(batches: set[int]) -> list[int]:
+    out = [0] * ACCOUNTS
+    for n in batches:
+        for e in batch_events(n):
+            out[e.account_id] += e.value
+    return out
+
+
+async def totals(client: AsyncClient) -> list[int]:
+    period = current_month()
+    return [(await client.query(a, "calls", period)).value.sum for a in range(ACCOUNTS)]
+
+
+class Ledger:
+    """Which batches were acknowledged, refused with BACKPRESSURE, or left unsure."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.acked: set[int] = set()
+        self.unsure: set[int] = set()
+
+    async def send(self, client: AsyncClient) -> str:
+        n = self.sent
+        self.sent += 1
+        try:
+            result = await client.ingest(batch_events(n), delivery=DeliveryMode.SYNC)
+        except BackpressureError:
+            self.unsure.add(n)  # refused before it was logged, but that is the node's word
+            return "backpressure"
+        except UnimeterError:
+            self.unsure.add(n)
+            return "unsure"
+        assert result.n_stored + result.n_duplicates == BATCH, result
+        self.acked.add(n)
+        return "acked"
+
+
+def torn_or_temp_files(data_dir: Path) -> list[str]:
+    return sorted(
+        str(p.relative_to(data_dir))
+        for p in data_dir.rglob("*")
+        if ".torn-" in p.name or p.name.endswith(".tmp")
+    )
+
+
+def metric_value(http_port: int, name: str) -> float:
+    url = f"http://127.0.0.1:{http_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+# ---------------------------------------------------------------------- the scenarios
+
+
+async def full_disk_round_trip(tmp_path: Path, kind: str, scenario: str) -> None:
+    with small_filesystem(tmp_path, kind) as mount_point:
+        reserve = 6 << 20 if scenario == "reserve" else 0
+        http_port = free_port()
+        node = NodeProcess(
+            mount_point / "data",
+            partitions=2,
+            extra_args=(
+                "--disk-reserve-bytes", str(reserve), "--http", f"127.0.0.1:{http_port}",
+                "--snapshot-entries", "8", "--wal-segment-bytes", str(256 << 10),
+            ),
+        )  # fmt: skip
+        node.log_path = tmp_path / "node.log"  # not on the filesystem being filled
+        ledger = Ledger()
+        try:
+            node.start()
+            await fill_and_recover(node, ledger, mount_point, reserve, http_port)
+        finally:
+            node.kill()
+
+
+async def fill_and_recover(
+    node: NodeProcess, ledger: Ledger, mount_point: Path, reserve: int, http_port: int
+) -> None:
+    filler = mount_point / "filler"
+    async with AsyncClient([node.address], request_timeout=2.0) as client:
+        await client.metrics.create(MetricSchema(code="calls", agg_type=AggType.SUM))
+        for _ in range(10):
+            assert await ledger.send(client) == "acked"
+
+        await asyncio.to_thread(fill, filler, reserve // 2)
+        # Writes turn into BACKPRESSURE (after the last bytes of free space are used up).
+        deadline = time.monotonic() + WAIT_S
+        while await ledger.send(client) != "backpressure":
+            assert time.monotonic() < deadline, "the full disk never turned writes away"
+        assert metric_value(http_port, "unimeter_disk_ok") == (0.0 if reserve else 1.0)
+
+        # Reads keep working and show exactly what was acknowledged.
+        assert await totals(client) == expected_totals(ledger.acked)
+        period = current_month()
+        events = [e async for e in client.list_events(0, period.start, period.end)]
+        assert sum(e.value for e in events) == expected_totals(ledger.acked)[0]
+        assert await ledger.send(client) == "backpressure"  # still full: still refused
+
+        filler.unlink()  # space returns; writes resume by themselves, no restart
+        deadline = time.monotonic() + WAIT_S
+        while await ledger.send(client) != "acked":
+            assert time.monotonic() < deadline, "writes did not resume after space returned"
+        for _ in range(5):
+            assert await ledger.send(client) == "acked"
+        assert metric_value(http_port, "unimeter_disk_ok") == 1.0
+
+        # Totals hold every acknowledged batch, and at most the unsure ones besides.
+        seen = await totals(client)
+        assert all(
+            low <= got <= high
+            for low, got, high in zip(
+                expected_totals(ledger.acked),
+                seen,
+                expected_totals(ledger.acked | ledger.unsure),
+                strict=True,
+            )
+        ), seen
+        # Re-sending every unsure batch (event ids make it safe) gives exact totals.
+        for n in sorted(ledger.unsure):
+            result = await client.ingest(batch_events(n), delivery=DeliveryMode.SYNC)
+            assert result.n_stored + result.n_duplicates == BATCH
+        everything = set(range(ledger.sent))
+        assert await totals(client) == expected_totals(everything)
+
+    node.kill()
+    assert torn_or_temp_files(node.data_dir) == []
+    node.start()
+    assert "CorruptLogError" not in node.log()
+    async with AsyncClient([node.address], request_timeout=10.0) as client:
+        assert await totals(client) == expected_totals(everything)
+
+
+@pytest.mark.parametrize("kind", ["ext4", "tmpfs"])
+async def test_enospc_turns_writes_into_backpressure_and_back(tmp_path: Path, kind: str) -> None:
+    await full_disk_round_trip(tmp_path, kind, "enospc")
+
+
+async def test_reserve_turns_writes_into_backpressure_and_back(tmp_path: Path) -> None:
+    await full_disk_round_trip(tmp_path, "ext4", "reserve")
