@@ -14,6 +14,7 @@ import pytest
 
 from tests.raft_harness import FAST, Cluster
 from unimeter.consensus.config import LeadershipTransferring, NotLeader, Role
+from unimeter.consensus.log import RaftLog
 from unimeter.consensus.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -23,6 +24,7 @@ from unimeter.consensus.messages import (
     Message,
     RequestVote,
     RequestVoteResponse,
+    SnapshotMeta,
     TimeoutNow,
 )
 from unimeter.consensus.progress import ProgressState
@@ -564,3 +566,47 @@ def test_next_deadline_drives_ticks() -> None:
     core.tick(due)
     assert core.status().role is Role.PRE_CANDIDATE
     assert core.next_deadline() > due
+
+
+def test_an_ack_for_state_stored_earlier_waits_for_that_sync() -> None:
+    """A duplicate append needs nothing new stored, but its ack still promises entries that
+    an earlier, not yet synced Ready stored: it must wait for that sync."""
+    core = make_core(2, term=1)
+    entry = LogEntry(term=1, index=1, data=b"a")
+    append = AppendEntries(
+        src=1, dst=2, term=1, prev_index=0, prev_term=0, entries=(entry,), leader_commit=0
+    )
+    core.step(append, 1.0)
+    first = core.ready()
+    core.advance(first)
+    core.step(append, 1.0)  # a duplicate: nothing to store
+    second = core.ready()
+    assert not second.must_sync and second.messages == ()
+    core.advance(second)
+    assert drain(core, persist=False) == []
+    core.on_persisted(first.number)
+    acks = [m for m in drain(core) if isinstance(m, AppendEntriesResponse)]
+    assert [m.match_index for m in acks] == [1, 1]
+
+
+def test_log_slices_respect_limits_but_never_come_back_empty() -> None:
+    log = RaftLog(None, [LogEntry(term=1, index=i, data=b"x" * 100) for i in range(1, 11)])
+    assert len(log.slice(1, 10, count_max=3, bytes_max=1 << 20)) == 3
+    assert len(log.slice(1, 10, count_max=100, bytes_max=250)) == 2  # 124 bytes each
+    assert len(log.slice(1, 10, count_max=100, bytes_max=1)) == 1  # one even if too big
+    assert [e.index for e in log.slice(9, 20, count_max=100, bytes_max=1 << 20)] == [9, 10]
+
+
+def test_log_search_by_term_stops_at_the_snapshot_base() -> None:
+    meta = SnapshotMeta(index=4, term=2, members=(1, 2, 3))
+    log = RaftLog(meta, [LogEntry(term=t, index=i, data=b"") for i, t in [(5, 3), (6, 3), (7, 5)]])
+    assert log.first_index == 5 and log.last_index == 7 and log.term_at(4) == 2
+    assert log.term_at(3) is None and log.term_at(8) is None
+    assert log.find_conflict_by_term(7, 4) == 6
+    assert log.find_conflict_by_term(9, 5) == 7  # beyond the end: start from the last entry
+    assert log.find_conflict_by_term(7, 1) == 4  # nothing better than the base
+    assert log.find_conflict_by_term(2, 1) == 2  # below the base: the caller must snapshot
+    log.compact(6)
+    assert (log.snapshot_index, log.snapshot_term, log.last_index) == (6, 3, 7)
+    with pytest.raises(ValueError):
+        RaftLog(None, [LogEntry(term=1, index=1, data=b""), LogEntry(term=1, index=3, data=b"")])

@@ -109,14 +109,13 @@ class RaftLog:
 
         Every entry above it has a larger term, so it cannot match a log whose entry at
         ``index`` has ``term`` (terms never decrease along a log); probing there skips them.
-        Stops at the snapshot base, whose term is the best we know.
+        Stops at the snapshot base (whose term is the best we know), or below it if ``index``
+        is already there: the caller then needs a snapshot.
         """
         i = min(index, self.last_index)
-        while i > self._snap_index:
-            if self._entries[i - self._snap_index - 1].term <= term:
-                return i
+        while i > self._snap_index and self._entries[i - self._snap_index - 1].term > term:
             i -= 1
-        return self._snap_index
+        return i
 
     # ------------------------------------------------------------------ changes
 
