@@ -191,9 +191,13 @@ class Leader:
 
     def flush(self, commit: int, now: float, *, commit_moved: bool) -> None:
         """Send each follower what flow control allows (proposals batch up until then)."""
+        last = self._log.last_index
         for peer, pr in self.progress.items():
             sent = False
-            while self._send_append(peer, pr, commit, now, send_if_empty=False):
+            # Runs after every input, so the common "nothing new for this peer" case is cheap.
+            while pr.next <= last and not pr.is_paused():
+                if not self._send_append(peer, pr, commit, now, send_if_empty=False):
+                    break
                 sent = True
             idle = pr.state is ProgressState.REPLICATE and pr.next == pr.match + 1
             if commit_moved and not sent and idle:

@@ -277,11 +277,23 @@ class RaftCore:
     # ------------------------------------------------------------------ Ready
 
     def has_ready(self) -> bool:
+        # Called after every input: compares plain fields rather than building state objects.
         self._assert_no_outstanding_ready()
         self._flush()
-        return self._out.has_work(
-            self._log, self._hard_state(), self._soft_state()
-        ) or self._applied < min(self._commit, self._stable)
+        out = self._out
+        hs, soft = out.handed_hs, out.handed_soft
+        durable_commit = min(self._commit, self._stable)
+        return (
+            out.has_work(self._log.last_index)
+            or self._applied < durable_commit
+            or hs.commit != durable_commit
+            or hs.term != self._term
+            or hs.vote != self._vote
+            or soft is None
+            or soft.role is not self._role
+            or soft.term != self._term
+            or soft.leader_id != self._leader
+        )
 
     def ready(self) -> Ready:
         self._assert_no_outstanding_ready()
@@ -302,9 +314,20 @@ class RaftCore:
     def _hard_state(self) -> HardState:
         # Only a locally durable commit point is stored, so a restart never finds a commit
         # index pointing past (or at other entries than) its durable log.
-        return HardState(term=self._term, vote=self._vote, commit=min(self._commit, self._stable))
+        commit = min(self._commit, self._stable)
+        hs = self._out.handed_hs
+        if (hs.term, hs.vote, hs.commit) == (self._term, self._vote, commit):
+            return hs
+        return HardState(term=self._term, vote=self._vote, commit=commit)
 
     def _soft_state(self) -> SoftState:
+        soft = self._out.handed_soft
+        if soft is not None and (soft.role, soft.term, soft.leader_id) == (
+            self._role,
+            self._term,
+            self._leader,
+        ):
+            return soft
         return SoftState(role=self._role, term=self._term, leader_id=self._leader)
 
     def _assert_no_outstanding_ready(self) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from unimeter.consensus.config import Role
 from unimeter.consensus.log import RaftLog
@@ -39,8 +40,11 @@ class SoftState:
     leader_id: int | None
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class Ready:
+    """Treat as read-only. Not frozen only because frozen dataclasses are several times
+    slower to build, and a commit goes through a few Readies."""
+
     number: int  # increases by one per Ready; on_persisted(n) covers Readies 1..n
     hard_state: HardState | None  # store it if not None
     entries: tuple[LogEntry, ...]  # append; the first may overwrite a stored suffix
@@ -76,8 +80,7 @@ class Status:
     peers: dict[int, PeerStatus]  # empty unless leader
 
 
-@dataclass(frozen=True, slots=True)
-class _Unpersisted:
+class _Unpersisted(NamedTuple):
     """A Ready handed out with ``must_sync`` whose durability is not yet reported."""
 
     number: int
@@ -109,15 +112,14 @@ class Outbox:
         self._held: deque[tuple[int, list[Message]]] = deque()
         self._unpersisted: deque[_Unpersisted] = deque()
 
-    def has_work(self, log: RaftLog, hard_state: HardState, soft_state: SoftState) -> bool:
+    def has_work(self, last_index: int) -> bool:
+        """Anything to hand out besides state changes (which the core checks itself)?"""
         return bool(
             self.now
             or self.after
-            or self.unsent_from <= log.last_index
-            or hard_state != self.handed_hs
+            or self.unsent_from <= last_index
             or self.pending_snapshot is not None
             or self.snapshot_requests
-            or soft_state != self.handed_soft
         )
 
     def build(
@@ -140,12 +142,12 @@ class Outbox:
             messages.extend(self.after)
         self.outstanding = Ready(
             number=self.number + 1,
-            hard_state=hard_state if hard_state != handed else None,
+            hard_state=hard_state if hard_state is not handed else None,
             entries=entries,
             snapshot=self.pending_snapshot,
             messages=tuple(messages),
             committed=committed,
-            soft_state=soft_state if soft_state != self.handed_soft else None,
+            soft_state=soft_state if soft_state is not self.handed_soft else None,
             snapshot_requests=tuple(self.snapshot_requests),
             must_sync=must_sync,
         )
