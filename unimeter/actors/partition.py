@@ -31,7 +31,7 @@ import random
 from array import array
 from dataclasses import dataclass
 
-from unimeter import errors, limits
+from unimeter import errors, limits, testing_switches
 from unimeter.actors.effects import Effects, Outgoing
 from unimeter.actors.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
 from unimeter.actors.partition_state import PartitionState
@@ -219,7 +219,7 @@ class PartitionCore(ReplicatedCore):
                 self._parked_ingests.append(msg)
             return
         key = (req.producer_id, req.seq)
-        if req.producer_id != 0:
+        if req.producer_id != 0 and not testing_switches.SKIP_PRODUCER_CHECK:
             outcome = self.state.producer_outcome(req.producer_id, req.seq)
             if isinstance(outcome, m.IngestReply):
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, outcome))
@@ -272,7 +272,7 @@ class PartitionCore(ReplicatedCore):
         self._entry_replies[index] = reply
         if req.producer_id != 0:
             self._pending_seqs[key] = index
-        if req.sync:
+        if req.sync and not testing_switches.SYNC_ACK_BEFORE_COMMIT:
             self._on_apply.setdefault(index, []).append((msg.token, reply))
         else:
             fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
@@ -353,7 +353,10 @@ class PartitionCore(ReplicatedCore):
                     if (
                         claim in seen_here
                         or claim in self._pending_ids
-                        or self.state.event_id_seen(claim[0], claim[1], eid)
+                        or (
+                            self.state.event_id_seen(claim[0], claim[1], eid)
+                            and not testing_switches.SKIP_EVENT_ID_DEDUP
+                        )
                     ):
                         n_duplicates += 1
                         continue

@@ -29,6 +29,7 @@ import math
 import random
 from collections.abc import Sequence
 
+from unimeter import testing_switches
 from unimeter.consensus.config import LeadershipTransferring, NotLeader, RaftConfig, Role
 from unimeter.consensus.leader import Leader
 from unimeter.consensus.log import RaftLog
@@ -611,6 +612,8 @@ class RaftCore:
     def _maybe_commit(self) -> None:
         assert self._lead is not None
         index = self._lead.quorum_match(self._stable)
+        if testing_switches.COMMIT_WITHOUT_QUORUM:
+            index = self._stable
         # Raft §5.4.2: count replicas only for an entry of the current term.
         if index > self._commit and self._log.term_at(index) == self._term:
             self._commit = index
