@@ -32,7 +32,7 @@ from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
 from unimeter.actors.partition_state import PartitionState
-from unimeter.actors.replicated import DiskState, PeerMessage
+from unimeter.actors.replicated import DiskState, PeerMessage, Recovered
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
 from unimeter.admin_http import AdminServer
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
@@ -45,6 +45,7 @@ from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
+from unimeter.trace import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
 
@@ -68,6 +69,7 @@ class NodeConfig:
     snapshot_entries: int = limits.snapshot_entries_default
     snapshot_bytes: int = limits.snapshot_bytes_default
     wal_segment_bytes: int = limits.wal_segment_bytes_default
+    trace: str | None = None  # record every message delivered to every core (unimeter.trace)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -105,6 +107,9 @@ class Node:
         self.disk = DiskSpaceWatch(str(self.data_dir), config.disk_reserve_bytes)
         self.disk_ok = True
         self._rng = random.Random()
+        self.tracer: TraceWriter | None = None
+        if config.trace:
+            self.tracer = TraceWriter.open(config.trace, {"source": "node", "node": self.node_id})
         self._server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -183,14 +188,16 @@ class Node:
         directory = self.data_dir / "catalog"
         wal, recovered, app = recover_replica(directory)
         state = CatalogState() if app is None else CatalogState.from_bytes(app)
+        seed, created = self._rng.getrandbits(63), now_us()
         core = CatalogCore(
             state=state, node_id=self.node_id, members=self.members, addresses=self.addresses,
-            recovered=recovered, raft_config=self._raft_config(), rng=self._rng,
-            now_us=now_us(),
+            recovered=recovered, raft_config=self._raft_config(), rng=random.Random(seed),
+            now_us=created,
         )  # fmt: skip
         runtime = CatalogRuntime(
             "catalog", core, wal, directory, self.catalog_mailbox, self.peers.send
         )
+        self._tap(runtime, CATALOG_GROUP, self.members, None, seed, created, recovered, app)
         runtime.attach(self)
         log.info(
             "event=recovered actor=catalog log_entries=%d commit=%d",
@@ -211,10 +218,11 @@ class Node:
         else:
             state = PartitionState.from_snapshot(app)
         members = replicas_of(p, self.members, self.replication_factor)
+        seed, created = self._rng.getrandbits(63), now_us()
         core = PartitionCore(
             p, state, node_id=self.node_id, members=members, addresses=self.addresses,
-            recovered=recovered, raft_config=self._raft_config(), rng=self._rng,
-            now_us=now_us(), retention_days=self.config.retention_days,
+            recovered=recovered, raft_config=self._raft_config(), rng=random.Random(seed),
+            now_us=created, retention_days=self.config.retention_days,
             preferred=members[0],
         )  # fmt: skip
         log.info(
@@ -223,7 +231,7 @@ class Node:
             p, recovered.snapshot.index if recovered.snapshot else None,
             len(recovered.entries), recovered.hard_state.commit, time.monotonic() - started,
         )  # fmt: skip
-        return PartitionRuntime(
+        runtime = PartitionRuntime(
             f"partition-{p}",
             core,
             wal,
@@ -231,6 +239,28 @@ class Node:
             Mailbox(limits.mailbox_partition_capacity),
             self.peers.send,
         )
+        self._tap(runtime, p, members, members[0], seed, created, recovered, app)
+        return runtime
+
+    def _tap(
+        self,
+        runtime: ReplicaRuntime,
+        group: int,
+        members: tuple[int, ...],
+        preferred: int | None,
+        seed: int,
+        created: int,
+        recovered: Recovered,
+        app: bytes | None,
+    ) -> None:
+        """With --trace: the core's constructor inputs, so a replay builds the same core."""
+        if self.tracer is None:
+            return
+        runtime.tracer = self.tracer.actor(CoreSpec(
+            node_id=self.node_id, group=group, members=members, addresses=self.addresses,
+            raft=self._raft_config(), rng_seed=seed, created_us=created, recovered=recovered,
+            app=app, retention_days=self.config.retention_days, preferred=preferred,
+        ))  # fmt: skip
 
     def _publish_catalog_locally(self) -> None:
         """Partitions learn the catalog recovered on this node (they may have missed it)."""
@@ -397,6 +427,8 @@ class Node:
             runtime.close()
         if self.catalog is not None:
             self.catalog.close()
+        if self.tracer is not None:
+            self.tracer.close()
         log.info("event=stopped")
 
 
@@ -484,6 +516,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="WAL segment size; compaction deletes whole segments",
     )
     p.add_argument(
+        "--trace",
+        default=_env("trace", "") or None,
+        metavar="FILE",
+        help="record every message delivered to every core (python -m unimeter.trace replay)",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("log-level", d.log_level),
         choices=["debug", "info", "warning", "error"],
@@ -518,6 +556,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         snapshot_entries=a.snapshot_entries,
         snapshot_bytes=a.snapshot_bytes,
         wal_segment_bytes=a.wal_segment_bytes,
+        trace=a.trace,
     )
 
 

@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
 
@@ -34,6 +34,9 @@ from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
 from unimeter.storage.wal import DiskFullError, WriteAheadLog, segment_bytes_max_default
 from unimeter.wire import messages as m
+
+if TYPE_CHECKING:
+    from unimeter.trace import ActorTracer
 
 log = logging.getLogger("unimeter.runtime")
 
@@ -159,8 +162,13 @@ class ReplicaRuntime:
 
     # ------------------------------------------------------------------ loop
 
+    # Set by ``python -m unimeter.node --trace``: records the core's start and every step.
+    tracer: ActorTracer | None = None
+
     def prime(self) -> None:
         """Step once before serving: applies what recovery found committed, starts timers."""
+        if self.tracer is not None:
+            self.tracer.started()
         self._step_all([RaftTick()])
 
     async def run(self) -> None:
@@ -177,8 +185,17 @@ class ReplicaRuntime:
     def _step_all(self, batch: list[Any]) -> None:
         core = self.core
         clock = self._clock
-        for msg in batch:
-            self._execute(core.step(msg, clock()))
+        tracer = self.tracer
+        if tracer is None:
+            for msg in batch:
+                self._execute(core.step(msg, clock()))
+        else:
+            for msg in batch:
+                now = clock()
+                tracer.step(msg, now, core)
+                fx = core.step(msg, now)
+                tracer.stepped(core)
+                self._execute(fx)
         self.steps += len(batch)
         if self._sync_wanted and not self._syncing and not self._unwritten:
             self._start_sync()
