@@ -5,8 +5,8 @@ PY ?= python3
 check: lint types test
 
 lint:
-	$(PY) -m ruff check unimeter tests bench
-	$(PY) -m ruff format --check unimeter tests bench
+	$(PY) -m ruff check unimeter tests $(wildcard bench)
+	$(PY) -m ruff format --check unimeter tests $(wildcard bench)
 
 types:
 	$(PY) -m mypy
