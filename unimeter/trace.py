@@ -31,6 +31,7 @@ import argparse
 import dataclasses
 import hashlib
 import random
+import signal
 import struct
 import sys
 from collections import Counter
@@ -672,6 +673,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     s = sub.add_parser("summary", help="what happened per actor")
     s.add_argument("file")
     a = p.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `| head` ends the output quietly
     if a.command == "summary":
         summary(a.file)
         return 0
@@ -684,7 +686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return False
         return not (a.catalog and group != CATALOG_GROUP)
 
-    rp, diverged = replay(a.file, only=only, until=a.until, quiet=a.quiet)
+    filtered = a.node is not None or a.partition is not None or a.catalog
+    rp, diverged = replay(a.file, only=only if filtered else None, until=a.until, quiet=a.quiet)
     print(f"--- end state after {rp.steps} step(s)")
     for actor in sorted(rp.cores):
         accounts = rp.accounts.get(actor[1], set()) | set(a.account)

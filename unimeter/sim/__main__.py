@@ -2,7 +2,7 @@
 
     python -m unimeter.sim --seeds 200             seeds 0..199
     python -m unimeter.sim --seeds 1000 --start 5000 --jobs 2
-    python -m unimeter.sim --seed 1234 -v          one seed, every drawn setting printed
+    python -m unimeter.sim --seed 1234 -v          one seed, with what it exercised
     python -m unimeter.sim --seed 1234 --trace t.trace   and its trace (unimeter.trace replay)
 
 Each seed prints its drawn settings, then its outcome. A failing seed prints its violations,
@@ -17,6 +17,7 @@ import multiprocessing
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from unimeter import testing_switches
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=[n.lower() for n in testing_switches.NAMES],
         help="turn on one deliberate bug (unimeter/testing_switches.py)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="print every drawn setting")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print each run's stats")
     p.add_argument("-q", "--quiet", action="store_true", help="print failures and the total")
     a = p.parse_args(argv)
     if a.broken:
@@ -76,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     failed: list[RunResult] = []
     events = 0
+    totals: Counter[str] = Counter()
     for result in _results(seeds, a.scale, a.jobs):
         events += result.events
+        totals.update({k: v for k, v in result.stats.items() if isinstance(v, int)})
         _report(result, a.verbose, a.quiet)
         if not result.ok:
             failed.append(result)
@@ -87,6 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(failed)} failed, {elapsed:.1f}s ({len(seeds) / max(elapsed, 1e-9):.2f} seeds/s, "
         f"{events} events)"
     )
+    print("exercised: " + " ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     for result in failed:
         path = os.path.join(a.trace_dir, f"sim-seed-{result.seed}.trace")
         again = write_trace(result.seed, a.scale, path)
@@ -95,7 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale = f" --scale {a.scale}" if a.scale != 1 else ""
         print(
             f"FAILED seed {result.seed}: replay with: python -m unimeter.sim --seed "
-            f"{result.seed}{scale}{broken} -v"
+            f"{result.seed}{scale}{broken}"
         )
         print(
             f"  trace: {path} (python -m unimeter.trace replay {path})"
@@ -106,10 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _report(result: RunResult, verbose: bool, quiet: bool) -> None:
     s = result.settings
-    if verbose or (not result.ok and not quiet):
+    if not quiet or not result.ok:
         print("\n".join(s.lines()))
-    elif not quiet:
-        print(s.one_line())
     outcome = "ok" if result.ok else "FAILED"
     if not quiet or not result.ok:
         healed = "-" if result.healed_after_s is None else f"{result.healed_after_s:.2f}s"

@@ -366,6 +366,10 @@ class Checkers:
         self.sync_acked = SyncAckedExactlyOnce(self)
         self.ryw = ReadYourWrites(self)
         self.crash = CoreCrash(self)
+        # What the run exercised (reported per seed and summed by the command line).
+        self.counts: dict[str, int] = dict.fromkeys(
+            ("steps", "reads_judged", "sync_acks", "alerts", "snapshot_installs"), 0
+        )
 
     # ------------------------------------------------------------------ groups
 
@@ -409,6 +413,12 @@ class Checkers:
         return int(replica.core.state.applied_index)
 
     def after_step(self, replica: SimReplica, before: int, fx: Effects) -> None:
+        counts = self.counts
+        counts["steps"] += 1
+        if fx.alerts:
+            counts["alerts"] += len(fx.alerts)
+        if fx.install is not None:
+            counts["snapshot_installs"] += 1
         self.leaders.check(replica)
         self.prefix.scan(replica)
         if replica.group != CATALOG_GROUP:
@@ -439,6 +449,7 @@ class Checkers:
         if isinstance(req, m.Ingest):
             if req.sync and out.status == errors.Status.OK:
                 assert isinstance(out.message, m.IngestReply)
+                self.counts["sync_acks"] += 1
                 self.sync_acked.at_ack(replica, req, out.message)
             return
         if not isinstance(req, _READS):
@@ -451,6 +462,7 @@ class Checkers:
             out.message, "message", ""
         ):
             return  # an ASYNC write the client saw acknowledged was lost with its leader
+        self.counts["reads_judged"] += 1
         self.aggregates.judge(replica, req, (out.status, out.message), at, also_at=before)
 
     def on_ingest_outcome(

@@ -115,6 +115,7 @@ class SimClient:
         self.open = False
         self._calls = 0
         self._map_fetch_running = False
+        self.retries = 0  # attempts after the first, over every request
         # SYNC acknowledgements received, per partition: (producer seq, log index).
         self.sync_acked: dict[int, list[tuple[int, int]]] = {}
 
@@ -188,6 +189,7 @@ class SimClient:
                 if not exc.retriable:
                     raise
                 self._reroute(target, exc)
+                self.retries += 1
                 delay = int(backoff.next_delay() * US)
                 if self.world.now + delay >= deadline:
                     raise

@@ -172,7 +172,7 @@ def draw_settings(seed: int, scale: int = 1) -> SimSettings:
         disk_full=on[5],
         slow_disk=on[6],
         checkpoints=on[7],
-        gap_mean_us=rng.choice((150_000, 400_000, 1_000_000)),
+        gap_mean_us=rng.choice((250_000, 700_000, 1_500_000)),
         down_min_us=100_000,
         down_max_us=rng.choice((500_000, 2_000_000, 5_000_000)),
     )
@@ -223,7 +223,7 @@ def _draw_workload(rng: random.Random, scale: int) -> WorkloadSettings:
     )
     return WorkloadSettings(
         clients=rng.randint(1, 4),
-        ops_per_client=rng.randint(6, 20) * scale,
+        ops_per_client=rng.randint(8, 30) * scale,
         accounts=accounts,
         metrics=metrics,
         sync_p=rng.choice((0.2, 0.5, 0.9)),
@@ -232,7 +232,7 @@ def _draw_workload(rng: random.Random, scale: int) -> WorkloadSettings:
         batch_max=rng.choice((1, 4, 12)),
         think_min_us=10_000,
         think_max_us=rng.choice((100_000, 300_000, 800_000)),
-        read_p=rng.choice((0.2, 0.35, 0.5)),
+        read_p=rng.choice((0.3, 0.45, 0.6)),
         update_p=rng.choice((0.0, 0.03, 0.08)),
         explicit_ts_p=rng.choice((0.0, 0.2, 0.5)),
     )

@@ -86,9 +86,12 @@ def run_seed(seed: int, *, scale: int = 1, tracer: TraceWriter | None = None) ->
         "faults": nemesis.injected,
         "ops": workload.ops_done,
         "ops_failed": workload.ops_failed,
-        "net_sent": cluster.net.sent,
-        "net_dropped": cluster.net.dropped,
-        "commits": {g: log.frontier for g, log in sorted(checkers._logs.items())},
+        "retries": sum(c.retries for c in workload.clients),
+        "msgs": cluster.net.sent,
+        "msgs_lost": cluster.net.dropped,
+        "terms": len(checkers.leaders.leaders),
+        "committed": sum(log.frontier for log in checkers._logs.values()),
+        **checkers.counts,
     }
     return result
 
