@@ -50,13 +50,14 @@ from unimeter.consensus.messages import (
     TimeoutNow,
 )
 from unimeter.consensus.quorum import Membership, VoteResult
-from unimeter.consensus.ready import Outbox, Ready, SoftState, Status
+from unimeter.consensus.ready import Outbox, Ready, SoftState
+from unimeter.consensus.view import CoreView
 
 _FROM_LEADER = (AppendEntries, Heartbeat, InstallSnapshot)
 _TO_LEADER = (AppendEntriesResponse, InstallSnapshotResponse, HeartbeatResponse)
 
 
-class RaftCore:
+class RaftCore(CoreView):
     def __init__(
         self,
         *,
@@ -110,92 +111,6 @@ class RaftCore:
 
         recovered = HardState(term=self._term, vote=self._vote, commit=self._commit)
         self._out = Outbox(recovered, unsent_from=self._log.last_index + 1)
-
-    # ------------------------------------------------------------------ read-only views
-
-    @property
-    def node_id(self) -> int:
-        return self._id
-
-    @property
-    def members(self) -> tuple[int, ...]:
-        return self._members.sorted()
-
-    @property
-    def role(self) -> Role:
-        return self._role
-
-    @property
-    def term(self) -> int:
-        return self._term
-
-    @property
-    def vote(self) -> int | None:
-        return self._vote
-
-    @property
-    def leader_id(self) -> int | None:
-        return self._leader
-
-    @property
-    def commit_index(self) -> int:
-        return self._commit
-
-    @property
-    def applied_index(self) -> int:
-        """The last entry handed to the application (in a Ready that was advanced)."""
-        return self._applied
-
-    @property
-    def stable_index(self) -> int:
-        """The local log is durable (and unchanged since) up to here."""
-        return self._stable
-
-    @property
-    def last_index(self) -> int:
-        return self._log.last_index
-
-    @property
-    def last_term(self) -> int:
-        return self._log.last_term
-
-    @property
-    def snapshot_index(self) -> int:
-        return self._log.snapshot_index
-
-    @property
-    def term_start_index(self) -> int:
-        """The index of the no-op this leader appended on election (0 unless leader)."""
-        return self._term_start_index
-
-    @property
-    def leader_ready(self) -> bool:
-        """Leader of its term with every earlier entry applied: safe to serve reads."""
-        return self._role is Role.LEADER and self._applied >= self._term_start_index
-
-    def term_at(self, index: int) -> int | None:
-        return self._log.term_at(index)
-
-    def entries(self, lo: int, hi: int) -> tuple[LogEntry, ...]:
-        """Entries ``lo..hi`` (inclusive) still in memory."""
-        lo = max(lo, self._log.first_index)
-        hi = min(hi, self._log.last_index)
-        return self._log.span(lo, hi) if lo <= hi else ()
-
-    def status(self) -> Status:
-        return Status(
-            node_id=self._id,
-            role=self._role,
-            term=self._term,
-            vote=self._vote,
-            leader_id=self._leader,
-            commit_index=self._commit,
-            applied_index=self._applied,
-            stable_index=self._stable,
-            last_index=self._log.last_index,
-            snapshot_index=self._log.snapshot_index,
-            peers=self._lead.peer_status() if self._lead is not None else {},
-        )
 
     # ------------------------------------------------------------------ local inputs
 
@@ -323,13 +238,10 @@ class RaftCore:
 
     def _soft_state(self) -> SoftState:
         soft = self._out.handed_soft
-        if soft is not None and (soft.role, soft.term, soft.leader_id) == (
-            self._role,
-            self._term,
-            self._leader,
-        ):
-            return soft
-        return SoftState(role=self._role, term=self._term, leader_id=self._leader)
+        now = (self._role, self._term, self._leader)
+        if soft is None or (soft.role, soft.term, soft.leader_id) != now:
+            soft = SoftState(role=self._role, term=self._term, leader_id=self._leader)
+        return soft
 
     def _assert_no_outstanding_ready(self) -> None:
         assert self._out.outstanding is None, "call advance() before anything else after ready()"
@@ -446,17 +358,7 @@ class RaftCore:
         self._leader = None
         self._votes = {self._id: True}  # a pre-vote promises nothing: no need to persist it
         self._reset_election_timer()
-        for peer in self._peers:
-            self._out.now.append(
-                RequestVote(
-                    src=self._id,
-                    dst=peer,
-                    term=self._term + 1,
-                    last_index=self._log.last_index,
-                    last_term=self._log.last_term,
-                    pre_vote=True,
-                )
-            )
+        self._request_votes(self._out.now, self._term + 1, pre_vote=True, transfer=False)
         self._tally()
 
     def _become_candidate(self, *, transfer: bool) -> None:
@@ -466,15 +368,22 @@ class RaftCore:
         self._vote = self._id
         self._votes = {}  # our own vote counts once it is durable (on_persisted)
         self._reset_election_timer()
+        # Asking for votes in a term we could forget in a crash would let us win it twice.
+        self._request_votes(self._out.after, self._term, pre_vote=False, transfer=transfer)
+
+    def _request_votes(
+        self, outbox: list[Message], term: int, *, pre_vote: bool, transfer: bool
+    ) -> None:
+        last_index, last_term = self._log.last_index, self._log.last_term
         for peer in self._peers:
-            # Asking for votes in a term we could forget in a crash would let us win it twice.
-            self._out.after.append(
+            outbox.append(
                 RequestVote(
                     src=self._id,
                     dst=peer,
-                    term=self._term,
-                    last_index=self._log.last_index,
-                    last_term=self._log.last_term,
+                    term=term,
+                    last_index=last_index,
+                    last_term=last_term,
+                    pre_vote=pre_vote,
                     transfer=transfer,
                 )
             )
