@@ -5,6 +5,8 @@ end-to-end tests do); "sending" is a scripted stand-in for the retrying call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import random
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -26,6 +28,7 @@ from unimeter import (
     UnknownMetricError,
     errors,
     limits,
+    model,
     periods,
 )
 from unimeter.client import batching
@@ -241,6 +244,59 @@ def test_a_bad_event_is_named_by_index(bad: object, problem: str) -> None:
     assert problem in str(info.value)
     with pytest.raises(InvalidRequestError, match=r"^event 3: "):
         batching.validate_events(events)
+
+
+wild_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=40)
+wild_fields = {
+    "account_id": st.one_of(
+        st.integers(-3, 3), st.integers(2**64 - 2, 2**64 + 1), st.booleans(), st.floats()
+    ),
+    "metric_code": st.one_of(codes, wild_text, st.integers()),
+    "value": st.one_of(
+        st.integers(-(2**63) - 1, -(2**63) + 1), st.integers(2**63 - 1, 2**63), st.floats()
+    ),
+    "timestamp": st.one_of(st.datetimes(), st.datetimes(timezones=st.just(UTC)), st.integers()),
+    "operation_type": st.one_of(st.sampled_from(OperationType), st.integers(-1, 3), wild_text),
+    "properties": st.one_of(
+        st.dictionaries(wild_text, wild_text, max_size=3),
+        st.dictionaries(
+            st.text("abcdef", min_size=1, max_size=3), st.just("v"), min_size=16, max_size=18
+        ),
+        st.fixed_dictionaries({"k": st.sampled_from(["é" * 32, "é" * 33])}),
+        st.lists(st.tuples(st.just("k"), st.just("v")), max_size=1),
+    ),
+    "event_id": st.one_of(wild_text, st.sampled_from(["é" * 32, "é" * 33]), st.integers()),
+}
+# A valid event with one field replaced by anything at all.
+wild_events = st.builds(
+    lambda event, field: dataclasses.replace(event, **dict([field])),
+    events_strategy,
+    st.sampled_from(sorted(wild_fields)).flatmap(
+        lambda name: st.tuples(st.just(name), wild_fields[name])
+    ),
+)
+
+
+@SETTINGS
+@given(st.lists(st.one_of(wild_events, st.just({"account_id": 1})), max_size=6))
+def test_the_fast_validity_check_never_accepts_what_validate_refuses(events: list[Any]) -> None:
+    """``Event.validate`` is the authority; the shortcut may only agree with it or defer."""
+    known_codes = set()  # as build_groups keeps it: codes validate has accepted
+    for event in events:
+        with contextlib.suppress(ValueError, AttributeError):
+            known_codes.add(model.validate_code(event.metric_code))
+    refused = []
+    for index, event in enumerate(events):
+        try:
+            event.validate()
+        except (ValueError, AttributeError):
+            refused.append(index)
+            assert not batching._surely_valid(event, known_codes)
+    if refused:
+        with pytest.raises(InvalidRequestError, match=rf"^event {refused[0]}: "):
+            build_groups(events, part8)
+    else:
+        assert sum(len(g.batch) for g in build_groups(events, part8)) == len(events)
 
 
 # --------------------------------------------------------------------------- merging
