@@ -7,11 +7,13 @@ given (generation, shape) creates it; a later SchemaEntry that drops the code or
 another generation or shape kills it. Events remember the instance (not the code) they were
 applied to, so a new generation never sees an older generation's events.
 
-Each live instance keeps ``series[account][period_start] -> record``. A record is both the
-running aggregate of that (account, period) *and* the bucket of that period's stored events,
-so an edge query scans only its own bucket and retention drops the aggregate and its events
-together. Events are packed four words per event into one ``array('q')``:
-``offset, timestamp, value, packed`` with ``packed = props_id << 22 | cell_id << 2 | op``.
+Each instance keeps ``periods[period_start][account] -> record``, period-major: the hot loop
+finds an event's record with one dictionary lookup (its instance caches the period's map), and
+retention drops a whole period's map at once. A record is both the running aggregate of that
+(account, period) *and* the bucket of that period's stored events, so an edge query scans only
+its own bucket and retention drops the aggregate and its events together. Events are packed
+four words per event into one ``array('q')``: ``offset, timestamp, value, packed`` with
+``packed = props_id << 22 | cell_id << 2 | op``.
 
 Dimensions: an event's cell is decided when it is applied (the metric's dimensions at that
 moment) and kept in ``packed``. A record's ``cells`` is None while every event it holds is in the
@@ -26,6 +28,7 @@ event (recurring LATEST).
 from __future__ import annotations
 
 from array import array
+from typing import Any
 
 from pyroaring import BitMap64
 
@@ -169,19 +172,22 @@ class Instance:
         "base",
         "cell_cache",
         "code",
-        "cur_pe",
-        "cur_ps",
         "cycle_day",
         "dims",
         "live",
         "metric",
         "mid",
-        "min_start",
+        "pe",
+        "pe2",
         "period_index",
         "period_seconds",
         "period_type",
+        "periods",
+        "ps",
+        "ps2",
+        "recs",
+        "recs2",
         "recurring",
-        "series",
         "shape",
         "thresholds",
         "ucache",
@@ -199,16 +205,18 @@ class Instance:
         self.period_seconds = int(schema.period_seconds)
         self.cycle_day = int(schema.billing_cycle_day)
         self.live = True
-        self.series: dict[int, dict[int, Record]] = {}
+        self.periods: dict[int, dict[int, Record]] = {}
+        # start -> (start, end) of every period with records, interned so all maps share keys.
+        self.period_index: dict[int, tuple[int, int]] = {}
         self.base: dict[int, Base] = {}
         # account -> (period start, the recurring unique set of that period): only ever for the
         # account's newest stored period, kept so recurring thresholds stay O(1) per event.
         self.ucache: dict[int, tuple[int, BitMap64]] = {}
-        # start -> (start, end), interned so every account's records share the key objects.
-        self.period_index: dict[int, tuple[int, int]] = {}
-        self.min_start: int | None = None
-        self.cur_ps = 0
-        self.cur_pe = 0  # empty hot-loop period cache
+        # Two-slot cache of the periods the hot loop is filling: [ps, pe) and its record map.
+        # Values are typed Any because the loop knows the instance's record class.
+        self.ps = self.pe = self.ps2 = self.pe2 = 0
+        self.recs: dict[int, Any] = {}
+        self.recs2: dict[int, Any] = {}
         self.metric = metric
         self.recurring = False
         self.dims: tuple[tuple[str, frozenset[str]], ...] = ()
@@ -242,20 +250,44 @@ class Instance:
         """``[start, end)`` of the period holding ``ts`` (pure: reads use this)."""
         return periods.period_bounds(self.period_type, ts, self.period_seconds, self.cycle_day)
 
-    def bounds(self, ts: int) -> tuple[int, int]:
-        """Like ``period_of`` but interned, for periods that get stored."""
-        start, end = self.period_of(ts)
-        found = self.period_index.get(start)
-        if found is None:
-            found = self.period_index[start] = (start, end)
-        return found
-
     def end_of(self, start: int) -> int:
         return self.period_index[start][1]
 
-    def note_start(self, start: int) -> None:
-        if self.min_start is None or start < self.min_start:
-            self.min_start = start
+    def recs_for(self, ts: int, cutoff: int) -> dict[int, Any] | None:
+        """The record map of the period holding ``ts``, made current in the hot-loop cache;
+        None when that period ended at or before ``cutoff`` (already expired)."""
+        if self.ps2 <= ts < self.pe2:
+            self.ps, self.pe, self.recs, self.ps2, self.pe2, self.recs2 = (
+                self.ps2,
+                self.pe2,
+                self.recs2,
+                self.ps,
+                self.pe,
+                self.recs,
+            )
+            return self.recs
+        start, end = self.period_of(ts)
+        if end <= cutoff:
+            return None
+        interned = self.period_index.get(start)
+        if interned is None:
+            interned = self.period_index[start] = (start, end)
+        start = interned[0]
+        recs = self.periods.get(start)
+        if recs is None:
+            recs = self.periods[start] = {}
+        self.ps2, self.pe2, self.recs2 = self.ps, self.pe, self.recs
+        self.ps, self.pe, self.recs = start, end, recs
+        return recs
+
+    def forget_cached_periods(self) -> None:
+        self.ps = self.pe = self.ps2 = self.pe2 = 0
+        self.recs = {}
+        self.recs2 = {}
+
+    def series(self, account: int) -> dict[int, Record]:
+        """The account's records by period start (a fresh dict; for reads and rare paths)."""
+        return {s: recs[account] for s, recs in self.periods.items() if account in recs}
 
 
 # --------------------------------------------------------------------------- unique records
@@ -263,7 +295,7 @@ class Instance:
 
 def apply_unique(
     inst: Instance,
-    series: dict[int, Record],
+    recs: dict[int, Any],
     account: int,
     start: int,
     offset: int,
@@ -274,15 +306,12 @@ def apply_unique(
     cell: int,
     event_id: str | None,
 ) -> UniqRec:
-    rec = series.get(start)
+    rec: UniqRec | None = recs.get(account)
     if rec is None:
-        rec = UniqRec(BitMap64(), array("q", (offset, ts, value, packed)))
-        series[start] = rec
-        inst.note_start(start)
+        rec = recs[account] = UniqRec(BitMap64(), array("q", (offset, ts, value, packed)))
         if event_id is not None:
             rec.eids = [event_id]
     else:
-        assert isinstance(rec, UniqRec)
         ev = rec.ev
         rows = len(ev) // EV_STRIDE
         ev.append(offset)
@@ -349,17 +378,19 @@ def recurring_set(inst: Instance, account: int, start: int) -> BitMap64:
     cached = inst.ucache.get(account)
     if cached is not None and cached[0] == start:
         return cached[1]
-    series = inst.series[account]
     base = inst.base.get(account)
     current = base.present.copy() if isinstance(base, UniqBase) else BitMap64()
-    newest = max(series)
-    for s in sorted(series):
+    newest = True
+    for s in sorted(inst.periods):
+        rec = inst.periods[s].get(account)
+        if rec is None:
+            continue
         if s > start:
+            newest = False
             break
-        rec = series[s]
         assert isinstance(rec, UniqRec)
         current = fold_unique(current, rec)
-    if start == newest:
+    if newest:
         inst.ucache[account] = (start, current)
     return current
 

@@ -25,15 +25,12 @@ from dataclasses import dataclass
 from unimeter import errors, limits, periods
 from unimeter.actors import range_reads
 from unimeter.actors.aggregates import (
-    EV_STRIDE,
-    EV_TS,
     PROPS_SHIFT,
     DeadBucket,
     Instance,
     NumCell,
     NumRec,
     Record,
-    UniqRec,
     apply_unique,
     fold_into_base,
     num_total,
@@ -44,7 +41,7 @@ from unimeter.actors.alerts import AlertLog, crossings
 from unimeter.actors.dedup import SEEN, EventIdIndex, ProducerTable, Seen, event_id_hash
 from unimeter.actors.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
 from unimeter.actors.event_store import CellTable, PropsTable, cell_of, page_events
-from unimeter.model import AggValue
+from unimeter.model import AggType, AggValue
 from unimeter.wire.messages import NO_TIMESTAMP, IngestReply, StoredAlert, StoredEvent
 
 __all__ = ["SEEN", "ApplyResult", "PartitionState", "Seen"]
@@ -89,6 +86,7 @@ class PartitionState:
         # Periods ending at or before ``_cutoff`` are gone (records, events, alerts before it).
         self._cutoff = TS_MIN_US
         self._live: dict[str, Instance] = {}
+        self._accounts: dict[int, int] = {}  # one int object per account id, shared by records
         self._instances: dict[int, Instance] = {}  # live and dead, by mid
         self._props = PropsTable()
         self._cells = CellTable()
@@ -144,10 +142,11 @@ class PartitionState:
         inst.base.clear()
         inst.ucache.clear()
         inst.cell_cache.clear()
-        for series in inst.series.values():
-            for start, rec in series.items():
-                series[start] = DeadBucket(rec.ev, rec.eids)
-        if not inst.series:
+        inst.forget_cached_periods()
+        for recs in inst.periods.values():
+            for account, rec in recs.items():
+                recs[account] = DeadBucket(rec.ev, rec.eids)
+        if not inst.periods:
             del self._instances[inst.mid]
 
     def _apply_batch(self, index: int, entry: BatchEntry) -> ApplyResult:
@@ -182,41 +181,39 @@ class PartitionState:
         return ApplyResult(first_offset=first_offset, last_offset=last_offset, alerts=tuple(alerts))
 
     def _apply_events(self, entry: BatchEntry, first: int, alerts: list[StoredAlert]) -> None:
-        """The hot loop: one pass over the batch's columns, no per-event objects beyond the
-        packed event words and the records a new (account, period) needs."""
+        """The hot loop: one pass over the batch's columns, nothing allocated per event beyond
+        the packed event words and the record a new (account, period) needs."""
         batch = entry.batch
         insts = [self._live.get(code) for code in batch.metric_codes]
-        metric_index = batch.metric_index
-        accounts = batch.account_ids
-        values = batch.values
         stamps = batch.timestamps
-        assert stamps is not None and len(stamps) == len(accounts)
+        assert stamps is not None and len(stamps) == len(batch.account_ids)
         assert min(stamps) > NO_TIMESTAMP, "BatchEntry events must all carry a timestamp"
         ops = batch.operation_types
         props = batch.properties
         event_ids = batch.event_ids
         cutoff = self._cutoff
         intern_props = self._props.intern
-        ids = self._ids
-        id_day = ids.day_set(self._newest_day)  # type: ignore[arg-type]
-        for i in range(len(accounts)):
-            inst = insts[metric_index[i]]
+        interned_accounts = self._accounts
+        combined_ids = self._ids.combined
+        day_ids = self._ids.day_set(self._newest_day)  # type: ignore[arg-type]
+        columns = zip(batch.metric_index, batch.account_ids, stamps, batch.values, strict=True)
+        for i, (metric, account, ts, value) in enumerate(columns):
+            inst = insts[metric]
             assert inst is not None, "BatchEntry event for a metric the partition does not know"
-            account = accounts[i]
-            ts = stamps[i]
-            value = values[i]
-            offset = first + i
             event_id = event_ids[i] if event_ids is not None else None
             if event_id is not None:
                 key = event_id_hash(inst.code, account, event_id)
-                assert key not in ids.combined, f"event id {event_id!r} is already stored"
-                id_day.add(key)
-                ids.combined.add(key)
-            if not inst.cur_ps <= ts < inst.cur_pe:
-                inst.cur_ps, inst.cur_pe = inst.bounds(ts)
-            if inst.cur_pe <= cutoff:
-                continue  # its period is already past retention: stored and expired at once
-            start = inst.cur_ps
+                assert key not in combined_ids, f"event id {event_id!r} is already stored"
+                day_ids.add(key)
+                combined_ids.add(key)
+            if inst.ps <= ts < inst.pe:
+                recs = inst.recs
+            else:
+                found_recs = inst.recs_for(ts, cutoff)
+                if found_recs is None:
+                    continue  # its period is already past retention: stored, expired at once
+                recs = found_recs
+            offset = first + i
             op = ops[i] if ops is not None else 0
             pmap = props[i] if props is not None else None
             pid = intern_props(pmap) if pmap else 0
@@ -228,44 +225,37 @@ class PartitionState:
                     inst.cell_cache[pid] = found
                 cell = found
             packed = pid << PROPS_SHIFT | cell << 2 | op
-            series = inst.series.get(account)
-            if series is None:
-                series = inst.series[account] = {}
             total: int
-            rec: NumRec | UniqRec
             if inst.unique:
                 assert value >= 0, "COUNT_UNIQUE values are u64"
-                rec = apply_unique(
-                    inst, series, account, start, offset, ts, value, op, packed, cell, event_id
+                if account not in recs:
+                    account = interned_accounts.setdefault(account, account)
+                urec = apply_unique(
+                    inst, recs, account, inst.ps, offset, ts, value, op, packed, cell, event_id
                 )
                 if not inst.thresholds:
                     continue
-                total = unique_total(inst, account, start, rec)
+                total = unique_total(inst, account, inst.ps, urec)
+                urec.fired, crossed = crossings(urec.fired, inst.thresholds, total)
             else:
-                found_rec = series.get(start)
-                if found_rec is None:
+                rec: NumRec | None = recs.get(account)
+                if rec is None:
                     rec = NumRec(value, value, array("q", (offset, ts, value, packed)))
-                    series[start] = rec
-                    inst.note_start(start)
+                    recs[interned_accounts.setdefault(account, account)] = rec
                     if event_id is not None:
                         rec.eids = [event_id]
                     if cell:
                         rec.cells = {cell: NumCell(1, value, value, 0)}
                 else:
-                    assert isinstance(found_rec, NumRec)
-                    rec = found_rec
                     ev = rec.ev
-                    row = len(ev) // EV_STRIDE
+                    row = len(ev) >> 2
                     if cell and rec.cells is None:
                         rec.cells = {0: NumCell(row, rec.sum, rec.max, rec.last)}
-                    ev.append(offset)
-                    ev.append(ts)
-                    ev.append(value)
-                    ev.append(packed)
+                    ev.extend((offset, ts, value, packed))
                     rec.sum += value
                     if value > rec.max:
                         rec.max = value
-                    if ts >= ev[rec.last * EV_STRIDE + EV_TS]:
+                    if ts >= ev[(rec.last << 2) + 1]:
                         rec.last = row
                     if rec.eids is not None:
                         rec.eids.append(event_id)
@@ -281,12 +271,12 @@ class PartitionState:
                             agg.sum += value
                             if value > agg.max:
                                 agg.max = value
-                            if ts >= ev[agg.last * EV_STRIDE + EV_TS]:
+                            if ts >= ev[(agg.last << 2) + 1]:
                                 agg.last = row
                 if not inst.thresholds:
                     continue
                 total = num_total(inst.agg, rec)
-            rec.fired, crossed = crossings(rec.fired, inst.thresholds, total)
+                rec.fired, crossed = crossings(rec.fired, inst.thresholds, total)
             if crossed is not None:
                 for code in crossed:
                     alerts.append(
@@ -315,28 +305,25 @@ class PartitionState:
                 inst.cell_cache.clear()
 
     def _expire_instance(self, inst: Instance, cutoff: int) -> bool:
-        if inst.min_start is None or inst.end_of(inst.min_start) > cutoff:
+        """Drop the instance's periods that ended at or before ``cutoff``, oldest first,
+        carrying into the bases what recurring reads still need."""
+        expired = sorted(s for s, (_, end) in inst.period_index.items() if end <= cutoff)
+        if not expired:
             return False
-        min_start: int | None = None
-        for account in list(inst.series):
-            series = inst.series[account]
-            expired = sorted(s for s in series if inst.end_of(s) <= cutoff)
-            if expired:
-                inst.ucache.pop(account, None)
-                for start in expired:
-                    rec = series.pop(start)
-                    if inst.live:
-                        fold_into_base(inst, account, rec)
-                if not series:
-                    del inst.series[account]
-                    continue
-            low = min(series)
-            if min_start is None or low < min_start:
-                min_start = low
-        inst.min_start = min_start
-        for start in [s for s, (_, e) in inst.period_index.items() if e <= cutoff]:
+        carry = inst.live and (inst.unique or inst.agg == AggType.LATEST)
+        for start in expired:
             del inst.period_index[start]
-        if not inst.live and not inst.series:
+            recs = inst.periods.pop(start, None)
+            if recs is None:
+                continue
+            for account, rec in recs.items():
+                if carry:
+                    fold_into_base(inst, account, rec)
+                cached = inst.ucache.get(account)
+                if cached is not None and cached[0] <= start:
+                    del inst.ucache[account]
+        inst.forget_cached_periods()
+        if not inst.live and not inst.periods:
             del self._instances[inst.mid]
         return True
 
@@ -344,8 +331,8 @@ class PartitionState:
         return [
             rec
             for inst in self._instances.values()
-            for series in inst.series.values()
-            for rec in series.values()
+            for recs in inst.periods.values()
+            for rec in recs.values()
         ]
 
     # ----------------------------------------------------------------------- leader lookups
@@ -413,11 +400,9 @@ class PartitionState:
             raise errors.InvalidRequestError(f"limit must be at least 1, got {limit}")
         buckets: list[tuple[str, Record]] = []
         for inst in self._instances.values():
-            series = inst.series.get(account_id)
-            if not series:
-                continue
-            for start, rec in series.items():
-                if start < until_us and inst.end_of(start) > since_us:
+            for start, recs in inst.periods.items():
+                rec = recs.get(account_id)
+                if rec is not None and start < until_us and inst.end_of(start) > since_us:
                     buckets.append((inst.code, rec))
         return page_events(
             account_id, buckets, self._props, since_us, until_us, after_offset, limit
@@ -470,7 +455,7 @@ class PartitionState:
             start = max(start, inst.period_of(self._cutoff)[0])
         if start >= end:
             return {}, 0
-        pieces = range_reads.plan(inst, inst.series.get(account_id), start, end)
+        pieces = range_reads.plan(inst, inst.series(account_id), start, end)
         view = range_reads.CellView(self._cells.cells, filters, tuple(group_by))
         if inst.unique:
             return range_reads.read_unique(inst, account_id, pieces, view)

@@ -188,11 +188,11 @@ def _lookback(
 def read_num(
     inst: Instance, account: int, pieces: list[Piece], view: CellView
 ) -> tuple[dict[Group, AggValue], int]:
-    series = inst.series.get(account)
+    series = inst.series(account)
     groups: dict[Group, _NumAcc] = {}
     flags = 0
     for start, end, a, b in pieces:
-        rec = series.get(start) if series else None
+        rec = series.get(start)
         if rec is None:
             continue
         assert isinstance(rec, NumRec)
@@ -267,7 +267,7 @@ def _union_into(groups: dict[Group, BitMap64], running: Running, view: CellView)
 def read_unique(
     inst: Instance, account: int, pieces: list[Piece], view: CellView
 ) -> tuple[dict[Group, AggValue], int]:
-    series = inst.series.get(account)
+    series = inst.series(account)
     groups: dict[Group, BitMap64] = {}
     flags = 0
     lowest = -(2**63)
@@ -279,25 +279,25 @@ def read_unique(
                 if view.group(cell) is not None:
                     running[cell] = members.copy()
         f_start = pieces[0][0]
-        for s in sorted(series) if series else ():
+        for s in sorted(series):
             if s >= f_start:
                 break
-            rec = series[s]  # type: ignore[index]
-            assert isinstance(rec, UniqRec)
-            _fold(running, rec, view)
+            earlier = series[s]
+            assert isinstance(earlier, UniqRec)
+            _fold(running, earlier, view)
         for start, end, _, b in pieces:
-            rec = series.get(start) if series else None
-            if rec is not None:
-                assert isinstance(rec, UniqRec)
-                flags |= flags_of(rec.fired, inst.thresholds)
+            found = series.get(start)
+            if found is not None:
+                assert isinstance(found, UniqRec)
+                flags |= flags_of(found.fired, inst.thresholds)
                 if b == end:
-                    _fold(running, rec, view)
+                    _fold(running, found, view)
                 else:
-                    _replay(running, rec.ev, view, lowest, b)
+                    _replay(running, found.ev, view, lowest, b)
             _union_into(groups, running, view)
     else:
         for start, end, a, b in pieces:
-            rec = series.get(start) if series else None
+            rec = series.get(start)
             if rec is None:
                 continue
             assert isinstance(rec, UniqRec)

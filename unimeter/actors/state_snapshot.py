@@ -29,7 +29,7 @@ from unimeter.actors.entries import LiveMetric
 from unimeter.actors.partition_state import PartitionState
 from unimeter.model import MetricSchema
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _NUM, _UNIQ, _DEAD = 0, 1, 2
 
 
@@ -57,7 +57,7 @@ def _unfired(rows: list[list[Any]] | None) -> dict[str, int] | None:
     return None if rows is None else {code: n for code, n in rows}
 
 
-def _dump_record(start: int, rec: Record) -> list[Any]:
+def _dump_record(rec: Record) -> list[Any]:
     if isinstance(rec, NumRec):
         cells = (
             None
@@ -66,7 +66,6 @@ def _dump_record(start: int, rec: Record) -> list[Any]:
         )
         return [
             _NUM,
-            start,
             rec.sum,
             rec.max,
             rec.last,
@@ -84,7 +83,6 @@ def _dump_record(start: int, rec: Record) -> list[Any]:
         removed = None if rec.removed is None else rec.removed.serialize()
         return [
             _UNIQ,
-            start,
             rec.present.serialize(),
             removed,
             _fired(rec.fired),
@@ -92,29 +90,29 @@ def _dump_record(start: int, rec: Record) -> list[Any]:
             rec.eids,
             ucells,
         ]
-    return [_DEAD, start, _ev_bytes(rec.ev), rec.eids]
+    return [_DEAD, _ev_bytes(rec.ev), rec.eids]
 
 
-def _load_record(row: list[Any]) -> tuple[int, Record]:
-    kind, start = row[0], row[1]
+def _load_record(row: list[Any]) -> Record:
+    kind = row[0]
     if kind == _NUM:
-        _, _, total, maximum, last, fired, ev, eids, cells = row
+        _, total, maximum, last, fired, ev, eids, cells = row
         num = NumRec(total, maximum, _ev_array(ev))
         num.last, num.fired, num.eids = last, _unfired(fired), eids
         if cells is not None:
             num.cells = {c: NumCell(n, s, m, r) for c, n, s, m, r in cells}
-        return start, num
+        return num
     if kind == _UNIQ:
-        _, _, present, removed, fired, ev, eids, cells = row
+        _, present, removed, fired, ev, eids, cells = row
         uniq = UniqRec(BitMap64.deserialize(present), _ev_array(ev))
         if removed is not None:
             uniq.removed = BitMap64.deserialize(removed)
         uniq.fired, uniq.eids = _unfired(fired), eids
         if cells is not None:
             uniq.cells = {c: BitMap64.deserialize(b) for c, b in cells}
-        return start, uniq
+        return uniq
     assert kind == _DEAD, f"unknown record kind {kind}"
-    return start, DeadBucket(_ev_array(row[2]), row[3])
+    return DeadBucket(_ev_array(row[1]), row[2])
 
 
 def _dump_base(base: NumBase | UniqBase) -> list[Any]:
@@ -149,29 +147,25 @@ def _dump_instance(inst: Instance) -> list[Any]:
         inst.metric.generation,
         inst.metric.schema.to_wire(),
         inst.live,
-        inst.min_start,
         [[s, e] for s, e in sorted(inst.period_index.values())],
         [
-            [account, [_dump_record(s, rec) for s, rec in sorted(series.items())]]
-            for account, series in inst.series.items()
+            [start, [[account, _dump_record(rec)] for account, rec in recs.items()]]
+            for start, recs in sorted(inst.periods.items())
         ],
         [[account, _dump_base(base)] for account, base in inst.base.items()],
     ]
 
 
-def _load_instance(row: list[Any]) -> Instance:
-    mid, generation, schema, live, min_start, period_index, series, bases = row
+def _load_instance(row: list[Any], accounts: dict[int, int]) -> Instance:
+    mid, generation, schema, live, period_index, period_maps, bases = row
     metric = LiveMetric(generation=generation, schema=MetricSchema.from_wire(schema))
     inst = Instance(mid, metric)
     inst.live = live
-    inst.min_start = min_start
     inst.period_index = {s: (s, e) for s, e in period_index}
-    for account, records in series:
-        loaded: dict[int, Record] = {}
-        for record in records:
-            start, rec = _load_record(record)
-            loaded[inst.period_index[start][0]] = rec  # share the interned key
-        inst.series[account] = loaded
+    for start, records in period_maps:
+        inst.periods[inst.period_index[start][0]] = {
+            accounts.setdefault(account, account): _load_record(rec) for account, rec in records
+        }
     for account, base in bases:
         inst.base[account] = _load_base(base)
     return inst
@@ -216,7 +210,7 @@ def decode(data: bytes) -> PartitionState:
     state._props.restore([{k: v for k, v in pairs} for pairs in body["props"]])
     state._cells.restore([tuple((k, v) for k, v in cell) for cell in body["cells"]])
     for row in body["instances"]:
-        inst = _load_instance(row)
+        inst = _load_instance(row, state._accounts)
         state._instances[inst.mid] = inst
         if inst.live:
             state._live[inst.code] = inst
