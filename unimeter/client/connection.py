@@ -33,7 +33,15 @@ from unimeter.errors import (
     error_for,
 )
 from unimeter.wire.codec import ClientCodec
-from unimeter.wire.messages import ErrorReply, Hello, Reply, Request, ResponseFrame, Welcome
+from unimeter.wire.messages import (
+    PROTOCOL_VERSION,
+    ErrorReply,
+    Hello,
+    Reply,
+    Request,
+    ResponseFrame,
+    Welcome,
+)
 
 from .cluster_map import split_address
 
@@ -282,4 +290,9 @@ def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
 def _expect_welcome(reply: Reply, address: str) -> Welcome:
     if not isinstance(reply, Welcome):
         raise ProtocolError(f"{address} answered HELLO with {type(reply).__name__}")
+    if reply.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"{address} speaks protocol version {reply.version}; this client speaks "
+            f"{PROTOCOL_VERSION}"
+        )
     return reply
