@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.nodeproc import NodeProcess, free_port
+from tests.test_storage_retention import CATALOG, Replica, recover_offline, wait_for
 from unimeter import (
     AggType,
     AsyncClient,
@@ -41,8 +42,12 @@ from unimeter import (
     Event,
     MetricSchema,
     UnimeterError,
+    checkpoints,
     current_month,
 )
+from unimeter.checkpoints import SnapshotPolicy
+from unimeter.errors import Status
+from unimeter.storage.snapshot import snapshot_indexes
 
 FS_MIB = 40
 ACCOUNTS = 20
@@ -94,8 +99,9 @@ def fill(filler: Path, leave_bytes: int = 0) -> None:
     with filler.open("ab", buffering=0) as file:
         for chunk in (1 << 20, 64 << 10, 4 << 10):
             while free_bytes(filler.parent) > leave_bytes:
+                room = free_bytes(filler.parent) - leave_bytes
                 try:
-                    file.write(b"\xa5" * min(chunk, max(free_bytes(filler.parent), 4096)))
+                    file.write(b"\xa5" * min(chunk, max(room, 4096)))
                 except OSError as exc:
                     if exc.errno != errno.ENOSPC:
                         raise
@@ -160,6 +166,18 @@ def torn_or_temp_files(data_dir: Path) -> list[str]:
     )
 
 
+def wait_healthy(http_port: int) -> None:
+    """The client port opens a moment before the node serves; /health says when it does."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/health", timeout=5):
+                return
+        except OSError:
+            assert time.monotonic() < deadline, "the node never became healthy"
+            time.sleep(0.01)
+
+
 def metric_value(http_port: int, name: str) -> float:
     url = f"http://127.0.0.1:{http_port}/metrics"
     with urllib.request.urlopen(url, timeout=5) as response:
@@ -188,6 +206,7 @@ async def full_disk_round_trip(tmp_path: Path, kind: str, scenario: str) -> None
         ledger = Ledger()
         try:
             node.start()
+            wait_healthy(http_port)
             await fill_and_recover(node, ledger, mount_point, reserve, http_port)
         finally:
             node.kill()
@@ -245,6 +264,7 @@ async def fill_and_recover(
     node.kill()
     assert torn_or_temp_files(node.data_dir) == []
     node.start()
+    wait_healthy(http_port)
     assert "CorruptLogError" not in node.log()
     async with AsyncClient([node.address], request_timeout=10.0) as client:
         assert await totals(client) == expected_totals(everything)
@@ -257,3 +277,42 @@ async def test_enospc_turns_writes_into_backpressure_and_back(tmp_path: Path, ki
 
 async def test_reserve_turns_writes_into_backpressure_and_back(tmp_path: Path) -> None:
     await full_disk_round_trip(tmp_path, "ext4", "reserve")
+
+
+async def test_a_snapshot_that_hits_enospc_is_dropped_and_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The forked writer runs out of space: no snapshot, no temp file, nothing compacted, the
+    log keeps taking writes, and the snapshot is written once space returns."""
+    monkeypatch.setattr(checkpoints, "retry_s", 0.05)
+    with small_filesystem(tmp_path, "tmpfs") as mount_point:
+        directory = mount_point / "p0"
+        policy = SnapshotPolicy(entries=40, bytes=0)
+        replica = await Replica(directory, policy, segment_bytes=1 << 20).start()
+        try:
+            assert (await replica.request(CATALOG))[0] == Status.OK
+            for n in range(30):  # a state whose snapshot is far larger than a log entry
+                now = replica.now_us()
+                await replica.ingest([now - i for i in range(200)], account=n)
+            assert snapshot_indexes(directory) == {}
+            await asyncio.to_thread(fill, mount_point / "filler", 64 << 10)
+            while replica.checkpoints.failed == 0:  # small entries until a snapshot is due
+                await replica.ingest([replica.now_us()], account=99)
+                assert replica.state.applied_index < 200, "no snapshot was attempted"
+            assert snapshot_indexes(directory) == {}
+            # Later attempts wait for space instead of filling the disk again and again.
+            deferred_from = time.monotonic()
+            while time.monotonic() < deferred_from + 0.3:  # several retry periods
+                await replica.ingest([replica.now_us()], account=99)  # writes still land
+                await asyncio.sleep(0.02)
+            assert replica.checkpoints.failed == 1
+            assert not replica.runtime.disk_full
+            assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+            (mount_point / "filler").unlink()
+            await wait_for("the retried snapshot", lambda: replica.checkpoints.completed > 0)
+            assert len(snapshot_indexes(directory)) == 1
+            live = replica.state.snapshot()
+        finally:
+            await replica.stop()
+        assert recover_offline(directory).snapshot() == live

@@ -22,6 +22,11 @@ compacted to the new index, and the WAL to the *older* kept snapshot -- if the n
 turns out damaged, recovery falls back to the older one plus the WAL after it, so the WAL must
 still reach back that far.
 
+*Space.* A snapshot must not take the space the log needs: a child is forked only while the
+free space, less the node's disk reserve, holds the partition's last snapshot size plus an
+eighth (or, after an ENOSPC, what the failed attempt had written). Otherwise the partition is
+deferred for ``retry_s``: no retry storm writing and deleting large files on a nearly full disk.
+
 *Failure.* A child that fails (disk full, I/O error, killed) leaves only temp files; they are
 removed and its partitions are due again after ``retry_s``. Nothing is compacted unless a
 snapshot is durable under its final name. ``stop`` kills a running child by its PID.
@@ -31,10 +36,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import cbor2
@@ -42,7 +49,12 @@ import cbor2
 from unimeter import limits
 from unimeter.actors import state_snapshot  # noqa: F401 - imported before any fork uses it
 from unimeter.storage.forksnap import EXIT_OK, ForkedWrite, SnapshotJob, fork_snapshots
-from unimeter.storage.snapshot import publish_snapshot, snapshot_temp_path
+from unimeter.storage.snapshot import (
+    publish_snapshot,
+    snapshot_indexes,
+    snapshot_path,
+    snapshot_temp_path,
+)
 
 if TYPE_CHECKING:
     from unimeter.node_runtimes import PartitionRuntime
@@ -92,6 +104,7 @@ class _Tracked:
     failed: bool = False  # due again after a failure, whatever the counters say
     snapshots: int = 0
     epoch: int = 0  # the runtime's install_epoch the counters belong to
+    size_hint: int = 0  # bytes the next snapshot file is expected to take
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +119,9 @@ class _Pending:
 class Checkpoints:
     """The node's snapshot scheduler; every method runs on the event loop."""
 
-    def __init__(self, policy: SnapshotPolicy) -> None:
+    def __init__(self, policy: SnapshotPolicy, *, reserve_bytes: int = 0) -> None:
         self.policy = policy
+        self.reserve_bytes = reserve_bytes  # free space a snapshot must leave untouched
         self._tracked: dict[str, _Tracked] = {}
         self._child: ForkedWrite | None = None
         self._pending: list[_Pending] = []
@@ -120,7 +134,11 @@ class Checkpoints:
         self.failed = 0
 
     def track(self, runtime: PartitionRuntime) -> None:
-        self._tracked[runtime.name] = _Tracked(runtime)
+        tracked = _Tracked(runtime)
+        newest = max(snapshot_indexes(runtime.directory).items(), default=None)
+        if newest is not None:
+            tracked.size_hint = _file_bytes(newest[1])
+        self._tracked[runtime.name] = tracked
         runtime.on_appended = self.appended
 
     def appended(self, runtime: PartitionRuntime, entries: int, nbytes: int) -> None:
@@ -158,7 +176,15 @@ class Checkpoints:
         due = [t for t in self._tracked.values() if self._is_due(t, now)]
         due.sort(key=lambda t: (t.bytes, t.entries), reverse=True)
         pending: list[_Pending] = []
+        deferred: list[_Tracked] = []
+        room = _free_bytes(due[0].runtime.directory) - self.reserve_bytes if due else 0
         for tracked in due[:jobs_per_child_max]:
+            need = tracked.size_hint + tracked.size_hint // 8  # the state has grown since
+            if need > room:  # do not eat the space the log needs: wait for space instead
+                tracked.retry_at = now + retry_s
+                deferred.append(tracked)
+                continue
+            room -= need
             job = self._job(tracked)
             if job is None:  # nothing applied since the last snapshot yet: look again later
                 tracked.retry_at = now + 1.0
@@ -168,8 +194,14 @@ class Checkpoints:
                     tracked, job, tracked.runtime.install_epoch, tracked.entries, tracked.bytes
                 )
             )
+        if deferred:
+            log.warning(
+                "event=snapshot_deferred partitions=%d need_bytes=%d free_bytes_over_reserve=%d "
+                "(retried in %.0f s)", len(deferred), sum(t.size_hint for t in deferred),
+                room, retry_s,
+            )  # fmt: skip
         if not pending:
-            self._arm(1.0)
+            self._arm(retry_s if deferred else 1.0)
             return
         started = time.perf_counter()
         try:
@@ -228,6 +260,9 @@ class Checkpoints:
         self._child = None
         child_s = time.monotonic() - self._started_at
         if code != EXIT_OK:
+            for p in self._pending:  # what it got to write is a lower bound of what it needs
+                written = _file_bytes(snapshot_temp_path(p.job.directory, p.job.index))
+                p.tracked.size_hint = max(p.tracked.size_hint, written)
             log.error(
                 "event=snapshot_failed pid=%d exit=%d child_s=%.3f (temp files removed; "
                 "retried in %.0f s)", child.pid, code, child_s, retry_s,
@@ -261,6 +296,7 @@ class Checkpoints:
             if runtime.mailbox.closed or runtime.install_epoch != p.epoch:
                 continue  # stopping, or a leader's snapshot replaced this one
             self._compact(runtime, p.job.index, outcome)
+            p.tracked.size_hint = _file_bytes(snapshot_path(p.job.directory, p.job.index))
             p.tracked.snapshots += 1
             self.completed += 1
             log.info(
@@ -295,6 +331,18 @@ class Checkpoints:
             self._arm(0.0)
         elif any(t.failed for t in self._tracked.values()):
             self._arm(retry_s)
+
+
+def _file_bytes(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def _free_bytes(directory: Path) -> int:
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize
 
 
 def _publish_all(pending: Sequence[_Pending]) -> list[int | BaseException | None]:

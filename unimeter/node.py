@@ -114,7 +114,8 @@ class Node:
         self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.checkpoints = Checkpoints(
-            SnapshotPolicy(entries=config.snapshot_entries, bytes=config.snapshot_bytes)
+            SnapshotPolicy(entries=config.snapshot_entries, bytes=config.snapshot_bytes),
+            reserve_bytes=config.disk_reserve_bytes,
         )
 
     @property
