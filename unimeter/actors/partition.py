@@ -115,7 +115,7 @@ class PartitionCore(ReplicatedCore):
         # Replies released when the entry at their index is applied.
         self._on_apply: dict[int, list[tuple[object, m.IngestReply | None]]] = {}
         self._entry_replies: dict[int, m.IngestReply] = {}
-        self._parked_reads: list[tuple[int, ClientRequest]] = []
+        self._parked_reads: list[tuple[int, int, ClientRequest]] = []
         self._parked_ingests: list[ClientRequest] = []  # waiting for a catalog version
         self._parked_leader: list[ClientRequest] = []  # waiting for leader_ready
 
@@ -443,7 +443,7 @@ class PartitionCore(ReplicatedCore):
 
     def _lost_leadership(self, now_us: int, fx: Effects) -> None:
         tokens = [t for waiters in self._on_apply.values() for t, _ in waiters]
-        tokens += [msg.token for _, msg in self._parked_reads]
+        tokens += [msg.token for _, _, msg in self._parked_reads]
         tokens += [msg.token for msg in self._parked_ingests + self._parked_leader]
         for token in tokens:
             fx.replies.append(self.not_leader(token))
@@ -473,15 +473,27 @@ class PartitionCore(ReplicatedCore):
         req = msg.request
         assert not isinstance(req, m.Ingest)
         min_index = getattr(req, "min_index", 0)
-        if min_index > self.state.applied_index:
-            if min_index > self.raft.last_index:
-                fx.replies.append(_error(
-                    msg.token, errors.Status.INVALID_REQUEST,
-                    f"min_index {min_index} is beyond this partition's log "
-                    f"({self.raft.last_index}); was it acknowledged by another cluster?",
-                ))  # fmt: skip
-                return
-            self._parked_reads.append((min_index, msg))
+        min_catalog = getattr(req, "catalog_version", 0)
+        if min_index > self.raft.last_index:
+            fx.replies.append(_error(
+                msg.token, errors.Status.INVALID_REQUEST,
+                f"min_index {min_index} is beyond this partition's log "
+                f"({self.raft.last_index}); was it acknowledged by another cluster?",
+            ))  # fmt: skip
+            return
+        if min_index > self.state.applied_index or min_catalog > self.state.catalog_version:
+            # Read-your-writes: wait until this replica has applied what the client saw
+            # (its writes, and the catalog version of a metric it just created).
+            if len(self._parked_reads) >= _PARKED_MAX:
+                fx.replies.append(
+                    _error(
+                        msg.token,
+                        errors.Status.UNAVAILABLE,
+                        "too many reads waiting; retry shortly",
+                    )
+                )
+            else:
+                self._parked_reads.append((min_index, min_catalog, msg))
             return
         fx.replies.append(self._answer_read(msg, now_us))
 
@@ -489,12 +501,13 @@ class PartitionCore(ReplicatedCore):
         if not self._parked_reads:
             return
         applied = self.state.applied_index
-        still: list[tuple[int, ClientRequest]] = []
-        for min_index, msg in self._parked_reads:
-            if min_index <= applied:
+        catalog = self.state.catalog_version
+        still: list[tuple[int, int, ClientRequest]] = []
+        for min_index, min_catalog, msg in self._parked_reads:
+            if min_index <= applied and min_catalog <= catalog:
                 fx.replies.append(self._answer_read(msg, now_us))
             else:
-                still.append((min_index, msg))
+                still.append((min_index, min_catalog, msg))
         self._parked_reads = still
 
     def _answer_read(self, msg: ClientRequest, now_us: int) -> Outgoing:
@@ -543,7 +556,7 @@ class PartitionCore(ReplicatedCore):
     def pending_tokens(self) -> list[object]:
         """Every requester still waiting for an answer (failed with a typed error on stop)."""
         tokens: list[object] = [t for waiters in self._on_apply.values() for t, _ in waiters]
-        tokens += [msg.token for _, msg in self._parked_reads]
+        tokens += [msg.token for _, _, msg in self._parked_reads]
         tokens += [msg.token for msg in self._parked_ingests + self._parked_leader]
         return tokens
 

@@ -236,6 +236,7 @@ class AsyncClient:
             end_us=end_us,
             filters=pairs,
             min_index=self._session.min_index(partition),
+            catalog_version=self._session.catalog_version,
         )
         reply = await self._call(partition, request, self._deadline())
         return convert.usage_result(convert.expect(reply, AggReply))
@@ -245,7 +246,12 @@ class AsyncClient:
         account = convert.account_id(account_id)
         code = convert.metric_code(metric_code)
         partition = await self._partition_of(account)
-        request = QueryRealtime(partition=partition, account_id=account, metric_code=code)
+        request = QueryRealtime(
+            partition=partition,
+            account_id=account,
+            metric_code=code,
+            catalog_version=self._session.catalog_version,
+        )
         reply = await self._call(partition, request, self._deadline())
         return convert.expect(reply, AggReply).value
 
@@ -273,6 +279,7 @@ class AsyncClient:
             group_by=keys,
             filters=pairs,
             min_index=self._session.min_index(partition),
+            catalog_version=self._session.catalog_version,
         )
         reply = await self._call(partition, request, self._deadline())
         return convert.breakdown(convert.expect(reply, BreakdownReply))

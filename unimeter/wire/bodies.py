@@ -119,6 +119,7 @@ _PARTITION = Field("partition", "p", PARTITION)
 _ACCOUNT = Field("account_id", "a", U64)
 _METRIC = Field("metric_code", "m", CODE)
 _MIN_INDEX = Field("min_index", "min", U64, 0)
+_READ_CATALOG = Field("catalog_version", "cv", U64, 0)
 
 REQUESTS: dict[type[Any], MapSpec] = {
     spec.cls: spec
@@ -154,9 +155,10 @@ REQUESTS: dict[type[Any], MapSpec] = {
             Field("end_us", "e", I64),
             Field("filters", "f", FILTERS, ()),
             _MIN_INDEX,
+            _READ_CATALOG,
             check=_check_range,
         ),
-        MapSpec(m.QueryRealtime, _PARTITION, _ACCOUNT, _METRIC),
+        MapSpec(m.QueryRealtime, _PARTITION, _ACCOUNT, _METRIC, _READ_CATALOG),
         MapSpec(
             m.QueryBreakdown,
             _PARTITION,
@@ -167,6 +169,7 @@ REQUESTS: dict[type[Any], MapSpec] = {
             Field("group_by", "g", GROUP_BY),
             Field("filters", "f", FILTERS, ()),
             _MIN_INDEX,
+            _READ_CATALOG,
             check=_check_range,
         ),
         MapSpec(

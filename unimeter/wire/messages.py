@@ -138,6 +138,7 @@ class Query:
     end_us: int
     filters: tuple[tuple[str, str], ...] = ()
     min_index: int = 0  # read-your-writes: answer once applied up to this log index
+    catalog_version: int = 0  # answer once the partition knows this catalog version
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -146,6 +147,7 @@ class QueryRealtime:
     partition: int
     account_id: int
     metric_code: str
+    catalog_version: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -158,7 +160,8 @@ class QueryBreakdown:
     end_us: int
     group_by: tuple[str, ...]
     filters: tuple[tuple[str, str], ...] = ()
-    min_index: int = 0
+    min_index: int = 0  # read-your-writes: answer once applied up to this log index
+    catalog_version: int = 0  # answer once the partition knows this catalog version
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
