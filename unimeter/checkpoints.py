@@ -22,6 +22,12 @@ compacted to the new index, and the WAL to the *older* kept snapshot -- if the n
 turns out damaged, recovery falls back to the older one plus the WAL after it, so the WAL must
 still reach back that far.
 
+*Cost.* Writing a snapshot costs time proportional to the whole state, replaying the log
+costs time proportional to the log: small thresholds on a large state would keep a child busy
+all the time. So a partition's next snapshot starts no sooner than ``duty_factor`` times its
+last child's duration after that child started: at most a tenth of a core goes to snapshots,
+and the log grows a little past the thresholds instead.
+
 *Space.* A snapshot must not take the space the log needs: a child is forked only while the
 free space, less the node's disk reserve, holds the partition's last snapshot size plus an
 eighth (or, after an ENOSPC, what the failed attempt had written). Otherwise the partition is
@@ -64,6 +70,7 @@ __all__ = ["Checkpoints", "SnapshotPolicy", "payload_prefix"]
 log = logging.getLogger("unimeter.snapshots")
 
 jobs_per_child_max = 64
+duty_factor = 9  # a partition's next snapshot waits 9x its last one's duration: <= 10% busy
 poll_s = 0.05
 retry_s = 5.0
 
@@ -105,6 +112,8 @@ class _Tracked:
     snapshots: int = 0
     epoch: int = 0  # the runtime's install_epoch the counters belong to
     size_hint: int = 0  # bytes the next snapshot file is expected to take
+    last_started: float = 0.0  # monotonic start of its last successful snapshot
+    last_child_s: float = 0.0  # how long that snapshot's child ran
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +137,8 @@ class Checkpoints:
         self._busy = False  # a child or its publication is in progress
         self._started_at = 0.0
         self._fork_ms = 0.0
-        self._timer: asyncio.Handle | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # loop time the timer fires at
         self._stopped = False
         self.completed = 0
         self.failed = 0
@@ -148,8 +158,10 @@ class Checkpoints:
             tracked.entries = tracked.bytes = 0
         tracked.entries += entries
         tracked.bytes += nbytes
-        if not self._busy and self._timer is None and self._is_due(tracked, time.monotonic()):
-            self._timer = asyncio.get_running_loop().call_soon(self._start)
+        if not self._busy:
+            at = self._eligible_at(tracked)
+            if at is not None:
+                self._arm(max(0.0, at - time.monotonic()))
 
     def stop(self) -> None:
         """Kill a running child (by its PID) and forget what is pending."""
@@ -163,10 +175,26 @@ class Checkpoints:
 
     # ------------------------------------------------------------------ starting a child
 
+    def _eligible_at(self, tracked: _Tracked) -> float | None:
+        """When (monotonic) the partition may next be snapshotted; None if it is not due."""
+        if tracked.runtime.mailbox.closed:
+            return None
+        if tracked.failed:
+            return tracked.retry_at
+        if not self.policy.due(tracked.entries, tracked.bytes):
+            return None
+        # Snapshots of a large state must not take more than their share of the CPU.
+        return max(tracked.retry_at, tracked.last_started + duty_factor * tracked.last_child_s)
+
     def _is_due(self, tracked: _Tracked, now: float) -> bool:
-        if tracked.retry_at > now or tracked.runtime.mailbox.closed:
-            return False
-        return tracked.failed or self.policy.due(tracked.entries, tracked.bytes)
+        at = self._eligible_at(tracked)
+        return at is not None and at <= now
+
+    def _arm_next(self) -> None:
+        """Arm the timer for the earliest partition that will be due, if any."""
+        times = [at for t in self._tracked.values() if (at := self._eligible_at(t)) is not None]
+        if times:
+            self._arm(max(0.0, min(times) - time.monotonic()))
 
     def _start(self) -> None:
         self._timer = None
@@ -201,7 +229,7 @@ class Checkpoints:
                 room, retry_s,
             )  # fmt: skip
         if not pending:
-            self._arm(retry_s if deferred else 1.0)
+            self._arm_next()
             return
         started = time.perf_counter()
         try:
@@ -209,7 +237,7 @@ class Checkpoints:
         except OSError as exc:
             log.error("event=snapshot_fork_failed error=%r", str(exc))
             self._failed(pending, now)
-            self._arm(retry_s)
+            self._arm_next()
             return
         self._fork_ms = (time.perf_counter() - started) * 1000
         self._started_at = now
@@ -217,6 +245,7 @@ class Checkpoints:
         for p in pending:
             p.tracked.entries = p.tracked.bytes = 0
             p.tracked.failed = False
+            p.tracked.last_started = now
         log.info(
             "event=snapshot_started pid=%d partitions=%s fork_ms=%.1f",
             child.pid, ",".join(f"{p.tracked.runtime.name}@{p.job.index}" for p in pending),
@@ -242,9 +271,17 @@ class Checkpoints:
         return SnapshotJob(directory=runtime.directory, index=index, render=render)
 
     def _arm(self, delay_s: float) -> None:
-        if self._timer is None and not self._stopped:
-            handler = self._poll if self._busy else self._start
-            self._timer = asyncio.get_running_loop().call_later(delay_s, handler)
+        """Run ``_poll`` (a child runs) or ``_start`` after ``delay_s``, unless sooner."""
+        if self._stopped:
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + delay_s
+        if self._timer is not None:
+            if self._timer_at <= when:
+                return
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._poll if self._busy else self._start)
 
     # ------------------------------------------------------------------ the child ends
 
@@ -297,6 +334,7 @@ class Checkpoints:
                 continue  # stopping, or a leader's snapshot replaced this one
             self._compact(runtime, p.job.index, outcome)
             p.tracked.size_hint = _file_bytes(snapshot_path(p.job.directory, p.job.index))
+            p.tracked.last_child_s = child_s
             p.tracked.snapshots += 1
             self.completed += 1
             log.info(
@@ -324,13 +362,8 @@ class Checkpoints:
     def _finish(self) -> None:
         self._busy = False
         self._pending = []
-        if self._stopped:
-            return
-        now = time.monotonic()
-        if any(self._is_due(t, now) for t in self._tracked.values()):
-            self._arm(0.0)
-        elif any(t.failed for t in self._tracked.values()):
-            self._arm(retry_s)
+        if not self._stopped:
+            self._arm_next()
 
 
 def _file_bytes(path: Path) -> int:
