@@ -44,9 +44,12 @@ producer_results_cached_max = 64  # recent results kept per producer for exact r
 partitions_default = 8
 partitions_max = 4096
 # A partition is snapshotted (by a forked child) once its log grew by this many entries or
-# bytes; the WAL before the older of the two kept snapshots is then deleted.
+# bytes; the WAL before the older of the two kept snapshots is then deleted. Replay costs about
+# 3.5 us per event (~26 log bytes per event at batch 500), so 16 MiB is ~2 s of replay per
+# partition after a crash; a snapshot costs 0.4-3.5 s per million stored events, capped at a
+# tenth of a core by the scheduler (docs/benchmarks.md, Storage).
 snapshot_entries_default = 100_000
-snapshot_bytes_default = 256 * 1024 * 1024
+snapshot_bytes_default = 16 * 1024 * 1024
 wal_segment_bytes_default = 64 * 1024 * 1024
 wal_segment_bytes_min = 4096
 
