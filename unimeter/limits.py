@@ -50,7 +50,7 @@ partitions_max = 4096
 # tenth of a core by the scheduler (docs/benchmarks.md, Storage).
 snapshot_entries_default = 100_000
 snapshot_bytes_default = 16 * 1024 * 1024
-wal_segment_bytes_default = 64 * 1024 * 1024
+wal_segment_bytes_default = 16 * 1024 * 1024  # compaction deletes whole segments: match the above
 wal_segment_bytes_min = 4096
 
 # --- client ---
