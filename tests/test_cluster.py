@@ -207,3 +207,34 @@ async def test_follower_loss_quorum_loss_and_full_restart(cluster: ClusterProces
     async with AsyncClient(cluster.seeds, request_timeout=20.0) as client:
         await wait_for_leaders(client)
         assert await totals(client) == expected_totals(sent)
+
+
+async def test_four_nodes_with_three_replicas_spread_leaders_and_route_everywhere(
+    tmp_path: Path,
+) -> None:
+    """With replication factor 3 on 4 nodes each node hosts only some partitions: the map
+    still names every leader (leaders announce themselves to every node), leadership settles
+    on each partition's preferred node (two partitions per node), and every total is exact
+    whichever node a client starts from."""
+    procs = ClusterProcesses(tmp_path, nodes=4, partitions=8).start()
+    try:
+        async with AsyncClient([procs.seeds[0]], request_timeout=20.0) as client:
+            await client.metrics.create(MetricSchema(code="calls", agg_type=AggType.SUM))
+            sent = 0
+            for _ in range(4):
+                await client.ingest(batch_events(sent), delivery=DeliveryMode.SYNC)
+                sent += 1
+            deadline = time.monotonic() + 20
+            while True:
+                leaders = await wait_for_leaders(client)
+                if sorted(Counter(leaders.values()).values()) == [2, 2, 2, 2]:
+                    break
+                assert time.monotonic() < deadline, f"leaders never spread: {leaders}"
+                await asyncio.sleep(0.2)
+        for seed in procs.seeds:
+            async with AsyncClient([seed], request_timeout=20.0) as client:
+                status = await client.cluster_status()
+                assert {p.partition: p.leader for p in status.partitions} == leaders
+                assert await totals(client) == expected_totals(sent)
+    finally:
+        procs.kill_all()

@@ -119,7 +119,13 @@ class ClusterProcesses:
     """N real node processes on free loopback ports, each listing all as peers."""
 
     def __init__(
-        self, root: Path, nodes: int = 3, *, partitions: int = 6, election_timeout_ms: int = 400
+        self,
+        root: Path,
+        nodes: int = 3,
+        *,
+        partitions: int = 6,
+        election_timeout_ms: int = 400,
+        replication_factor: int = 3,
     ) -> None:
         ports = [free_port() for _ in range(nodes)]
         peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(ports))
@@ -135,6 +141,8 @@ class ClusterProcesses:
                     peers,
                     "--election-timeout-ms",
                     str(election_timeout_ms),
+                    "--replication-factor",
+                    str(replication_factor),
                 ),
             )
             for i, port in enumerate(ports)
