@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -561,6 +562,19 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     )
 
 
+def tune_gc() -> None:
+    """Keep the cycle collector off the hot path.
+
+    The applied state is millions of small containers that never form cycles (reference
+    counting frees them); with the default thresholds the collector walks them again and again
+    (about a tenth of ingest time in a profile, and full collections stall the loop for as long
+    as the heap is large). Freezing what recovery loaded moves it out of the collector's sight,
+    and a larger first threshold makes collections rare.
+    """
+    gc.freeze()
+    gc.set_threshold(100_000, 20, 20)
+
+
 async def serve(config: NodeConfig) -> None:
     node = Node(config)
     stop = asyncio.Event()
@@ -568,6 +582,7 @@ async def serve(config: NodeConfig) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()
+    tune_gc()
     await stop.wait()
     log.info("event=stopping")
     await node.stop()
