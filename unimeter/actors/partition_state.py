@@ -163,7 +163,18 @@ class PartitionState:
         first_offset = last_offset = None
         if n:
             first_offset = self._offset_base + self._n_stored
-            self._apply_events(entry, first_offset, alerts)
+            batch = entry.batch
+            insts = [self._live.get(code) for code in batch.metric_codes]
+            assert batch.timestamps is not None and len(batch.timestamps) == n
+            assert min(batch.timestamps) > NO_TIMESTAMP, "BatchEntry events must carry timestamps"
+            if (
+                batch.properties is None
+                and batch.event_ids is None
+                and all(inst is not None and not inst.unique and not inst.dims for inst in insts)
+            ):
+                self._apply_plain(entry, insts, first_offset, alerts)  # type: ignore[arg-type]
+            else:
+                self._apply_events(entry, insts, first_offset, alerts)
             self._n_stored += n
             last_offset = first_offset + n - 1
         if producer_id:
@@ -180,14 +191,75 @@ class PartitionState:
             return _NOTHING
         return ApplyResult(first_offset=first_offset, last_offset=last_offset, alerts=tuple(alerts))
 
-    def _apply_events(self, entry: BatchEntry, first: int, alerts: list[StoredAlert]) -> None:
-        """The hot loop: one pass over the batch's columns, nothing allocated per event beyond
-        the packed event words and the record a new (account, period) needs."""
+    def _apply_plain(
+        self, entry: BatchEntry, insts: list[Instance], first: int, alerts: list[StoredAlert]
+    ) -> None:
+        """The hot loop for the common batch: COUNT/SUM/MAX/LATEST metrics without dimensions,
+        events without properties or ids. Same effect as ``_apply_events``, less per event."""
         batch = entry.batch
-        insts = [self._live.get(code) for code in batch.metric_codes]
+        ops = batch.operation_types
+        cutoff = self._cutoff
+        interned_accounts = self._accounts
         stamps = batch.timestamps
-        assert stamps is not None and len(stamps) == len(batch.account_ids)
-        assert min(stamps) > NO_TIMESTAMP, "BatchEntry events must all carry a timestamp"
+        assert stamps is not None
+        columns = zip(batch.metric_index, batch.account_ids, stamps, batch.values, strict=True)
+        for i, (metric, account, ts, value) in enumerate(columns):
+            inst = insts[metric]
+            if inst.ps <= ts < inst.pe:
+                recs = inst.recs
+            else:
+                found_recs = inst.recs_for(ts, cutoff)
+                if found_recs is None:
+                    continue  # its period is already past retention: stored, expired at once
+                recs = found_recs
+            packed = ops[i] if ops is not None else 0
+            rec: NumRec | None = recs.get(account)
+            if rec is None:
+                rec = NumRec(value, value, array("q", (first + i, ts, value, packed)))
+                recs[interned_accounts.setdefault(account, account)] = rec
+            else:
+                ev = rec.ev
+                row = len(ev) >> 2
+                ev.extend((first + i, ts, value, packed))
+                rec.sum += value
+                if value > rec.max:
+                    rec.max = value
+                if ts >= ev[(rec.last << 2) + 1]:
+                    rec.last = row
+                if rec.eids is not None:
+                    rec.eids.append(None)
+                if rec.cells is not None:  # dimensions were dropped: these events are in cell 0
+                    agg = rec.cells.get(0)
+                    if agg is None:
+                        rec.cells[0] = NumCell(1, value, value, row)
+                    else:
+                        agg.count += 1
+                        agg.sum += value
+                        if value > agg.max:
+                            agg.max = value
+                        if ts >= ev[(agg.last << 2) + 1]:
+                            agg.last = row
+            if inst.thresholds:
+                total = num_total(inst.agg, rec)
+                rec.fired, crossed = crossings(rec.fired, inst.thresholds, total)
+                if crossed is not None:
+                    for code in crossed:
+                        alerts.append(
+                            self._alerts.append(account, inst.code, code, total, entry.stamp_us)
+                        )
+
+    def _apply_events(
+        self,
+        entry: BatchEntry,
+        insts: list[Instance | None],
+        first: int,
+        alerts: list[StoredAlert],
+    ) -> None:
+        """The general hot loop: one pass over the batch's columns, nothing allocated per event
+        beyond the packed event words and the record a new (account, period) needs."""
+        batch = entry.batch
+        stamps = batch.timestamps
+        assert stamps is not None
         ops = batch.operation_types
         props = batch.properties
         event_ids = batch.event_ids
