@@ -46,6 +46,7 @@ from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
+from unimeter.storage.walformat import CorruptLogError
 from unimeter.trace import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
@@ -596,11 +597,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
     )
     try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-        asyncio.run(serve(config))
-    else:
-        uvloop.run(serve(config))
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+            asyncio.run(serve(config))
+        else:
+            uvloop.run(serve(config))
+    except CorruptLogError as exc:
+        # Nothing was modified; docs/operations.md says what to do.
+        log.critical(
+            "event=corrupt_log file=%s offset=%d reason=%r action=refusing_to_start",
+            exc.path, exc.offset, exc.reason,
+        )  # fmt: skip
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":
