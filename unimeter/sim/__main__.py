@@ -15,28 +15,56 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
+import signal
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from unimeter import testing_switches
+from unimeter.sim.settings import draw_settings
 from unimeter.sim.swarm import RunResult, run_seed
+from unimeter.sim.world import Violation
 from unimeter.trace import TraceWriter
 
 
-def _run(args: tuple[int, int]) -> RunResult:
-    seed, scale = args
-    return run_seed(seed, scale=scale)
+class SeedTimeout(BaseException):
+    """A seed ran past its wall-clock budget: something spins inside one event (a watchdog
+    only: it never changes what a run that finishes does)."""
 
 
-def _results(seeds: list[int], scale: int, jobs: int) -> Iterator[RunResult]:
+def _alarm(signum: int, frame: object) -> None:
+    raise SeedTimeout
+
+
+def _guarded(seed: int, scale: int, timeout_s: int) -> RunResult:
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(timeout_s)
+    try:
+        return run_seed(seed, scale=scale)
+    except SeedTimeout:
+        result = RunResult(seed, draw_settings(seed, scale), [])
+        where = "".join(traceback.format_exc(limit=-12))
+        result.violations.append(
+            Violation("Hang", 0, f"no end after {timeout_s}s of wall time:\n{where}")
+        )
+        return result
+    finally:
+        signal.alarm(0)
+
+
+def _run(args: tuple[int, int, int]) -> RunResult:
+    return _guarded(*args)
+
+
+def _results(seeds: list[int], scale: int, jobs: int, timeout_s: int) -> Iterator[RunResult]:
     if jobs <= 1:
         for seed in seeds:
-            yield run_seed(seed, scale=scale)
+            yield _guarded(seed, scale, timeout_s)
         return
     with multiprocessing.get_context("fork").Pool(jobs) as pool:
-        yield from pool.imap(_run, [(s, scale) for s in seeds], chunksize=4)
+        yield from pool.imap(_run, [(s, scale, timeout_s) for s in seeds], chunksize=4)
 
 
 def write_trace(seed: int, scale: int, path: str) -> RunResult:
@@ -56,6 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, help="run exactly this seed")
     p.add_argument("--scale", type=int, default=1, help="multiply workload and safety phase")
     p.add_argument("--jobs", type=int, default=1, help="worker processes")
+    p.add_argument(
+        "--seed-timeout",
+        type=int,
+        default=300,
+        metavar="SECONDS",
+        help="wall-clock watchdog per seed (a run that spins is reported as Hang)",
+    )
     p.add_argument("--trace", help="write the (single) seed's trace to this file")
     p.add_argument("--trace-dir", default=".", help="where failing seeds' traces go")
     p.add_argument(
@@ -78,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[RunResult] = []
     events = 0
     totals: Counter[str] = Counter()
-    for result in _results(seeds, a.scale, a.jobs):
+    for result in _results(seeds, a.scale, a.jobs, a.seed_timeout):
         events += result.events
         totals.update({k: v for k, v in result.stats.items() if isinstance(v, int)})
         _report(result, a.verbose, a.quiet)
@@ -92,6 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("exercised: " + " ".join(f"{k}={v}" for k, v in sorted(totals.items())))
     for result in failed:
+        if any(v.checker == "Hang" for v in result.violations):
+            print(f"FAILED seed {result.seed} (Hang): python -m unimeter.sim --seed {result.seed}")
+            continue
         path = os.path.join(a.trace_dir, f"sim-seed-{result.seed}.trace")
         again = write_trace(result.seed, a.scale, path)
         same = [str(v) for v in again.violations] == [str(v) for v in result.violations]

@@ -3,7 +3,8 @@
 Client connections: a request reaches its node after a client-link latency, on the connection
 (node incarnation) it was sent on; a node that crashed or restarted meanwhile broke that
 connection, so the request fails with UNAVAILABLE like ``ClientConnection`` in the real client
-(its outcome is unknown to the client). Replies travel back the same way.
+(its outcome is unknown to the client). Replies travel back the same way; while faults are on,
+a connection may also reset with an answer on its way (``client_reset_p``).
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ class Cluster:
     def reply_to_client(self, node: SimNode, call: Any, status: int, message: m.Reply) -> None:
         if self._inflight[node.node_id].pop(call.number, None) is None:
             return  # the connection broke before the answer: it never arrives
+        if self.net.faulty and self.world.chance(self.settings.net.client_reset_p):
+            # The connection resets with the answer on its way: the client cannot know whether
+            # its request was applied, and retries it.
+            self._fail(call, f"connection to node {node.node_id} reset")
+            return
         self.world.after(self.net.client_delay(), call.client.on_reply, call, status, message)
 
     def connections_lost(self, node: SimNode) -> None:

@@ -26,6 +26,7 @@ class NetSettings:
     dup_p: float
     client_latency_min_us: int
     client_latency_max_us: int
+    client_reset_p: float  # chance a client connection resets with an answer on its way
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,6 +152,7 @@ def draw_settings(seed: int, scale: int = 1) -> SimSettings:
         dup_p=rng.choice((0.0, 0.0, 0.01, 0.05)),
         client_latency_min_us=100,
         client_latency_max_us=rng.choice((500, 2_000, 10_000)),
+        client_reset_p=rng.choice((0.0, 0.02, 0.1)),
     )
     disk = DiskSettings(
         fsync_min_us=rng.choice((50, 200, 1_000)),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,7 +62,14 @@ def world_seed(seed: int) -> int:
     return (seed * 6364136223846793005 + 1442695040888963407) % 2**64
 
 
-def run_seed(seed: int, *, scale: int = 1, tracer: TraceWriter | None = None) -> RunResult:
+def run_seed(
+    seed: int,
+    *,
+    scale: int = 1,
+    tracer: TraceWriter | None = None,
+    inspect: Callable[[Cluster], None] | None = None,
+) -> RunResult:
+    """Run one seed; ``inspect`` sees the cluster as the run ends (for tests)."""
     started = time.perf_counter()
     settings = draw_settings(seed, scale)
     world = World(world_seed(seed), settings.start_us, tracer)
@@ -79,6 +87,8 @@ def run_seed(seed: int, *, scale: int = 1, tracer: TraceWriter | None = None) ->
         _run(cluster, workload, nemesis, result)
     except Exception:  # a bug of the simulator itself: report it as this seed's failure
         world.fail("Simulator", traceback.format_exc())
+    if inspect is not None:
+        inspect(cluster)
     result.events = world.events_run
     result.virtual_s = (world.now - settings.start_us) / 1e6
     result.wall_s = time.perf_counter() - started

@@ -31,6 +31,11 @@ class Violation:
         return f"[{self.checker}] t={self.at_us / 1e6:.6f}s {self.message}"
 
 
+# More events than this at one virtual instant is a livelock (a timer that never moves on).
+EVENTS_PER_INSTANT_MAX = 100_000
+# A run (of scale 1) takes some thousands of events; this many means something spins.
+EVENTS_PER_RUN_MAX = 3_000_000
+
 # (time, scheduling order, function, arguments): the order is unique, so ties never compare
 # the functions.
 _Event = tuple[int, int, Callable[..., None], tuple[Any, ...]]
@@ -60,10 +65,21 @@ class World:
     def run_until(self, end_us: int, done: Callable[[], bool] | None = None) -> bool:
         """Run events up to ``end_us`` (or until ``done()`` or a violation); True if ``done``."""
         queue = self._queue
+        same = 0
         while queue and queue[0][0] <= end_us and not self.violations:
             at, _, fn, args = heapq.heappop(queue)
+            if at == self.now:
+                same += 1
+                if same > EVENTS_PER_INSTANT_MAX:
+                    self.fail("Liveness", f"livelock: {same} events without time moving ({fn})")
+                    break
+            else:
+                same = 0
             self.now = at
             self.events_run += 1
+            if self.events_run > EVENTS_PER_RUN_MAX:
+                self.fail("Liveness", f"{self.events_run} events: the run does not settle")
+                break
             fn(*args)
             if done is not None and done():
                 return True
