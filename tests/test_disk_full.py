@@ -45,6 +45,7 @@ from unimeter import (
     checkpoints,
     current_month,
 )
+from unimeter.actors.replicated import RaftTick
 from unimeter.checkpoints import SnapshotPolicy
 from unimeter.errors import Status
 from unimeter.storage.snapshot import snapshot_indexes
@@ -316,3 +317,25 @@ async def test_a_snapshot_that_hits_enospc_is_dropped_and_retried(
         finally:
             await replica.stop()
         assert recover_offline(directory).snapshot() == live
+
+
+async def test_a_term_or_vote_that_cannot_be_made_durable_stops_the_node(tmp_path: Path) -> None:
+    """A vote must be on disk before it is acted on; on a full disk the node stops (a restart
+    recovers) rather than vote undurably or leave the partition silently dead."""
+    with small_filesystem(tmp_path, "tmpfs") as mount_point:
+        directory = mount_point / "p0"
+        replica = Replica(directory, SnapshotPolicy(entries=0, bytes=0), segment_bytes=1 << 20)
+        runtime = replica.runtime
+        try:
+            runtime.prime()
+            hard_state = directory / "raft-state.cbor"
+            before = hard_state.read_bytes() if hard_state.exists() else None
+            await asyncio.to_thread(fill, mount_point / "filler")
+            replica.offset_us = 10_000_000  # the election timeout has long passed
+            with pytest.raises(SystemExit, match="storage failed"):
+                runtime._step_all([RaftTick()])
+            assert runtime.mailbox.closed
+            after = hard_state.read_bytes() if hard_state.exists() else None
+            assert after == before  # the old term and vote, whole: the write left nothing
+        finally:
+            runtime.wal.close()

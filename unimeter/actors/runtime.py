@@ -21,7 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import cbor2
 
@@ -32,7 +32,12 @@ from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
 from unimeter.consensus.messages import HardState, LogEntry, Snapshot, SnapshotMeta
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
-from unimeter.storage.wal import DiskFullError, WriteAheadLog, segment_bytes_max_default
+from unimeter.storage.wal import (
+    DiskFullError,
+    LogFailedError,
+    WriteAheadLog,
+    segment_bytes_max_default,
+)
 from unimeter.wire import messages as m
 
 if TYPE_CHECKING:
@@ -186,16 +191,19 @@ class ReplicaRuntime:
         core = self.core
         clock = self._clock
         tracer = self.tracer
-        if tracer is None:
-            for msg in batch:
-                self._execute(core.step(msg, clock()))
-        else:
-            for msg in batch:
-                now = clock()
-                tracer.step(msg, now, core)
-                fx = core.step(msg, now)
-                tracer.stepped(core)
-                self._execute(fx)
+        try:
+            if tracer is None:
+                for msg in batch:
+                    self._execute(core.step(msg, clock()))
+            else:
+                for msg in batch:
+                    now = clock()
+                    tracer.step(msg, now, core)
+                    fx = core.step(msg, now)
+                    tracer.stepped(core)
+                    self._execute(fx)
+        except (DiskFullError, LogFailedError, OSError) as exc:
+            self._fail_stop(exc)
         self.steps += len(batch)
         if self._sync_wanted and not self._syncing and not self._unwritten:
             self._start_sync()
@@ -230,6 +238,17 @@ class ReplicaRuntime:
 
     def _after(self, fx: Effects) -> None:
         """Hook for effects beyond the common ones."""
+
+    def _fail_stop(self, exc: Exception) -> NoReturn:
+        """A write the core already counts on failed (a term or vote, a leader's snapshot, a
+        log truncation -- log appends have their own retry): acting on it undurable would break
+        Raft's promises and leaving the actor dead would hang its requests, so the node stops;
+        a restart recovers from what is on disk."""
+        log.critical(
+            "actor=%s event=storage_failed error=%r action=stopping_node", self.name, str(exc)
+        )
+        self.mailbox.close()
+        raise SystemExit(f"{self.name}: storage failed: {exc}") from exc
 
     # ------------------------------------------------------------------ log writes
 
