@@ -157,7 +157,7 @@ class SimNode:
         self.checkers.on_replica_start(replica)
         return replica
 
-    def _replicas(self) -> list[SimReplica]:
+    def replicas(self) -> list[SimReplica]:
         out = list(self.partitions.values())
         if self.catalog is not None:
             out.insert(0, self.catalog)
@@ -170,7 +170,7 @@ class SimNode:
         self.up = False
         self.serving = False
         notes = []
-        for replica in self._replicas():
+        for replica in self.replicas():
             replica.stop(graceful)
             if not graceful:
                 lost = replica.disk.crash()
