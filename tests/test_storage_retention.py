@@ -22,6 +22,9 @@ from array import array
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from tests.support.nodeproc import NodeProcess
 from unimeter import periods
 from unimeter.actors.effects import Effects
 from unimeter.actors.entries import LiveMetric
@@ -238,3 +241,19 @@ def wal_reaches_only_the_older_snapshot(directory: Path) -> bool:
         return False
     assert firsts[0] <= snaps[0] + 1, (firsts, snaps)
     return len(firsts) == 1 or firsts[1] > snaps[0] + 1
+
+
+def test_retention_is_fixed_when_the_data_directory_is_created(tmp_path: Path) -> None:
+    """Snapshots keep the retention a partition was created with; a node restarted with another
+    value would expire differently on a replica that replays its log from scratch."""
+    node = NodeProcess(tmp_path / "data", partitions=1, extra_args=("--retention-days", "30"))
+    try:
+        node.start()
+        assert node.terminate() == 0
+        node.extra_args = ("--retention-days", "31")
+        with pytest.raises(RuntimeError, match="created with --retention-days 30"):
+            node.start()
+        node.extra_args = ("--retention-days", "30")
+        node.start()
+    finally:
+        node.kill()

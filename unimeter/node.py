@@ -170,6 +170,15 @@ class Node:
                     f"the partition count is fixed at cluster creation (got "
                     f"{self.partition_count})"
                 )
+            # Retention is part of every partition's applied state (its snapshots keep the
+            # value they were created with): another value now would make a replica that
+            # replays from scratch expire differently from one that loads a snapshot.
+            retention = meta.get("retention_days", self.config.retention_days)
+            if retention != self.config.retention_days:
+                raise SystemExit(
+                    f"{self.data_dir} was created with --retention-days {retention}; it is "
+                    f"fixed at cluster creation (got {self.config.retention_days})"
+                )
             self.cluster_id = meta["cluster_id"]
             return
         # Every node of a cluster derives the same id from the member list.
@@ -177,9 +186,12 @@ class Node:
             uuid.NAMESPACE_URL,
             "unimeter:" + ",".join(f"{i}={a}" for i, a in sorted(self.addresses.items())),
         ).hex
-        atomic_write(
-            path, cbor2.dumps({"cluster_id": self.cluster_id, "partitions": self.partition_count})
-        )
+        identity = {
+            "cluster_id": self.cluster_id,
+            "partitions": self.partition_count,
+            "retention_days": self.config.retention_days,
+        }
+        atomic_write(path, cbor2.dumps(identity))
 
     def _raft_config(self) -> RaftConfig:
         return RaftConfig(
