@@ -419,3 +419,37 @@ def test_retention_keeps_what_recurring_metrics_carry() -> None:
     assert (p.state.query("b", 1, *day9).last_value, p.state.query("b", 1, *day9).count) == (7, 0)
     assert p.state.query("b", 1, *day9, (("r", "eu"),)).last_value == 50
     assert p.state.query("u", 1, T0, T0 + DAY).count == 0  # a dropped period reads empty
+
+
+def test_recurring_unique_thresholds_see_late_events_flow_into_later_periods() -> None:
+    every2 = AlertThreshold("every2", 2, recurring=True)
+    p = Partition(
+        live(
+            "u",
+            agg_type=AggType.COUNT_UNIQUE,
+            period_type=PeriodType.DAY,
+            recurring=True,
+            thresholds=(every2,),
+        )
+    )
+    fired = [
+        a.value_at_cross
+        for events in (
+            [ev("u", 1)],
+            [ev("u", 2, at=DAY), ev("u", 3, at=DAY)],  # day 1: {1, 2, 3}; 2 crosses 1 x 2
+            [ev("u", 4, at=H)],  # late, day 0: {1, 4} crosses 1 x 2 for day 0
+            [ev("u", 5, at=DAY + H)],  # day 1 is now {1, 2, 3, 4, 5}: crosses 2 x 2
+        )
+        for a in p.ingest(*events).alerts
+    ]
+    assert fired == [2, 2, 5]
+
+
+def test_alerts_triggered_before_the_cutoff_are_not_listed() -> None:
+    p = Partition(
+        live("c", agg_type=AggType.COUNT, thresholds=(AlertThreshold("t", 1),)), retention_days=2
+    )
+    p.ingest(stamp=T0 + 10 * DAY)
+    # A stamp far behind the newest one (a clock gone back): the alert is recorded with it...
+    assert [a.cursor for a in p.ingest(ev("c", at=10 * DAY), stamp=T0).alerts] == [0]
+    assert p.state.list_alerts(1, -1, 9) == ((), None)  # ...and is already past retention
