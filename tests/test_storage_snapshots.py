@@ -312,3 +312,51 @@ async def test_leftover_snapshot_temp_files_are_removed_at_start(tmp_path: Path)
             assert await totals(client) == expected_totals(1)
     finally:
         node.kill()
+
+
+def flip_byte(path: Path, offset_from_end: int = 10) -> None:
+    data = bytearray(path.read_bytes())
+    data[-offset_from_end] ^= 0x20
+    path.write_bytes(bytes(data))
+
+
+async def test_a_damaged_newest_snapshot_falls_back_to_the_older_one(tmp_path: Path) -> None:
+    """Why the WAL is kept back to the *older* snapshot: with the newest one unreadable, the
+    older one plus the log after it rebuild exactly the same totals. With both unreadable and
+    the log compacted, the node refuses to start (exit 2) and names the hole."""
+    node = NodeProcess(
+        tmp_path / "data",
+        partitions=1,
+        extra_args=(
+            "--snapshot-entries", str(SNAPSHOT_ENTRIES), "--snapshot-bytes", "0",
+            "--wal-segment-bytes", "16384",
+        ),
+    )  # fmt: skip
+    batches = 0
+    try:
+        node.start()
+        async with AsyncClient([node.address], request_timeout=20.0) as client:
+            await client.metrics.create(MetricSchema(code="calls", agg_type=AggType.SUM))
+            directory = partition_dirs(node)[0]
+            deadline = time.monotonic() + WAIT_S
+            while not (compacted(directory) and segments(directory)[0] > 1):
+                assert time.monotonic() < deadline, "no compaction happened"
+                await client.ingest(batch_events(batches), delivery=DeliveryMode.SYNC)
+                batches += 1
+        node.kill()
+        older, newest = sorted(snapshot_indexes(directory).items())
+        flip_byte(newest[1])
+        node.start()
+        assert "snapshot unusable, trying an older one" in node.log()
+        assert recovered_entries(node)[-1][0] == older[0]
+        async with AsyncClient([node.address], request_timeout=20.0) as client:
+            assert await totals(client) == expected_totals(batches)
+        node.kill()
+
+        for path in snapshot_indexes(directory).values():
+            flip_byte(path, offset_from_end=20)
+        with pytest.raises(RuntimeError, match="no readable snapshot reaches index"):
+            node.start()
+        assert node.proc is not None and node.proc.returncode == 2
+    finally:
+        node.kill()

@@ -38,6 +38,7 @@ from unimeter.storage.wal import (
     WriteAheadLog,
     segment_bytes_max_default,
 )
+from unimeter.storage.walformat import CorruptLogError
 from unimeter.wire import messages as m
 
 if TYPE_CHECKING:
@@ -116,6 +117,12 @@ def recover_replica(
     if wal.last_index < first - 1:
         # A crash during a snapshot install: the log ends before the snapshot; start after it.
         wal.reset(first)
+    if wal.first_index > first:  # compacted past every snapshot still readable: a hole
+        wal.close()
+        raise CorruptLogError(
+            directory, 0, f"the log starts at index {wal.first_index} but no readable snapshot "
+            f"reaches index {wal.first_index - 1} (snapshot files missing or damaged)",
+        )  # fmt: skip
     entries = tuple(
         LogEntry(term=_TERM.unpack_from(data)[0], index=index, data=bytes(data[8:]))
         for index, data in wal.read_from(max(wal.first_index, first))
