@@ -9,6 +9,7 @@ a connection may also reset with an answer on its way (``client_reset_p``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from unimeter import errors
@@ -34,6 +35,8 @@ class Cluster:
         self.checkers = Checkers(self)
         self.nodes = {i: SimNode(self, i) for i in self.members}
         self._inflight: dict[int, dict[int, Call]] = {i: {} for i in self.members}
+        # Who restarts a node that stopped by itself (the nemesis, standing in for systemd).
+        self.node_exited: Callable[[SimNode], None] = lambda node: None
 
     def start(self) -> None:
         for node in self.nodes.values():

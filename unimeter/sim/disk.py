@@ -10,7 +10,9 @@ The model follows what the real storage promises (``unimeter/storage/wal.py``,
   by recovery, so lost as well).
 - ``truncate_after`` is durable when it returns (the real one fdatasyncs), and so is
   everything before the cut.
-- The hard-state file and snapshot files are written atomically and durably.
+- The hard-state file and snapshot files are written atomically and durably, or not at all:
+  with the disk full they fail (``DiskFull``), and a runtime that cannot store a term, a vote
+  or a leader's snapshot stops its node (``ReplicaRuntime._fail_stop``).
 - ENOSPC: while the node's disk is full, ``append_many`` raises ``DiskFull`` and leaves the
   log unchanged; the runtime keeps the records and retries (as ``ReplicaRuntime`` does).
 Payloads are the runtime's own records: an 8-byte little-endian term, then the entry bytes.
@@ -112,10 +114,14 @@ class ReplicaDisk:
     # ------------------------------------------------------------------ small files
 
     def save_hard_state(self, hs: HardState) -> None:
+        if self.device.full:
+            raise DiskFull("no space left for the hard-state file")
         self.hard_state = bytes(cbor2.dumps([hs.term, hs.vote, hs.commit]))
 
     def write_snapshot(self, index: int, blob: bytes) -> None:
         """Atomic and durable; the newest two are kept (the older one is the fallback)."""
+        if self.device.full:
+            raise DiskFull("no space left for the snapshot file")
         older = [s for s in self.snapshots if s[0] < index][-1:]
         self.snapshots = [*older, (index, blob)]
 
@@ -159,6 +165,8 @@ def recover(disk: ReplicaDisk) -> tuple[Recovered, bytes | None]:
     first = meta.index + 1 if meta else 1
     if disk.last_index < first - 1:
         disk.reset(first)  # a log that ends before the snapshot starts after it
+    if disk.first_index > first:  # the node refuses to start on a hole (CorruptLogError)
+        raise AssertionError(f"the log starts at {disk.first_index}, the snapshot ends at {first}")
     entries = tuple(
         LogEntry(term=_TERM.unpack_from(data)[0], index=index, data=bytes(data[8:]))
         for index, data in disk.read_from(max(disk.first_index, first))

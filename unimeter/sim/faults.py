@@ -21,6 +21,7 @@ import math
 from unimeter.sim.cluster import Cluster
 from unimeter.sim.net import Link
 from unimeter.sim.settings import FaultSettings
+from unimeter.sim.simnode import SimNode
 
 US = 1_000_000
 
@@ -34,6 +35,7 @@ class Nemesis:
         self.until = 0
         self.healed = False
         self.injected = 0
+        cluster.node_exited = self._supervise
 
     def start(self, until_us: int) -> None:
         self.until = until_us
@@ -79,6 +81,11 @@ class Nemesis:
             return
         node = self.cluster.nodes[self.world.rng.choice(up)]
         node.stop(graceful)
+        down = self.world.between(self.s.down_min_us, self.s.down_max_us)
+        self.world.after(down, self._restart, node.node_id, node.incarnation)
+
+    def _supervise(self, node: SimNode) -> None:
+        """A node stopped by itself (a storage failure): restart it after a while."""
         down = self.world.between(self.s.down_min_us, self.s.down_max_us)
         self.world.after(down, self._restart, node.node_id, node.incarnation)
 

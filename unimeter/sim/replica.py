@@ -119,7 +119,11 @@ class SimReplica:
                 return
             if self.tracer is not None:
                 self.tracer.stepped(core)
-            self._execute(fx)
+            try:
+                self._execute(fx)
+            except DiskFull as exc:  # a term, vote or snapshot the core counts on was not stored
+                self.node.storage_failed(self, exc)
+                return
             checkers.after_step(self, before, fx)
         if self._sync_wanted and not self._syncing and not self._unwritten:
             self._start_sync()
@@ -242,6 +246,8 @@ class SimReplica:
         term = core.raft.term_at(index)
         if index == 0 or term is None or index <= core.raft.snapshot_index:
             return
+        if self.disk.device.full:
+            return  # the snapshot cannot be written; nothing is compacted
         self.write_snapshot(index, term, core.state.snapshot())
         core.raft.compact(index)
         older = [i for i, _ in self.disk.snapshots if i < index]
@@ -267,6 +273,9 @@ class SimReplica:
         self._snapshotting = False
         if not self.alive or epoch != self._install_epoch:
             return
+        if self.disk.device.full:  # the child failed: nothing is compacted, due again later
+            self._appended = self.snapshot_entries
+            return
         self.write_snapshot(index, term, data)
         raft = self.core.raft
         if index > raft.snapshot_index:
@@ -283,6 +292,8 @@ class SimReplica:
             if not self._unwritten and self.disk.durable_index < self.disk.last_index:
                 self.disk.begin_sync()
                 self.disk.end_sync()
+            if self.disk.device.full:
+                return  # the checkpoint and the last hard state cannot be written
             if not isinstance(self.core, CatalogCore):
                 self.checkpoint()
             if self._last_hs is not None:

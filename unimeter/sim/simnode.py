@@ -181,6 +181,12 @@ class SimNode:
             f"node {self.node_id} {'stopped' if graceful else 'crashed'} " + "; ".join(notes)
         )
 
+    def storage_failed(self, replica: SimReplica, exc: Exception) -> None:
+        """``ReplicaRuntime._fail_stop``: the node exits; its supervisor restarts it later."""
+        self.world.note(f"{replica.name}: storage failed ({exc}): node {self.node_id} exits")
+        self.stop(graceful=False)
+        self.cluster.node_exited(self)
+
     def core_failed(self, replica: SimReplica, msg: object, exc: Exception) -> None:
         """A core raised: the real actor's task would die with it. A bug, always."""
         text = "".join(traceback.format_exception_only(exc)).strip()
