@@ -453,3 +453,23 @@ def test_alerts_triggered_before_the_cutoff_are_not_listed() -> None:
     # A stamp far behind the newest one (a clock gone back): the alert is recorded with it...
     assert [a.cursor for a in p.ingest(ev("c", at=10 * DAY), stamp=T0).alerts] == [0]
     assert p.state.list_alerts(1, -1, 9) == ((), None)  # ...and is already past retention
+
+
+def test_event_ids_stay_with_their_events_whichever_loop_applies_them() -> None:
+    p = Partition(live("s", agg_type=AggType.SUM))
+    p.ingest(ev("s", event_id="a"))
+    p.ingest(ev("s"), ev("s"))  # a plain batch: the state's lean loop
+    p.ingest(ev("s", event_id="b"))
+    events, _ = p.state.list_events(1, *FAR, -1, 9)
+    assert [e.event_id for e in events] == ["a", None, None, "b"]
+
+
+def test_events_applied_without_dimensions_are_in_the_empty_cell_when_they_return() -> None:
+    region = (DimensionFilter("region", ("eu",)),)
+    p = Partition(live("s", agg_type=AggType.SUM, filters=region))
+    p.ingest(ev("s", 1, props={"region": "eu"}))
+    p.schema(live("s", agg_type=AggType.SUM))
+    p.ingest(ev("s", 2))  # a plain batch: the state's lean loop
+    p.schema(live("s", agg_type=AggType.SUM, filters=region))
+    cells = dict(p.state.breakdown("s", 1, *FAR, ("region",)))
+    assert {k: v.sum for k, v in cells.items()} == {(("region", "eu"),): 1, (): 2}
