@@ -26,7 +26,7 @@ from unimeter import testing_switches
 from unimeter.sim.settings import draw_settings
 from unimeter.sim.swarm import RunResult, run_seed
 from unimeter.sim.world import Violation
-from unimeter.trace import TraceWriter
+from unimeter.tracefile import TraceWriter
 
 
 class SeedTimeout(BaseException):

@@ -24,7 +24,7 @@ from unimeter.actors.runtime import disk_retry_s, encode_record
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.messages import HardState, Snapshot
 from unimeter.sim.disk import DiskFull, ReplicaDisk
-from unimeter.trace import ActorTracer, Core, CoreSpec
+from unimeter.tracefile import ActorTracer, Core, CoreSpec
 
 if TYPE_CHECKING:
     from unimeter.sim.simnode import SimNode

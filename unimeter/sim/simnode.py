@@ -32,7 +32,7 @@ from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
 from unimeter.sim.disk import NodeDisk, ReplicaDisk, recover
 from unimeter.sim.replica import SimReplica
-from unimeter.trace import CoreSpec, build_core
+from unimeter.tracefile import CoreSpec, build_core
 from unimeter.wire import messages as m
 
 if TYPE_CHECKING:

@@ -30,7 +30,7 @@ from unimeter.sim.replica import SimReplica
 from unimeter.sim.settings import SimSettings, draw_settings
 from unimeter.sim.workload import SWEEP_MARGIN_US, Workload, period_bounds
 from unimeter.sim.world import Violation, World
-from unimeter.trace import TraceWriter
+from unimeter.tracefile import TraceWriter
 from unimeter.wire import messages as m
 
 _PROBE_US = 250_000

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from unimeter.trace import TraceWriter
+from unimeter.tracefile import TraceWriter
 
 
 @dataclass(frozen=True, slots=True)
