@@ -153,10 +153,11 @@ def _report(result: RunResult, verbose: bool, quiet: bool) -> None:
     outcome = "ok" if result.ok else "FAILED"
     if not quiet or not result.ok:
         healed = "-" if result.healed_after_s is None else f"{result.healed_after_s:.2f}s"
+        stats = f" stats={result.stats}" if verbose or not result.ok else ""
         print(
             f"  seed {result.seed}: {outcome} events={result.events} "
-            f"virtual={result.virtual_s:.1f}s healed_after={healed} wall={result.wall_s:.2f}s "
-            f"stats={result.stats}"
+            f"virtual={result.virtual_s:.1f}s healed_after={healed} "
+            f"wall={result.wall_s:.2f}s{stats}"
         )
     for v in result.violations:
         print(f"  VIOLATION {v}")
