@@ -1,0 +1,13 @@
+"""The Unimeter benchmark suite: ``python -m bench`` (full) or ``python -m bench --quick``.
+
+Every figure is printed next to a limit measured in the same run on the same machine (raw
+fsync rate, loopback round trip, codec-only throughput, a minimal Python server), so a number
+reads as "this fraction of what this machine allows", not as an absolute that depends on the
+hardware. Results go to ``bench/results/*.json``; ``docs/benchmarks.md`` explains them.
+
+Layout: ``settings`` (counts and durations of quick and full runs), ``procs`` (child processes,
+stopped by PID only), ``workload`` (accounts, metrics, pre-encoded frames), ``loadgen`` (the
+load-generator processes), ``driver`` (starting them together and collecting), ``rawserver``
+(echo server and minimal Python ingest server), ``limits``, ``scenarios``, ``clientbench``,
+``inprocess``, ``recovery``, ``profiling``, ``report`` and ``runner``.
+"""

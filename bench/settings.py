@@ -1,0 +1,109 @@
+"""How big and how long each measurement is, for the quick (CI) and the full run.
+
+Every run is bounded twice: by a count (frames pre-encoded, samples taken) and by a duration.
+A throughput run ends when its duration is over or its pool of pre-encoded frames is used up,
+whichever comes first; the figure is computed over the time actually spent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# The workload of DESIGN §4: 10,000 accounts, 5 SUM metrics, random values.
+ACCOUNTS = 10_000
+METRIC_CODES = ("bench.m0", "bench.m1", "bench.m2", "bench.m3", "bench.m4")
+VALUE_MAX = 1_000
+PARTITIONS = 8  # the node's default partition count
+# The dimension the query scenario filters on (every preloaded event carries one value).
+REGION_KEY = "region"
+REGIONS = ("eu", "us", "apac", "latam")
+
+# Requests in flight per connection: enough to keep the node busy (and, for SYNC, to fill
+# each group commit), small enough to stay under the partition mailboxes (1024 each).
+WINDOW_ASYNC_B500 = 16
+WINDOW_SYNC_B500 = 64
+WINDOW_ASYNC_B1 = 256
+WINDOW_SYNC_B1 = 1024
+WINDOW_SCALING = 4  # per connection, for the 1/4/16/64-connection curve
+SCALING_CONNECTIONS = (1, 4, 16, 64)
+
+CHILD_START_S_MAX = 60.0  # a node or server that does not listen by then has failed
+LOAD_SLACK_S = 60.0  # extra time a load run may take beyond its duration (setup, drain)
+SETTLE_S_MAX = 120.0  # a node must apply what it has made durable (or recover) within this
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    name: str
+    fsync_ops_max: int
+    fsync_time_s_max: float
+    rtt_pings: int
+    codec_frames: int
+    raw_duration_s: float
+    ingest_duration_s: float
+    scaling_duration_s: float
+    pool_frames_b500: int  # per load-generator process
+    pool_frames_b1: int
+    latency_samples: int
+    latency_time_s_max: float
+    query_preload_events: int
+    query_samples: int
+    client_duration_s: float
+    client_query_samples: int
+    server_query_samples: int
+    memory_cells: int
+    recovery_events: int
+    profile_duration_s: float
+    profile: bool
+    two_process_runs: bool
+
+
+QUICK = Settings(
+    name="quick",
+    fsync_ops_max=100,
+    fsync_time_s_max=1.5,
+    rtt_pings=3_000,
+    codec_frames=200,
+    raw_duration_s=1.0,
+    ingest_duration_s=1.5,
+    scaling_duration_s=1.0,
+    pool_frames_b500=800,
+    pool_frames_b1=10_000,
+    latency_samples=300,
+    latency_time_s_max=4.0,
+    query_preload_events=100_000,
+    query_samples=1_000,
+    client_duration_s=1.5,
+    client_query_samples=500,
+    server_query_samples=2_000,
+    memory_cells=50_000,
+    recovery_events=50_000,
+    profile_duration_s=3.0,
+    profile=False,
+    two_process_runs=True,
+)
+
+FULL = Settings(
+    name="full",
+    fsync_ops_max=1_000,
+    fsync_time_s_max=8.0,
+    rtt_pings=20_000,
+    codec_frames=2_000,
+    raw_duration_s=4.0,
+    ingest_duration_s=6.0,
+    scaling_duration_s=3.0,
+    pool_frames_b500=4_000,
+    pool_frames_b1=100_000,
+    latency_samples=3_000,
+    latency_time_s_max=30.0,
+    query_preload_events=500_000,
+    query_samples=10_000,
+    client_duration_s=5.0,
+    client_query_samples=3_000,
+    server_query_samples=20_000,
+    memory_cells=1_000_000,
+    recovery_events=1_000_000,
+    profile_duration_s=10.0,
+    profile=True,
+    two_process_runs=True,
+)
