@@ -46,7 +46,6 @@ from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
-from unimeter.storage.syncer import SyncWorker
 from unimeter.storage.walformat import CorruptLogError
 from unimeter.tracefile import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
@@ -69,7 +68,6 @@ class NodeConfig:
     log_level: str = "info"
     http: str | None = None
     election_timeout_ms: int = 1000
-    fsync: str = "shared"  # "shared": one fsync thread for every log; "executor": per log
     snapshot_entries: int = limits.snapshot_entries_default
     snapshot_bytes: int = limits.snapshot_bytes_default
     wal_segment_bytes: int = limits.wal_segment_bytes_default
@@ -117,7 +115,6 @@ class Node:
         self._server: asyncio.Server | None = None
         self._admin: asyncio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.sync_worker: SyncWorker | None = None
         self.checkpoints = Checkpoints(
             SnapshotPolicy(entries=config.snapshot_entries, bytes=config.snapshot_bytes),
             reserve_bytes=config.disk_reserve_bytes,
@@ -140,10 +137,6 @@ class Node:
                 self.partitions[p] = self._recover_partition(p)
                 self.checkpoints.track(self.partitions[p])
         runtimes: list[ReplicaRuntime] = [self.catalog, *self.partitions.values()]
-        if self.config.fsync == "shared":
-            self.sync_worker = SyncWorker()
-            for runtime in runtimes:
-                runtime.sync_worker = self.sync_worker
         for runtime in runtimes:
             runtime.prime()
         for runtime in runtimes:
@@ -449,8 +442,6 @@ class Node:
             runtime.close()
         if self.catalog is not None:
             self.catalog.close()
-        if self.sync_worker is not None:
-            self.sync_worker.close()
         if self.tracer is not None:
             self.tracer.close()
         log.info("event=stopped")
@@ -522,13 +513,6 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="Raft election timeout; leaders send heartbeats ten times as often",
     )
     p.add_argument(
-        "--fsync",
-        choices=["shared", "executor"],
-        default=_env("fsync", d.fsync),
-        help="shared: one fsync thread syncs every log that asked in the same loop iteration "
-        "(group commit across partitions); executor: each log's fsync is its own executor job",
-    )
-    p.add_argument(
         "--snapshot-entries",
         type=int,
         default=int(_env("snapshot-entries", str(d.snapshot_entries))),
@@ -584,7 +568,6 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         log_level=a.log_level,
         http=a.http,
         election_timeout_ms=a.election_timeout_ms,
-        fsync=a.fsync,
         snapshot_entries=a.snapshot_entries,
         snapshot_bytes=a.snapshot_bytes,
         wal_segment_bytes=a.wal_segment_bytes,

@@ -42,7 +42,6 @@ from unimeter.storage.walformat import CorruptLogError
 from unimeter.wire import messages as m
 
 if TYPE_CHECKING:
-    from unimeter.storage.syncer import SyncWorker
     from unimeter.tracefile import ActorTracer
 
 log = logging.getLogger("unimeter.runtime")
@@ -243,7 +242,6 @@ class ReplicaRuntime:
         self._after(fx)
 
     _last_hs: HardState | None = None
-    sync_worker: SyncWorker | None = None  # set by the node; without it, the default executor
 
     def _after(self, fx: Effects) -> None:
         """Hook for effects beyond the common ones."""
@@ -313,10 +311,8 @@ class ReplicaRuntime:
         self._syncing = True
         number = self._sync_wanted
         self._sync_wanted = 0
-        if self.sync_worker is not None:  # the node's shared fsync thread
-            fut = self.sync_worker.sync(self.wal)
-        else:
-            fut = asyncio.get_running_loop().run_in_executor(None, self.wal.sync)
+        loop = asyncio.get_running_loop()
+        fut = loop.run_in_executor(None, self.wal.sync)
         fut.add_done_callback(lambda f: self._sync_done(f, number))
         self._sync_task = fut
 
