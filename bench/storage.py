@@ -234,49 +234,58 @@ def settle(address: str) -> list[tuple[int, int]]:
 # --------------------------------------------------------------------------- SYNC ingest
 
 
+def sync_runs() -> list[tuple[int, int, int]]:
+    """(partitions, connections, batch): the batch-500 grid, then batch 1 at 64 connections,
+    where every request needs a group commit of its own and fsyncs alone set the pace."""
+    grid = [(p, c, 500) for p in PARTITION_COUNTS for c in CONNECTIONS]
+    return grid + [(p, CONNECTIONS[-1], 1) for p in PARTITION_COUNTS]
+
+
 def sync_ingest(work: Path, plan: Plan) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for partitions in PARTITION_COUNTS:
-        for conns in CONNECTIONS:
-            data_dir = work / f"sync-p{partitions}-c{conns}"
+    for partitions, conns, batch in sync_runs():
+        data_dir = work / f"sync-p{partitions}-c{conns}-b{batch}"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        child, http_port = start_node(data_dir, partitions)
+        try:
+            version = asyncio.run(_prepare(child.address, partitions))
+            frames = plan.frames if batch > 1 else plan.frames * 20
+            job = loadgen.IngestJob(
+                batch=batch, sync=True, frames=frames, accounts=settings.ACCOUNTS,
+                catalog_version=version,
+            )  # fmt: skip
+            spec = loadgen.LoadSpec(
+                address=child.address, partitions=partitions, job=job,
+                duration_s=plan.ingest_s, conns=conns, window=WINDOW_PER_CONN,
+            )  # fmt: skip
+            before = fsyncs_total(http_port)
+            outcome = driver.run_load([spec], server=child)
+            fsyncs = fsyncs_total(http_port) - before
+        finally:
+            child.kill()
             shutil.rmtree(data_dir, ignore_errors=True)
-            child, http_port = start_node(data_dir, partitions)
-            try:
-                version = asyncio.run(_prepare(child.address, partitions))
-                job = loadgen.IngestJob(
-                    batch=500, sync=True, frames=plan.frames, accounts=settings.ACCOUNTS,
-                    catalog_version=version,
-                )  # fmt: skip
-                spec = loadgen.LoadSpec(
-                    address=child.address, partitions=partitions, job=job,
-                    duration_s=plan.ingest_s, conns=conns, window=WINDOW_PER_CONN,
-                )  # fmt: skip
-                before = fsyncs_total(http_port)
-                outcome = driver.run_load([spec], server=child)
-                fsyncs = fsyncs_total(http_port) - before
-            finally:
-                child.kill()
-                shutil.rmtree(data_dir, ignore_errors=True)
-            if outcome.failures:
-                raise RuntimeError("load generator failed:\n" + "\n".join(outcome.failures))
-            details = outcome.details()
-            rows.append(
-                {
-                    "partitions": partitions,
-                    "connections": conns,
-                    "in_flight": conns * WINDOW_PER_CONN,
-                    "events_per_s": round(outcome.events_per_s),
-                    "fsyncs_per_s": round(fsyncs / outcome.wall_s) if outcome.wall_s else None,
-                    "events_per_fsync": round(outcome.stored / fsyncs, 1) if fsyncs else None,
-                    "latency_p50_us": details["latency_us"].get("p50"),
-                    "latency_p99_us": details["latency_us"].get("p99"),
-                    "node_cpu_share": details["server_cpu_share"],
-                    "loadgen_cpu_share": details["loadgen_cpu_share"],
-                    "errors": details["error_statuses"],
-                    "pool_exhausted": details["pool_exhausted"],
-                }
-            )
-            print(f"  sync p{partitions} c{conns}: {rows[-1]}", flush=True)
+        if outcome.failures:
+            raise RuntimeError("load generator failed:\n" + "\n".join(outcome.failures))
+        details = outcome.details()
+        rows.append(
+            {
+                "partitions": partitions,
+                "connections": conns,
+                "batch": batch,
+                "in_flight": conns * WINDOW_PER_CONN,
+                "events_per_s": round(outcome.events_per_s),
+                "requests_per_s": round(outcome.replies_per_s),
+                "fsyncs_per_s": round(fsyncs / outcome.wall_s) if outcome.wall_s else None,
+                "events_per_fsync": round(outcome.stored / fsyncs, 1) if fsyncs else None,
+                "latency_p50_us": details["latency_us"].get("p50"),
+                "latency_p99_us": details["latency_us"].get("p99"),
+                "node_cpu_share": details["server_cpu_share"],
+                "loadgen_cpu_share": details["loadgen_cpu_share"],
+                "errors": details["error_statuses"],
+                "pool_exhausted": details["pool_exhausted"],
+            }
+        )
+        print(f"  sync p{partitions} c{conns} b{batch}: {rows[-1]}", flush=True)
     return rows
 
 
@@ -400,15 +409,18 @@ def markdown(results: dict[str, Any]) -> str:
     lines += [f"| {key} | {value:,.0f} |" for key, value in raw.items()]
     lines += [
         "",
-        "| partitions | connections | in flight | SYNC events/s | fsyncs/s | events/fsync "
-        "| p50 µs | p99 µs | node CPU |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| partitions | connections | batch | in flight | SYNC events/s | fsyncs/s "
+        "| events/fsync | p50 ms | p99 ms | node CPU |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results["sync_ingest"]:
+        p50, p99 = (
+            r[k] / 1000 if r[k] is not None else None for k in ("latency_p50_us", "latency_p99_us")
+        )
         lines.append(
-            f"| {r['partitions']} | {r['connections']} | {r['in_flight']} "
+            f"| {r['partitions']} | {r['connections']} | {r['batch']} | {r['in_flight']} "
             f"| {r['events_per_s']:,} | {r['fsyncs_per_s']} | {r['events_per_fsync']} "
-            f"| {r['latency_p50_us']} | {r['latency_p99_us']} | {r['node_cpu_share']} |"
+            f"| {p50:.1f} | {p99:.1f} | {r['node_cpu_share']} |"
         )
     rec = results.get("recovery")
     if rec:
