@@ -93,8 +93,10 @@ class Mailbox(Generic[T]):
 
     async def wait(self) -> None:
         """Wait until at least one item is queued (or the mailbox is closed)."""
-        if self._items or self._closed:
+        if self._items:
             return
+        if self._closed:
+            raise MailboxClosed()
         if self._wakeup is None:
             self._wakeup = asyncio.Event()
         self._wakeup.clear()
