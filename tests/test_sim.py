@@ -152,7 +152,7 @@ def test_a_seeds_trace_replays_to_the_states_the_run_ended_with(seed: int, tmp_p
 # ---------------------------------------------------------------------- broken variants
 
 # (switch, the checker that must catch it, within this many seeds). Each is caught much sooner
-# today (seed 0, 0, 0 and 2); the bound leaves room for workload changes.
+# today (seeds 0, 0, 0 and 6); the bound leaves room for workload changes.
 BROKEN = [
     ("SYNC_ACK_BEFORE_COMMIT", "SyncAckedExactlyOnce", 10),
     ("COMMIT_WITHOUT_QUORUM", "CommittedPrefix", 10),
