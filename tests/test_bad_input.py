@@ -163,10 +163,38 @@ async def test_misrouted_ingest_and_unknown_partition_are_refused(node: NodeProc
         m.Ingest(partition=999, producer_id=1, seq=1, sync=True, catalog_version=0, batch=batch)
     )
     assert frame.status == errors.Status.INVALID_REQUEST
+    # The node remembers accounts it has seen routed correctly; one it has already seen in
+    # ``wrong`` must not let a misrouted account through in the same batch.
+    right = next(a for a in range(1, 1000) if partition_of(a, node.partitions) == wrong)
+    ok_batch = m.EventBatch(
+        metric_codes=("api_calls",),
+        metric_index=array("B", [0]),
+        account_ids=array("Q", [right]),
+        values=array("q", [1]),
+    )
+    frame = await conn.call(
+        m.Ingest(
+            partition=wrong, producer_id=1, seq=2, sync=True, catalog_version=0, batch=ok_batch
+        )
+    )
+    assert frame.status == errors.Status.OK
+    mixed = m.EventBatch(
+        metric_codes=("api_calls",),
+        metric_index=array("B", [0, 0]),
+        account_ids=array("Q", [right, account]),
+        values=array("q", [1, 1]),
+    )
+    frame = await conn.call(
+        m.Ingest(partition=wrong, producer_id=1, seq=3, sync=True, catalog_version=0, batch=mixed)
+    )
+    assert frame.status == errors.Status.INVALID_REQUEST
+    assert f"account {account} lives in partition" in str(frame.message)
     conn.close()
     async with AsyncClient([node.address]) as client:
         usage = await client.query(account, "api_calls", current_month())
         assert usage.value.count == 0
+        usage = await client.query(right, "api_calls", current_month())
+        assert usage.value.count == 1
 
 
 async def test_unknown_metric_and_bad_timestamps_are_rejected_per_event(
