@@ -8,6 +8,7 @@ hardware. Results go to ``bench/results/*.json``; ``docs/benchmarks.md`` explain
 Layout: ``settings`` (counts and durations of quick and full runs), ``procs`` (child processes,
 stopped by PID only), ``workload`` (accounts, metrics, pre-encoded frames), ``loadgen`` (the
 load-generator processes), ``driver`` (starting them together and collecting), ``rawserver``
-(echo server and minimal Python ingest server), ``limits``, ``scenarios``, ``clientbench``,
-``inprocess``, ``recovery``, ``profiling``, ``report`` and ``runner``.
+(echo server and minimal Python ingest server), ``limits``, ``scenarios``, ``cluster`` (the
+single-node ingest and latency figures on a 3-node cluster), ``clientbench``, ``inprocess``,
+``recovery``, ``profiling``, ``report`` and ``runner``.
 """

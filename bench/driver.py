@@ -2,8 +2,9 @@
 
 Workers (``loadgen.worker_main``) are spawned, report "ready" once connected and with their
 frames encoded, and all get the same start signal; the run's wall time spans from the first
-start to the last drained reply. The server's CPU time is read from /proc around the run, so
-every result says how busy the node and the generator were. Everything is bounded: a worker
+start to the last drained reply. The servers' CPU time (one node, or every node of a cluster)
+is read from /proc around the run, so every result says how busy the nodes and the generator
+were. Everything is bounded: a worker
 that does not report in time, or dies silently, fails the run, and any worker still alive at
 the end is killed by its PID.
 """
@@ -27,7 +28,8 @@ from bench.stats import summary
 class LoadOutcome:
     workers: list[WorkerResult]
     wall_s: float
-    server_cpu_s: float | None
+    server_cpu_s: float | None  # all the servers together
+    server_cpu_each_s: tuple[float, ...] = ()  # per server, when there are several
 
     @property
     def failures(self) -> list[str]:
@@ -80,9 +82,22 @@ class LoadOutcome:
                 if self.server_cpu_s is None or self.wall_s <= 0
                 else round(self.server_cpu_s / self.wall_s, 3)
             ),
+            **self._cpu_each(),
             "loadgen_cpu_s": round(loadgen_cpu, 3),
             "loadgen_cpu_share": round(loadgen_cpu / self.wall_s, 3) if self.wall_s else None,
             "latency_us": {k: round(v, 1) for k, v in self.latency().items()},
+        }
+
+    def _cpu_each(self) -> dict[str, Any]:
+        """Each server's CPU time and share, in the order given (only when there are several)."""
+        if not self.server_cpu_each_s:
+            return {}
+        return {
+            "server_cpu_each_s": [round(c, 3) for c in self.server_cpu_each_s],
+            "server_cpu_share_each": [
+                round(c / self.wall_s, 3) if self.wall_s > 0 else None
+                for c in self.server_cpu_each_s
+            ],
         }
 
 
@@ -90,11 +105,14 @@ def run_load(
     specs: Sequence[LoadSpec],
     *,
     server: Child | None = None,
+    servers: Sequence[Child] = (),
     on_start: Callable[[], None] | None = None,
 ) -> LoadOutcome:
     """Start one process per spec, start them together, wait (bounded) and collect.
 
+    The CPU time of ``server`` and of every one of ``servers`` (a cluster's nodes) is recorded.
     ``on_start`` runs right after the start signal (the profiler attaches there)."""
+    measured = ([server] if server is not None else []) + list(servers)
     ctx = mp.get_context("spawn")
     inbox: Any = ctx.Queue()
     go = ctx.Event()
@@ -110,14 +128,14 @@ def run_load(
         deadline = time.monotonic() + LOAD_SLACK_S * 2
         while len(ready | set(results)) < len(procs):
             _receive(inbox, deadline, procs, ready, results)
-        cpu_before = server.cpu_seconds() if server is not None else None
+        cpu_before = [child.cpu_seconds() for child in measured]
         go.set()
         if on_start is not None:
             on_start()
         deadline = time.monotonic() + max(s.duration_s for s in specs) + LOAD_SLACK_S
         while len(results) < len(procs):
             _receive(inbox, deadline, procs, ready, results)
-        cpu_after = server.cpu_seconds() if server is not None else None
+        cpu_after = [child.cpu_seconds() for child in measured]
     finally:
         go.set()
         for proc in procs:
@@ -128,8 +146,13 @@ def run_load(
     workers = [results[i] for i in range(len(procs))]
     live = [w for w in workers if not w.failure and w.ended > 0]
     wall = max(w.ended for w in live) - min(w.started for w in live) if live else 0.0
-    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
-    return LoadOutcome(workers=workers, wall_s=wall, server_cpu_s=cpu)
+    each = tuple(after - before for before, after in zip(cpu_before, cpu_after, strict=True))
+    return LoadOutcome(
+        workers=workers,
+        wall_s=wall,
+        server_cpu_s=sum(each) if each else None,
+        server_cpu_each_s=each if len(each) > 1 else (),
+    )
 
 
 def _receive(

@@ -9,6 +9,11 @@ the common start signal, so the clock never covers encoding. Then either:
   (``writelines``); replies are split by their length prefix and read with ``cbor2.loads``;
 - *pingpong*: one blocking socket, one request at a time: the latency of a lone request.
 
+Against a cluster (``LoadSpec.routes``: the leader's address for each partition) a worker
+connects to every leader and sends each frame to its partition's leader, as a client that knows
+the partition map does; a pipeline worker divides its window among the leaders by the number of
+partitions each leads, so every partition has as many requests in flight as against one node.
+
 A run ends at its duration or when the pool is used up, then drains what is in flight. Every
 reply is counted by status, and events count as stored only if an OK reply says so (``ns``).
 """
@@ -16,7 +21,9 @@ reply is counted by status, and events count as stored only if an OK reply says 
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
+import math
 import random
 import resource
 import socket
@@ -79,6 +86,13 @@ class LoadSpec:
     samples_max: int = 0  # pingpong: replies to time (after the warm-up)
     cycle: bool = False  # reuse the pool (only against a server that keeps no producer table)
     seed: int = 1
+    # Ingest against a cluster: the "host:port" leading each partition (``address`` is then
+    # unused). Empty: every frame goes to ``address``.
+    routes: tuple[str, ...] = ()
+
+    def addresses(self) -> list[str]:
+        """The servers this worker connects to, each once, in partition order."""
+        return list(dict.fromkeys(self.routes)) if self.routes else [self.address]
 
 
 @dataclass(slots=True)
@@ -131,13 +145,31 @@ def _echo_frame(frame_bytes: int, request_id: int) -> bytes:
         pad += b"x"
 
 
-def build_pool(spec: LoadSpec, index: int, partitions: int) -> tuple[list[bytes], list[int], int]:
-    """(frames, their request ids, events in them)."""
+@dataclass(slots=True)
+class Pool:
+    frames: list[bytes]
+    ids: list[int]  # each frame's request id
+    events: int  # in all the frames (not counted for the parts ``routed`` returns)
+    partitions: list[int]  # each frame's partition (ingest pools only, else empty)
+
+    def routed(self, routes: tuple[str, ...]) -> dict[str, Pool]:
+        """The frames each partition leader gets, in pool order."""
+        assert len(self.partitions) == len(self.frames), "only ingest pools can be routed"
+        out = {address: Pool([], [], 0, []) for address in dict.fromkeys(routes)}
+        for frame, request_id, p in zip(self.frames, self.ids, self.partitions, strict=True):
+            part = out[routes[p]]
+            part.frames.append(frame)
+            part.ids.append(request_id)
+            part.partitions.append(p)
+        return out
+
+
+def build_pool(spec: LoadSpec, index: int, partitions: int) -> Pool:
     job = spec.job
     rng = random.Random(spec.seed * 1_000_003 + index)
     if isinstance(job, EchoJob):
         frames = [_echo_frame(job.frame_bytes, i + 1) for i in range(64)]
-        return frames, list(range(1, 65)), 0
+        return Pool(frames, list(range(1, 65)), 0, [])
     if isinstance(job, QueryJob):
         frames, ids = workload.encode_queries(
             job.kind,
@@ -147,21 +179,24 @@ def build_pool(spec: LoadSpec, index: int, partitions: int) -> tuple[list[bytes]
             now_us=job.now_us,
             count=job.frames,
         )
-        return frames, ids, 0
+        return Pool(frames, ids, 0, [])
     by_partition = workload.accounts_by_partition(job.accounts, partitions)
     if job.cover:
-        batches = workload.covering_batches(rng, by_partition, job.batch)
+        batches = list(workload.covering_batches(rng, by_partition, job.batch))
     else:
-        batches = workload.random_batches(
-            rng, by_partition, job.batch, job.frames, with_region=job.with_region
+        batches = list(
+            workload.random_batches(
+                rng, by_partition, job.batch, job.frames, with_region=job.with_region
+            )
         )
-    return workload.encode_ingest(
-        batches,
+    frames, ids, events = workload.encode_ingest(
+        iter(batches),
         partitions=partitions,
         producer_id=_producer_id(spec.seed, index),
         sync=job.sync,
         catalog_version=job.catalog_version,
     )
+    return Pool(frames, ids, events, [b.partition for b in batches])
 
 
 def _hello_frame() -> bytes:
@@ -280,12 +315,14 @@ class _Conn(asyncio.Protocol):
 async def _pipeline(spec: LoadSpec, index: int, ready: Any, go: Any) -> WorkerResult:
     loop = asyncio.get_running_loop()
     result = WorkerResult(index=index)
-    host, port = _split(spec.address)
-    run = _Run(spec.window, spec.cycle, result)  # its pool is built once WELCOME names partitions
+    # One run per server; their pools are built once WELCOME names the partitions.
+    runs = {address: _Run(spec.window, spec.cycle, result) for address in spec.addresses()}
     conns: list[_Conn] = []
-    for _ in range(spec.conns):
-        _, conn = await loop.create_connection(lambda: _Conn(run), host, port)
-        conns.append(conn)
+    for address, run in runs.items():
+        host, port = _split(address)
+        for _ in range(spec.conns):
+            _, conn = await loop.create_connection(functools.partial(_Conn, run), host, port)
+            conns.append(conn)
     partitions = spec.partitions
     if not isinstance(spec.job, EchoJob):
         hello = _hello_frame()
@@ -298,14 +335,24 @@ async def _pipeline(spec: LoadSpec, index: int, ready: Any, go: Any) -> WorkerRe
         for conn in conns:
             conn.welcome.set_result(None)
     built = time.perf_counter()
-    frames, ids, events = build_pool(spec, index, partitions)
+    pool = build_pool(spec, index, partitions)
     result.build_s = time.perf_counter() - built
-    result.pool_frames, result.pool_events = len(frames), events
-    run.frames, run.ids = frames, ids
+    result.pool_frames, result.pool_events = len(pool.frames), pool.events
+    if spec.routes:
+        for address, part in _check_routes(spec, partitions, pool).items():
+            run = runs[address]
+            run.frames, run.ids = part.frames, part.ids
+            # This leader's share of the window: what its partitions had against one node.
+            led = sum(1 for a in spec.routes if a == address)
+            run.window = max(1, math.ceil(spec.window * led / partitions))
+    else:
+        runs[spec.address].frames, runs[spec.address].ids = pool.frames, pool.ids
     await _ready_and_wait(ready, go, index)
     usage = resource.getrusage(resource.RUSAGE_SELF)
     result.started = time.monotonic()
-    run.deadline = time.perf_counter() + spec.duration_s
+    deadline = time.perf_counter() + spec.duration_s
+    for run in runs.values():
+        run.deadline = deadline
     for conn in conns:
         conn.refill(time.perf_counter())
     await asyncio.wait_for(asyncio.gather(*(c.done for c in conns)), spec.duration_s + LOAD_SLACK_S)
@@ -315,6 +362,12 @@ async def _pipeline(spec: LoadSpec, index: int, ready: Any, go: Any) -> WorkerRe
         assert conn.transport is not None
         conn.transport.close()
     return result
+
+
+def _check_routes(spec: LoadSpec, partitions: int, pool: Pool) -> dict[str, Pool]:
+    if len(spec.routes) != partitions:
+        raise RuntimeError(f"{len(spec.routes)} routes for {partitions} partitions")
+    return pool.routed(spec.routes)
 
 
 async def _ready_and_wait(ready: Any, go: Any, index: int) -> None:
@@ -359,17 +412,43 @@ class _Reader:
 
 def _pingpong(spec: LoadSpec, index: int, ready: Any, go: Any) -> WorkerResult:
     result = WorkerResult(index=index)
-    sock = socket.create_connection(_split(spec.address), timeout=LOAD_SLACK_S)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    reader = _Reader(sock)
+    readers: dict[str, _Reader] = {}
     partitions = spec.partitions
-    if not isinstance(spec.job, EchoJob):
-        sock.sendall(_hello_frame())
-        partitions = _welcome_partitions(reader.item(), spec.partitions)
-    built = time.perf_counter()
-    frames, _, events = build_pool(spec, index, partitions)
-    result.build_s = time.perf_counter() - built
-    result.pool_frames, result.pool_events = len(frames), events
+    try:
+        for address in spec.addresses():
+            sock = socket.create_connection(_split(address), timeout=LOAD_SLACK_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            readers[address] = reader = _Reader(sock)
+            if not isinstance(spec.job, EchoJob):
+                sock.sendall(_hello_frame())
+                partitions = _welcome_partitions(reader.item(), spec.partitions)
+        built = time.perf_counter()
+        pool = build_pool(spec, index, partitions)
+        result.build_s = time.perf_counter() - built
+        result.pool_frames, result.pool_events = len(pool.frames), pool.events
+        frames = pool.frames
+        if spec.routes:
+            _check_routes(spec, partitions, pool)
+            targets = [readers[spec.routes[p]] for p in pool.partitions]
+        else:
+            targets = [readers[spec.address]] * len(frames)
+        _time_pingpong(spec, frames, targets, result, ready, go, index)
+    finally:
+        for reader in readers.values():
+            reader.sock.close()
+    return result
+
+
+def _time_pingpong(
+    spec: LoadSpec,
+    frames: list[bytes],
+    targets: list[_Reader],
+    result: WorkerResult,
+    ready: Any,
+    go: Any,
+    index: int,
+) -> None:
+    """Send ``frames[i]`` to ``targets[i]`` one at a time, timing each round trip."""
     warmup = min(200, spec.samples_max // 10)
     # An ingest frame sent twice is a retry to the node, so ingest pools are only reused when
     # the spec says the server keeps no producer table (the raw server).
@@ -391,9 +470,10 @@ def _pingpong(spec: LoadSpec, index: int, ready: Any, go: Any) -> WorkerResult:
             result.exhausted = True
             break
         frame = frames[i % len(frames)]
+        target = targets[i % len(frames)]
         sent = clock()
-        sock.sendall(frame)
-        item = reader.item()
+        target.sock.sendall(frame)
+        item = target.item()
         took = clock() - sent
         result.sent += 1
         result.tally(item)
@@ -402,8 +482,6 @@ def _pingpong(spec: LoadSpec, index: int, ready: Any, go: Any) -> WorkerResult:
         i += 1
     result.ended = time.monotonic()
     result.cpu_s = _cpu_since(usage)
-    sock.close()
-    return result
 
 
 # --------------------------------------------------------------------------- processes

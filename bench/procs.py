@@ -137,10 +137,13 @@ def node(
     partitions: int,
     log_path: Path | None = None,
     prefix: tuple[str, ...] = (),
+    port: int | None = None,
+    extra: tuple[str, ...] = (),
 ) -> Child:
-    """A ``python -m unimeter.node`` child on a free port; ``prefix`` wraps the module run
-    (``("-m", "cProfile", "-o", FILE)`` profiles it)."""
-    port = free_port()
+    """A ``python -m unimeter.node`` child on ``port`` (default: a free one); ``prefix`` wraps
+    the module run (``("-m", "cProfile", "-o", FILE)`` profiles it), ``extra`` is appended to
+    its arguments (a cluster member's ``--node-id`` and ``--peers``)."""
+    port = port or free_port()
     argv = [
         sys.executable,
         *prefix,
@@ -156,6 +159,7 @@ def node(
         "0",
         "--log-level",
         "info",
+        *extra,
     ]
     log = log_path or data_dir.parent / f"{data_dir.name}.log"
     return Child(f"node {data_dir.name}", argv, port, log)

@@ -3,7 +3,10 @@
 A ``Figure`` is one number with its unit. Most name a limit figure measured earlier in the same
 run (``limit_key``); ``ratio`` is always ``value / limit``, so for throughput it is the share of
 the ceiling reached (1.0 is the ceiling) and for latency or memory how many times the floor it
-costs (1.0 is the floor). ``target`` is the DESIGN §4 bar, where there is one.
+costs (1.0 is the floor). ``target`` is the DESIGN §4 bar, where there is one. A figure may also
+name a *baseline*, another figure of the same run it is a variant of (a 3-node cluster's figure
+names the single node's): ``baseline_ratio`` is ``value / baseline`` and the tables show it in
+two more columns when any figure has one.
 """
 
 from __future__ import annotations
@@ -35,12 +38,20 @@ class Figure:
     target: float | None = None
     lower_is_better: bool = False
     note: str = ""
+    baseline_key: str | None = None
+    baseline: float | None = None
 
     @property
     def ratio(self) -> float | None:
         if self.value is None or not self.limit:
             return None
         return self.value / self.limit
+
+    @property
+    def baseline_ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
 
     @property
     def meets_target(self) -> bool | None:
@@ -76,9 +87,12 @@ class Results:
         return None if fig is None else fig.value
 
     def add(self, fig: Figure) -> Figure:
-        """Record ``fig``, taking its limit's value from the figure named by ``limit_key``."""
+        """Record ``fig``, taking its limit's (and baseline's) value from the figure named by
+        ``limit_key`` (``baseline_key``)."""
         if fig.limit_key is not None and fig.limit is None:
             fig.limit = self.value(fig.limit_key)
+        if fig.baseline_key is not None and fig.baseline is None:
+            fig.baseline = self.value(fig.baseline_key)
         self.figures[fig.key] = fig
         print(f"  {fig.label}: {fmt(fig.value, fig.unit)} {fig.unit}", flush=True)
         return fig
@@ -92,31 +106,49 @@ class Results:
 
     # ------------------------------------------------------------------ output
 
+    @property
+    def has_baselines(self) -> bool:
+        return any(fig.baseline is not None for fig in self.figures.values())
+
+    def head(self) -> list[str]:
+        head = ["figure", "value", "limit (same run)", "ratio", "target", "met"]
+        if self.has_baselines:
+            head += ["baseline (same run)", "ratio to baseline"]
+        return head
+
     def rows(self) -> list[list[str]]:
         out = []
+        with_baselines = self.has_baselines
         for fig in self.figures.values():
             ratio = fig.ratio
             meets = fig.meets_target
-            out.append(
-                [
-                    fig.label,
-                    f"{fmt(fig.value, fig.unit)} {fig.unit}",
-                    "" if fig.limit is None else f"{fmt(fig.limit, fig.unit)} ({fig.limit_key})",
-                    "" if ratio is None else f"{ratio:.3f}",
-                    "" if fig.target is None else f"{fmt(fig.target, fig.unit)}",
-                    "" if meets is None else ("yes" if meets else "NO"),
+            row = [
+                fig.label,
+                f"{fmt(fig.value, fig.unit)} {fig.unit}",
+                "" if fig.limit is None else f"{fmt(fig.limit, fig.unit)} ({fig.limit_key})",
+                "" if ratio is None else f"{ratio:.3f}",
+                "" if fig.target is None else f"{fmt(fig.target, fig.unit)}",
+                "" if meets is None else ("yes" if meets else "NO"),
+            ]
+            if with_baselines:
+                base = fig.baseline_ratio
+                row += [
+                    ""
+                    if fig.baseline is None
+                    else f"{fmt(fig.baseline, fig.unit)} ({fig.baseline_key})",
+                    "" if base is None else f"{base:.3f}",
                 ]
-            )
+            out.append(row)
         return out
 
     def table(self) -> str:
-        head = ["figure", "value", "limit (same run)", "ratio", "target", "met"]
+        head = self.head()
         rows = [head, *self.rows()]
         widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
         lines = []
         for n, row in enumerate(rows):
             cells = [
-                c.ljust(w) if i in (0, 2) else c.rjust(w)
+                c.ljust(w) if i in (0, 2, 6) else c.rjust(w)
                 for i, (c, w) in enumerate(zip(row, widths, strict=True))
             ]
             lines.append("  ".join(cells).rstrip())
@@ -125,8 +157,9 @@ class Results:
         return "\n".join(lines)
 
     def markdown(self) -> str:
-        head = "| figure | value | limit (same run) | ratio | target | met |"
-        lines = [head, "|---|---:|---|---:|---:|:-:|"]
+        head = self.head()
+        align = ["---", "---:", "---", "---:", "---:", ":-:", "---", "---:"][: len(head)]
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
         for row in self.rows():
             lines.append("| " + " | ".join(c.replace("|", "/") for c in row) + " |")
         return "\n".join(lines)
@@ -138,7 +171,12 @@ class Results:
             "settings": asdict(self.settings),
             "machine": self.machine,
             "figures": [
-                {**asdict(f), "ratio": f.ratio, "meets_target": f.meets_target}
+                {
+                    **asdict(f),
+                    "ratio": f.ratio,
+                    "meets_target": f.meets_target,
+                    "baseline_ratio": f.baseline_ratio,
+                }
                 for f in self.figures.values()
             ],
             "details": self.details,

@@ -18,7 +18,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import clientbench, inprocess, limits, procs, profiling, recovery, scenarios
+from bench import (
+    clientbench,
+    cluster,
+    inprocess,
+    limits,
+    procs,
+    profiling,
+    recovery,
+    scenarios,
+)
 from bench.report import Results, machine_info
 from bench.settings import FULL, QUICK, Settings
 
@@ -35,6 +44,7 @@ SECTIONS: dict[str, Section] = {
     "floor": lambda r, w, s, a: limits.derived(r),
     "ingest": lambda r, w, s, a: scenarios.ingest(r, w, s),
     "latency": lambda r, w, s, a: scenarios.sync_latency(r, w, s),
+    "cluster": lambda r, w, s, a: cluster.cluster(r, w, s),
     "scaling": lambda r, w, s, a: scenarios.scaling(r, w, s),
     "queries": lambda r, w, s, a: scenarios.queries(r, w, s),
     "server-queries": lambda r, w, s, a: inprocess.server_query_figures(r, s),

@@ -31,6 +31,10 @@ CHILD_START_S_MAX = 60.0  # a node or server that does not listen by then has fa
 LOAD_SLACK_S = 60.0  # extra time a load run may take beyond its duration (setup, drain)
 SETTLE_S_MAX = 120.0  # a node must apply what it has made durable (or recover) within this
 
+# The cluster section: three nodes, every partition on all three (replication factor 3).
+CLUSTER_NODES = 3
+CLUSTER_READY_S_MAX = 60.0  # every partition led by its preferred node by then
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Settings:
