@@ -333,7 +333,9 @@ async def test_a_term_or_vote_that_cannot_be_made_durable_stops_the_node(tmp_pat
             runtime.prime()
             hard_state = directory / "raft-state.cbor"
             before = hard_state.read_bytes() if hard_state.exists() else None
-            await asyncio.to_thread(fill, mount_point / "filler")
+            # Filled on the loop thread, so the candidate's first fsync cannot come back (and
+            # make it leader of term 1) before the tick below asks for a new term.
+            fill(mount_point / "filler")
             replica.offset_us = 10_000_000  # the election timeout has long passed
             with pytest.raises(SystemExit, match="storage failed"):
                 runtime._step_all([RaftTick()])

@@ -461,6 +461,12 @@ class PartitionState:
         end_us: int,
         filters: tuple[tuple[str, str], ...] = (),
     ) -> AggValue:
+        if not filters:
+            inst = self._live.get(metric_code)
+            if inst is not None:
+                found = range_reads.whole_period(inst, account_id, start_us, end_us)
+                if found is not None:
+                    return found
         groups, flags = self._read(metric_code, account_id, start_us, end_us, filters, ())
         return groups.get((), AggValue(alert_flags=flags))
 
@@ -469,7 +475,10 @@ class PartitionState:
     ) -> tuple[AggValue, int, int]:
         inst = self._instance(metric_code)
         now_us = min(max(now_us, TS_MIN_US), TS_MAX_US)
-        start, end = inst.period_of(now_us)
+        if inst.ps <= now_us < inst.pe:  # the period ingest is filling: bounds already known
+            start, end = inst.ps, inst.pe
+        else:
+            start, end = inst.period_of(now_us)
         return self.query(metric_code, account_id, start, end), start, end
 
     def breakdown(

@@ -89,6 +89,36 @@ def plan(inst: Instance, series: dict[int, Record] | None, start: int, end: int)
     return pieces
 
 
+def whole_period(inst: Instance, account: int, start: int, end: int) -> AggValue | None:
+    """The unfiltered total of exactly one stored period, read straight from its record: the
+    common billing read (``current_month()``, ``query_realtime``). None when the range is
+    anything else, or the metric carries state across periods; ``plan`` and the readers below
+    then answer, with the same result where both apply."""
+    bounds = inst.period_index.get(start)
+    if bounds is None or bounds[1] != end:
+        return None
+    if inst.recurring and (inst.unique or inst.agg == AggType.LATEST):
+        return None
+    recs = inst.periods.get(start)
+    rec = recs.get(account) if recs is not None else None
+    if rec is None:
+        return AggValue()
+    if isinstance(rec, UniqRec):
+        return AggValue(count=len(rec.present), alert_flags=flags_of(rec.fired, inst.thresholds))
+    assert isinstance(rec, NumRec)
+    flags = flags_of(rec.fired, inst.thresholds)
+    ev = rec.ev
+    at = rec.last * EV_STRIDE
+    return AggValue(
+        sum=rec.sum,
+        count=len(ev) // EV_STRIDE,
+        max=rec.max,
+        last_value=ev[at + EV_VALUE],
+        last_timestamp=from_us(ev[at + EV_TS]),
+        alert_flags=flags,
+    )
+
+
 # --------------------------------------------------------------------------- COUNT..LATEST
 
 

@@ -293,7 +293,7 @@ class Field:
 class MapSpec:
     """How one message class travels as a map."""
 
-    __slots__ = ("check", "cls", "fields", "keys")
+    __slots__ = ("_decoders", "_encoders", "check", "cls", "fields", "keys")
 
     def __init__(
         self,
@@ -306,16 +306,22 @@ class MapSpec:
         self.keys = frozenset(f.key for f in fields)
         self.check = check
         assert len(self.keys) == len(fields), f"{cls.__name__}: duplicate wire key"
+        # Every message of a kind walks the same fields: resolve each field's converter, its
+        # omission rule and its error path once, not per message.
+        self._encoders = tuple(
+            (f.name, f.key, f.conv.encode, f.default is not _REQUIRED, f.default) for f in fields
+        )
+        self._decoders = tuple(
+            (f.name, f.key, f.conv.decode, f.default, f"{cls.__name__}.{f.name}") for f in fields
+        )
 
     def encode(self, message: Any) -> dict[str, Any]:
         body: dict[str, Any] = {}
-        for f in self.fields:
-            value = getattr(message, f.name)
-            if f.default is not _REQUIRED and (
-                value is None if f.default is None else value == f.default
-            ):
+        for name, key, encode, optional, default in self._encoders:
+            value = getattr(message, name)
+            if optional and (value is None if default is None else value == default):
                 continue
-            body[f.key] = f.conv.encode(value)
+            body[key] = encode(value)
         return body
 
     def decode(self, body: Any, *, strict: bool) -> Any:
@@ -326,14 +332,15 @@ class MapSpec:
             unknown = sorted(repr(k) for k in body if k not in self.keys)
             raise BodyError(f"{path}: unknown key {unknown[0]}")
         values: dict[str, Any] = {}
-        for f in self.fields:
-            obj = body.get(f.key, _REQUIRED)
-            if obj is _REQUIRED or (obj is None and f.default is None):
-                if f.default is _REQUIRED:
-                    raise BodyError(f"{path}.{f.name}: missing (key {f.key!r})")
-                values[f.name] = f.default
+        get = body.get
+        for name, key, decode, default, field_path in self._decoders:
+            obj = get(key, _REQUIRED)
+            if obj is _REQUIRED or (obj is None and default is None):
+                if default is _REQUIRED:
+                    raise BodyError(f"{field_path}: missing (key {key!r})")
+                values[name] = default
             else:
-                values[f.name] = f.conv.decode(obj, f"{path}.{f.name}")
+                values[name] = decode(obj, field_path)
         message = self.cls(**values)
         if self.check is not None:
             self.check(message, path)
