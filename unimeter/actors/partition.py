@@ -497,6 +497,22 @@ class PartitionCore(ReplicatedCore):
             return
         fx.replies.append(self._answer_read(msg, now_us))
 
+    def read_now(self, msg: ClientRequest, now_us: int) -> Outgoing | None:
+        """The answer to a read that needs no waiting, computed at once; None when it must go
+        through ``step`` (not the ready leader, or its ``min_index`` or catalog version is not
+        applied yet). A read changes nothing, so answering it outside ``step`` leaves the core
+        exactly as a stepped read would; the runtime's owner may call this between steps."""
+        req = msg.request
+        assert not isinstance(req, m.Ingest)
+        if not self.leader_ready:
+            return None
+        state = self.state
+        if getattr(req, "min_index", 0) > state.applied_index:
+            return None
+        if getattr(req, "catalog_version", 0) > state.catalog_version:
+            return None
+        return self._answer_read(msg, now_us)
+
     def _release_reads(self, now_us: int, fx: Effects) -> None:
         if not self._parked_reads:
             return

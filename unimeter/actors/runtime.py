@@ -178,6 +178,10 @@ class ReplicaRuntime:
     # Set by ``python -m unimeter.node --trace``: records the core's start and every step.
     tracer: ActorTracer | None = None
 
+    def now(self) -> int:
+        """The runtime's clock (microseconds), as the core's steps see it."""
+        return self._clock()
+
     def prime(self) -> None:
         """Step once before serving: applies what recovery found committed, starts timers."""
         if self.tracer is not None:
