@@ -7,6 +7,7 @@ the real client and server codecs. Bad bodies and random input are in
 
 from __future__ import annotations
 
+import re
 from array import array
 
 import cbor2
@@ -14,7 +15,9 @@ import pytest
 from cbor2 import CBORTag
 
 from tests.wire_cases import (
+    ALERT,
     OK,
+    PUSHES,
     REPLIES,
     REQUEST_OF_KIND,
     REQUESTS,
@@ -41,6 +44,7 @@ from unimeter.wire.codec import (
 def test_tables_cover_every_message() -> None:
     assert {type(msg) for msg in REQUESTS} == set(m.REQUEST_OF.values())
     assert {type(msg) for _, _, msg in REPLIES} == {*m.REPLY_OF.values(), m.ErrorReply}
+    assert {type(msg) for _, msg in PUSHES} == set(m.PUSH_OF.values())
 
 
 # --------------------------------------------------------------------------- requests
@@ -118,6 +122,76 @@ def test_reply_back_to_back_out_of_order(kind: m.Kind, status: int, message: m.R
     assert [frame.request_id for frame in got] == [2, 1]
     same(got[0].message, message)
     assert got[1].message == m.ErrorReply(message="gone") and got[1].kind is m.Kind.METRIC_GET
+
+
+# --------------------------------------------------------------------------- pushes
+
+
+@pytest.mark.parametrize(("sid", "message"), PUSHES, ids=str)
+def test_push_whole_and_byte_by_byte(sid: int, message: m.Push) -> None:
+    frame = ServerCodec().encode_push(sid, message)
+    client = ClientCodec()
+    client.feed(frame)
+    assert client.next_event() == m.PushFrame(subscription_id=sid, message=message)
+    assert client.next_event() is None
+    for i in range(len(frame) - 1):
+        client.feed(frame[i : i + 1])
+        assert client.next_event() is None
+    client.feed(frame[-1:])
+    assert client.next_event() == m.PushFrame(subscription_id=sid, message=message)
+
+
+def test_pushes_interleave_with_replies_in_frame_order() -> None:
+    """A subscription's pushes may follow the reply that made it live in the same read."""
+    client = client_waiting(m.Kind.SUBSCRIBE_ALERTS, 4)
+    server = ServerCodec()
+    live = m.Subscribed(alerts=(ALERT,), next_cursor=None, live_from=4)
+    push = m.AlertsPush(partition=0, alerts=(ALERT,))
+    client.feed(server.encode_response(4, OK, live) + server.encode_push(1, push))
+    first, second = drain_events(client)
+    assert isinstance(first, m.ResponseFrame) and first.message == live
+    assert second == m.PushFrame(subscription_id=1, message=push)
+
+
+def test_a_push_is_a_protocol_error_for_next_frame() -> None:
+    """Code that never subscribes (peer links, benchmarks) keeps a reply-only loop."""
+    client = ClientCodec()
+    sid, push = PUSHES[0]
+    client.feed(ServerCodec().encode_push(sid, push))
+    with pytest.raises(errors.ProtocolError, match="never subscribed"):
+        client.next_frame()
+
+
+@pytest.mark.parametrize(
+    ("item", "expected"),
+    [
+        ([-9, 1, {}], "unknown push kind -9"),
+        ([-1, 1, {"p": 0}], "malformed ALERTS push: AlertsPush.alerts: missing"),
+        ([-1, 1, {"p": 0, "al": [[1, 2]]}], "malformed ALERTS push: AlertsPush.alerts[0]"),
+        ([-2, 1, {"p": 0, "st": -1, "msg": ""}], "malformed SUBSCRIPTION_END push"),
+        ([-1, -1, {"p": 0, "al": []}], "request id -1 is outside"),
+    ],
+)
+def test_malformed_pushes_are_protocol_errors(item: list[object], expected: str) -> None:
+    client = ClientCodec()
+    client.feed(encode_frame(item))
+    with pytest.raises(errors.ProtocolError, match=re.escape(expected)):
+        client.next_event()
+
+
+def test_pushes_tolerate_unknown_keys() -> None:
+    client = ClientCodec()
+    client.feed(encode_frame([-1, 2, {"p": 1, "al": [], "new": [1, 2]}]))
+    assert client.next_event() == m.PushFrame(
+        subscription_id=2, message=m.AlertsPush(partition=1, alerts=())
+    )
+
+
+def drain_events(codec: ClientCodec) -> list[m.ResponseFrame | m.PushFrame]:
+    out: list[m.ResponseFrame | m.PushFrame] = []
+    while (frame := codec.next_event()) is not None:
+        out.append(frame)
+    return out
 
 
 # --------------------------------------------------------------------------- framing
@@ -388,6 +462,12 @@ DOC_QUERY = (
     "46ad35c000636d696e11"
 )
 DOC_NOT_LEADER = "00000024830203a2636d73676a6e6f74206c6561646572626c646d31302e302e302e323a37303031"
+DOC_SUBSCRIBE = "00000012831004a46170056173016161182a62616302"
+DOC_SUBSCRIBED = "0000000c830004a262616c80626c6603"
+DOC_ALERTS_PUSH = (
+    "00000029832001a261700562616c8186182a696170695f63616c6c7364736f667418641b00060dd71021200003"
+)
+DOC_SUBSCRIPTION_END = "00000014832101a361700562737401636d736764736c6f77"
 
 
 def test_documented_examples() -> None:
@@ -424,3 +504,28 @@ def test_documented_examples() -> None:
     )
     assert second.status == errors.Status.NOT_LEADER
     assert second.message == m.ErrorReply(message="not leader", leader="10.0.0.2:7001")
+
+
+def test_documented_subscription_examples() -> None:
+    client = ClientCodec()
+    subscribe = m.SubscribeAlerts(partition=5, subscription_id=1, account_id=42, after_cursor=2)
+    assert client.encode_request(4, subscribe).hex() == DOC_SUBSCRIBE
+    client.feed(bytes.fromhex(DOC_SUBSCRIBED + DOC_ALERTS_PUSH + DOC_SUBSCRIPTION_END))
+    reply, push, end = drain_events(client)
+    assert isinstance(reply, m.ResponseFrame)
+    assert reply.message == m.Subscribed(alerts=(), next_cursor=None, live_from=3)
+    alert = m.StoredAlert(
+        account_id=42,
+        metric_code="api_calls",
+        threshold_code="soft",
+        value_at_cross=100,
+        triggered_at_us=1_704_067_200_000_000,
+        cursor=3,
+    )
+    assert push == m.PushFrame(
+        subscription_id=1, message=m.AlertsPush(partition=5, alerts=(alert,))
+    )
+    assert end == m.PushFrame(
+        subscription_id=1,
+        message=m.SubscriptionEnd(partition=5, status=errors.Status.BACKPRESSURE, message="slow"),
+    )

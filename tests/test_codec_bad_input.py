@@ -27,6 +27,7 @@ from tests.wire_cases import (
     QUERY,
     REQUESTS,
     SCHEMA,
+    SUBSCRIBE,
     U64_MAX,
     client_waiting,
     same,
@@ -102,6 +103,22 @@ BAD_BODIES: list[tuple[str, m.Kind, object, str]] = [
     ("alerts limit too big", K.LIST_ALERTS, body(LIST_ALERTS, l=1001),
      "ListAlerts.limit: expected an integer in [1, 1000], got 1001"),
     ("cursor below -1", K.LIST_ALERTS, body(LIST_ALERTS, ac=-2), "ListAlerts.after_cursor"),
+    ("subscription id missing", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, s=...),
+     "SubscribeAlerts.subscription_id: missing (key 's')"),
+    ("subscription id negative", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, s=-1),
+     "SubscribeAlerts.subscription_id: expected an integer in [0, 2**64), got -1"),
+    ("subscription account negative", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, a=-3),
+     "SubscribeAlerts.account_id: expected an integer in [0, 2**64), got -3"),
+    ("subscription cursor below -1", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, ac=-2),
+     "SubscribeAlerts.after_cursor: expected an integer in [-1, 2**63), got -2"),
+    ("subscription page of 0", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, l=0),
+     "SubscribeAlerts.limit: expected an integer in [1, 1000], got 0"),
+    ("subscription partition missing", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, p=...),
+     "SubscribeAlerts.partition: missing (key 'p')"),
+    ("subscription unknown key", K.SUBSCRIBE_ALERTS, body(SUBSCRIBE, m="api_calls"),
+     "SubscribeAlerts: unknown key 'm'"),
+    ("unsubscribe id as text", K.UNSUBSCRIBE_ALERTS, {"s": "1"},
+     "UnsubscribeAlerts.subscription_id: expected an integer in [0, 2**64), got '1'"),
     ("client name too long", K.HELLO, body(HELLO, n="é" * 513),
      "Hello.client_name: expected a string of 0-1024 bytes"),
     ("token not text", K.HELLO, body(HELLO, t=b"secret"),
@@ -216,7 +233,11 @@ def test_interpreted_cbor_tags_stay_inert() -> None:
 # --------------------------------------------------------------------------- random input
 
 _WIRE_KEYS = sorted(
-    {f.key for spec in [*bodies.REQUESTS.values(), *bodies.REPLIES.values()] for f in spec.fields}
+    {
+        f.key
+        for spec in [*bodies.REQUESTS.values(), *bodies.REPLIES.values(), *bodies.PUSHES.values()]
+        for f in spec.fields
+    }
     | {"m", "mi", "a", "v", "t", "o", "p", "e", "code", "agg", "dims", "thresholds"}
 )
 _SCALARS = (
@@ -285,6 +306,19 @@ def test_random_reply_bodies_are_decoded_or_fatal(
 ) -> None:
     [got] = outcomes(client_waiting(kind, 9), encode_frame([status, 9, random_body]))
     assert isinstance(got, m.ResponseFrame | errors.ProtocolError)
+
+
+@FAST
+@given(st.sampled_from(sorted(m.PUSH_OF)), CBOR_VALUES)
+def test_random_push_bodies_are_decoded_or_fatal(kind: m.PushKind, random_body: object) -> None:
+    client = ClientCodec()
+    client.feed(encode_frame([int(kind), 9, random_body]))
+    try:
+        got = client.next_event()
+    except errors.ProtocolError as exc:
+        assert "internal error" not in exc.message, exc.message
+        return
+    assert isinstance(got, m.PushFrame) and got.subscription_id == 9
 
 
 @FAST

@@ -73,6 +73,7 @@ BREAKDOWN = m.QueryBreakdown(partition=1, account_id=42, metric_code="api_calls"
                              end_us=5, group_by=("region", "tier"))
 LIST_EVENTS = m.ListEvents(partition=0, account_id=1, since_us=0, until_us=0)
 LIST_ALERTS = m.ListAlerts(partition=0, account_id=1)
+SUBSCRIBE = m.SubscribeAlerts(partition=0, subscription_id=1)
 
 REQUESTS: list[m.Request] = [
     HELLO,
@@ -103,6 +104,10 @@ REQUESTS: list[m.Request] = [
     m.ListAlerts(partition=0, account_id=1, after_cursor=0, limit=limits.list_page_alerts_max,
                  min_index=1),
     m.ClusterStatus(),
+    SUBSCRIBE,
+    m.SubscribeAlerts(partition=limits.partitions_max - 1, subscription_id=U64_MAX, account_id=0,
+                      after_cursor=I64_MAX, limit=1, min_index=U64_MAX),
+    m.UnsubscribeAlerts(subscription_id=0),
 ]
 
 AGG_FULL = AggValue(sum=-(2**100), count=U64_MAX, max=I64_MIN, last_value=I64_MAX,
@@ -149,11 +154,21 @@ REPLIES: list[tuple[m.Kind, int, m.Reply]] = [
     (K.CLUSTER_STATUS, OK, m.ClusterStatusReply(node_id=2, cluster_id="c-1",
                                                 nodes={1: "a:1", 2: "b:2", 3: "c:3"},
                                                 partitions=PARTITIONS, catalog_version=11)),
+    (K.SUBSCRIBE_ALERTS, OK, m.Subscribed(alerts=(ALERT, ALERT), next_cursor=3, live_from=9)),
+    (K.SUBSCRIBE_ALERTS, OK, m.Subscribed(alerts=(), next_cursor=None, live_from=U64_MAX)),
+    (K.UNSUBSCRIBE_ALERTS, OK, m.Unsubscribed()),
     (K.QUERY, errors.Status.NOT_LEADER, m.ErrorReply(message="not the leader",
                                                      leader="10.0.0.2:7001")),
     (K.INGEST, errors.Status.BACKPRESSURE, m.ErrorReply(message="mailbox full")),
     (K.METRIC_GET, errors.Status.UNKNOWN_METRIC, m.ErrorReply(message="")),
     (K.QUERY, 99, m.ErrorReply(message="a status from a newer server")),
+]
+PUSHES: list[tuple[int, m.Push]] = [
+    (1, m.AlertsPush(partition=0, alerts=(ALERT,))),
+    (U64_MAX, m.AlertsPush(partition=limits.partitions_max - 1, alerts=())),
+    (0, m.SubscriptionEnd(partition=3, status=int(errors.Status.BACKPRESSURE), message="slow")),
+    (7, m.SubscriptionEnd(partition=0, status=int(errors.Status.NOT_LEADER), message="",
+                          leader="10.0.0.2:7001")),
 ]
 # fmt: on
 

@@ -34,6 +34,7 @@ list_page_events_max = 1000
 list_page_alerts_max = 1000
 group_by_keys_max = dimensions_per_metric_max
 in_flight_requests_per_connection_max = 4096
+alert_subscriptions_per_connection_max = 4096  # live or being set up, over all partitions
 
 # --- server ---
 mailbox_partition_capacity = 1024
@@ -53,11 +54,17 @@ snapshot_bytes_default = 16 * 1024 * 1024
 wal_segment_bytes_default = 16 * 1024 * 1024  # compaction deletes whole segments: match the above
 wal_segment_bytes_min = 4096
 
+# Live alert pushes stop, and the subscription ends with BACKPRESSURE, once a connection has
+# this many bytes waiting in its send buffer (beyond what the kernel holds): a subscriber that
+# reads too slowly costs the node at most this, then catches up from its cursor by paging.
+alert_push_buffer_bytes_max = 256 * 1024
+
 # --- client ---
 request_timeout_s_default = 30.0
 map_refresh_s = 30.0
 retry_backoff_s_initial = 0.01
 retry_backoff_s_max = 1.0
+alert_queue_max_default = 10_000  # alerts a subscription holds for a consumer that lags
 
 assert frame_bytes_max >= events_per_batch_max * 64
 assert 0 < dimension_values_max < 255

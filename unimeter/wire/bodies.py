@@ -191,6 +191,16 @@ REQUESTS: dict[type[Any], MapSpec] = {
             _MIN_INDEX,
         ),
         MapSpec(m.ClusterStatus),
+        MapSpec(
+            m.SubscribeAlerts,
+            _PARTITION,
+            Field("subscription_id", "s", U64),
+            Field("account_id", "a", U64, None),
+            Field("after_cursor", "ac", AFTER, -1),
+            Field("limit", "l", ALERTS_LIMIT, limits.list_page_alerts_max),
+            _MIN_INDEX,
+        ),
+        MapSpec(m.UnsubscribeAlerts, Field("subscription_id", "s", U64)),
     )
 }
 
@@ -257,16 +267,40 @@ REPLIES: dict[type[Any], MapSpec] = {
             Field("partitions", "parts", array_of(PARTITION_INFO)),
             _CATALOG_VERSION,
         ),
+        MapSpec(
+            m.Subscribed,
+            Field("alerts", "al", array_of(STORED_ALERT)),
+            Field("next_cursor", "nc", U64, None),
+            Field("live_from", "lf", U64),
+        ),
+        MapSpec(m.Unsubscribed),
         MapSpec(m.ErrorReply, Field("message", "msg", TEXT), Field("leader", "ld", TEXT, None)),
+    )
+}
+
+# --------------------------------------------------------------------------- pushes
+
+PUSHES: dict[type[Any], MapSpec] = {
+    spec.cls: spec
+    for spec in (
+        MapSpec(m.AlertsPush, _PARTITION, Field("alerts", "al", array_of(STORED_ALERT))),
+        MapSpec(
+            m.SubscriptionEnd,
+            _PARTITION,
+            Field("status", "st", U32),
+            Field("message", "msg", TEXT),
+            Field("leader", "ld", TEXT, None),
+        ),
     )
 }
 
 assert set(REQUESTS) == set(m.REQUEST_OF.values())
 assert set(REPLIES) == {*m.REPLY_OF.values(), m.ErrorReply}
+assert set(PUSHES) == set(m.PUSH_OF.values())
 
 
-def encode_body(message: m.Request | m.Reply) -> dict[str, Any]:
-    spec = REQUESTS.get(type(message)) or REPLIES.get(type(message))
+def encode_body(message: m.Request | m.Reply | m.Push) -> dict[str, Any]:
+    spec = REQUESTS.get(type(message)) or REPLIES.get(type(message)) or PUSHES.get(type(message))
     if spec is None:
         raise TypeError(f"not a wire message: {message!r}")
     return spec.encode(message)
@@ -280,4 +314,9 @@ def decode_request(kind: m.Kind, body: object) -> m.Request:
 
 def decode_reply(cls: type[m.Reply], body: object) -> m.Reply:
     message: m.Reply = REPLIES[cls].decode(body, strict=False)
+    return message
+
+
+def decode_push(kind: m.PushKind, body: object) -> m.Push:
+    message: m.Push = PUSHES[m.PUSH_OF[kind]].decode(body, strict=False)
     return message

@@ -6,6 +6,11 @@ maps described in ``bodies.py``. Many requests may be in flight on one connectio
 may come back in any order, so the client side remembers the kind of every request it sent,
 keyed by request id, to know how to read the reply.
 
+The server may also send *pushes* for live alert subscriptions: ``[push_kind, subscription_id,
+body]`` with a negative ``push_kind`` (a reply status never is). Only a client that
+subscribes reads them (``ClientCodec.next_event``); ``next_frame`` treats one as a protocol
+error, so code that never subscribes keeps its simple reply-only loop.
+
 Two kinds of failure, kept apart on purpose:
 - ``errors.ProtocolError`` (connection-fatal): bad framing, bytes that are not one CBOR item,
   a top-level item of the wrong shape, a request id out of range; on the client side also a
@@ -25,7 +30,7 @@ from typing import Any
 
 from unimeter import errors, limits
 from unimeter.wire import messages as m
-from unimeter.wire.bodies import decode_reply, decode_request, encode_body
+from unimeter.wire.bodies import decode_push, decode_reply, decode_request, encode_body
 from unimeter.wire.convert import BodyError
 from unimeter.wire.frames import FrameDecoder, encode_frame
 
@@ -57,6 +62,7 @@ ANNOUNCED_LIMITS = (
     "list_page_events_max",
     "list_page_alerts_max",
     "in_flight_requests_per_connection_max",
+    "alert_subscriptions_per_connection_max",
 )
 
 
@@ -138,7 +144,18 @@ class ClientCodec:
         self._decoder.feed(data)
 
     def next_frame(self) -> m.ResponseFrame | None:
-        """The next reply, or None until more bytes arrive; ProtocolError on anything bad."""
+        """The next reply, or None until more bytes arrive; ProtocolError on anything bad
+        (a push included: use ``next_event`` on a connection that subscribes)."""
+        frame = self.next_event()
+        if isinstance(frame, m.PushFrame):
+            exc = errors.ProtocolError("a push arrived on a connection that never subscribed")
+            self._decoder.fail(exc.message)
+            raise exc
+        return frame
+
+    def next_event(self) -> m.ResponseFrame | m.PushFrame | None:
+        """The next reply or push, or None until more bytes arrive; ProtocolError on
+        anything bad."""
         try:
             while True:
                 item = self._decoder.next_item()
@@ -151,9 +168,11 @@ class ClientCodec:
             self._decoder.fail(exc.message)  # nothing after it can be trusted
             raise
 
-    def _response(self, item: Any) -> m.ResponseFrame | None:
+    def _response(self, item: Any) -> m.ResponseFrame | m.PushFrame | None:
         status, request_id, body = _split(item, "response")
-        if not 0 <= status <= STATUS_MAX:
+        if status < 0:
+            return _push(status, request_id, body)
+        if status > STATUS_MAX:
             raise errors.ProtocolError(f"status {status} is outside [0, 2**32)")
         if status == errors.Status.PROTOCOL:
             # The server found our bytes unreadable and is closing: fatal whatever the id.
@@ -174,6 +193,20 @@ class ClientCodec:
                 f"internal error decoding a {kind.name} reply: {exc!r}"
             ) from None
         return m.ResponseFrame(request_id=request_id, status=status, kind=kind, message=message)
+
+
+def _push(raw_kind: int, subscription_id: int, body: Any) -> m.PushFrame:
+    try:
+        kind = m.PushKind(raw_kind)
+    except ValueError:
+        raise errors.ProtocolError(f"unknown push kind {raw_kind}") from None
+    try:
+        message = decode_push(kind, body)
+    except BodyError as exc:
+        raise errors.ProtocolError(f"malformed {kind.name} push: {exc}") from None
+    except Exception as exc:  # a decoder bug; see ServerCodec._request
+        raise errors.ProtocolError(f"internal error decoding a {kind.name} push: {exc!r}") from None
+    return m.PushFrame(subscription_id=subscription_id, message=message)
 
 
 def _message_of(body: Any) -> str:
@@ -247,4 +280,12 @@ class ServerCodec:
                 f"{type(message).__name__} reply of {len(frame) - 4} bytes exceeds "
                 f"frame_bytes_max={self.frame_bytes_max}"
             )
+        return frame
+
+    def encode_push(self, subscription_id: int, message: m.Push) -> bytes:
+        """The whole push frame for the live subscription ``subscription_id``. The caller keeps
+        pushes small (at most ``list_page_alerts_max`` alerts each), far below the frame limit.
+        """
+        frame = encode_frame([int(message.PUSH), subscription_id, encode_body(message)])
+        assert len(frame) - 4 <= self.frame_bytes_max, len(frame)
         return frame

@@ -42,6 +42,19 @@ class Kind(enum.IntEnum):
     CLUSTER_STATUS = 14
     # Node-to-node: Raft messages for many groups, one way, never answered (see PeerFrame).
     PEER = 15
+    SUBSCRIBE_ALERTS = 16
+    UNSUBSCRIBE_ALERTS = 17
+
+
+class PushKind(enum.IntEnum):
+    """Server-to-client frames nobody asked for: ``[push_kind, subscription_id, body]``.
+
+    Push kinds are negative, so they never collide with a reply status (any u32, including
+    statuses a newer server may add).
+    """
+
+    ALERTS = -1
+    SUBSCRIPTION_END = -2
 
 
 # --------------------------------------------------------------------------- columnar batch
@@ -191,6 +204,31 @@ class ClusterStatus:
     KIND: ClassVar[Kind] = Kind.CLUSTER_STATUS
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscribeAlerts:
+    """Catch up on a partition's alerts after ``after_cursor``, then receive new ones live.
+
+    The answer is one page of catch-up; when the page ends the backlog (``next_cursor`` None)
+    the subscription is live on this connection under ``subscription_id`` (chosen by the
+    client, unique among its live subscriptions on the connection), else the client asks again
+    from ``next_cursor``. ``account_id`` None means every account of the partition.
+    """
+
+    KIND: ClassVar[Kind] = Kind.SUBSCRIBE_ALERTS
+    partition: int
+    subscription_id: int
+    account_id: int | None = None
+    after_cursor: int = -1
+    limit: int = 1000
+    min_index: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnsubscribeAlerts:
+    KIND: ClassVar[Kind] = Kind.UNSUBSCRIBE_ALERTS
+    subscription_id: int
+
+
 Request = (
     Hello
     | GetPartitionMap
@@ -206,6 +244,8 @@ Request = (
     | ListEvents
     | ListAlerts
     | ClusterStatus
+    | SubscribeAlerts
+    | UnsubscribeAlerts
 )
 
 
@@ -303,6 +343,22 @@ class AlertsPage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Subscribed:
+    """One page of catch-up. ``next_cursor`` set: more backlog, not live yet (ask again from
+    it). None: the subscription is live; its pushes carry the alerts from cursor
+    ``live_from`` on (every earlier matching alert was in this page or an earlier one)."""
+
+    alerts: tuple[StoredAlert, ...]
+    next_cursor: int | None
+    live_from: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Unsubscribed:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PartitionInfo:
     partition: int
     leader: int
@@ -338,6 +394,8 @@ Reply = (
     | EventsPage
     | AlertsPage
     | ClusterStatusReply
+    | Subscribed
+    | Unsubscribed
     | ErrorReply
 )
 
@@ -356,6 +414,8 @@ REPLY_OF: dict[Kind, type[Reply]] = {
     Kind.LIST_EVENTS: EventsPage,
     Kind.LIST_ALERTS: AlertsPage,
     Kind.CLUSTER_STATUS: ClusterStatusReply,
+    Kind.SUBSCRIBE_ALERTS: Subscribed,
+    Kind.UNSUBSCRIBE_ALERTS: Unsubscribed,
 }
 
 REQUEST_OF: dict[Kind, type[Request]] = {
@@ -375,8 +435,46 @@ REQUEST_OF: dict[Kind, type[Request]] = {
         ListEvents,
         ListAlerts,
         ClusterStatus,
+        SubscribeAlerts,
+        UnsubscribeAlerts,
     )
 }
+
+
+# --------------------------------------------------------------------------- pushes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AlertsPush:
+    """New committed alerts of a live subscription, in cursor order."""
+
+    PUSH: ClassVar[PushKind] = PushKind.ALERTS
+    partition: int
+    alerts: tuple[StoredAlert, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SubscriptionEnd:
+    """The server ended a live subscription; nothing more comes for it. ``status`` says why:
+    BACKPRESSURE (the client read too slowly), NOT_LEADER (``leader`` leads now, if known),
+    UNAVAILABLE (the node is stopping). The client subscribes again from its cursor."""
+
+    PUSH: ClassVar[PushKind] = PushKind.SUBSCRIPTION_END
+    partition: int
+    status: int
+    message: str
+    leader: str | None = None
+
+
+Push = AlertsPush | SubscriptionEnd
+
+PUSH_OF: dict[PushKind, type[Push]] = {cls.PUSH: cls for cls in (AlertsPush, SubscriptionEnd)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PushFrame:
+    subscription_id: int
+    message: Push
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
