@@ -411,12 +411,15 @@ class Model:
         return tuple(page), (page[-1].offset if len(visible) > limit else None)
 
     def list_alerts(
-        self, account: int, after: int, limit: int
+        self, account: int | None, after: int, limit: int
     ) -> tuple[tuple[StoredAlert, ...], int | None]:
+        """``account`` None: every account (a subscriber's catch-up)."""
         visible = [
             a
             for a in self.alerts
-            if a.account_id == account and a.cursor > after and a.triggered_at_us >= self.cutoff
+            if account in (None, a.account_id)
+            and a.cursor > after
+            and a.triggered_at_us >= self.cutoff
         ]
         page = visible[:limit]
         return tuple(page), (page[-1].cursor if len(visible) > limit else None)

@@ -271,6 +271,15 @@ class PartitionMachine(RuleBasedStateMachine):
             for state in self.states:
                 assert state.list_alerts(account, after, limit) == alerts
             cursor = alerts[1]
+        for subscribed in (account, None):  # a live subscriber's catch-up pages
+            cursor = -1
+            while cursor is not None:
+                after = cursor
+                alerts = self.model.list_alerts(subscribed, after, limit)
+                expected = (*alerts, len(self.model.alerts))
+                for state in self.states:
+                    assert state.alerts_catch_up(subscribed, after, limit) == expected
+                cursor = alerts[1]
 
     @invariant()
     def reads_around_recent_events_agree(self) -> None:

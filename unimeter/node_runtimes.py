@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from unimeter import errors
+from unimeter.actors.alert_feed import AlertHub
 from unimeter.actors.catalog import CatalogCore, CatalogEffects, Publication
 from unimeter.actors.effects import Effects
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
@@ -33,10 +34,13 @@ class PartitionRuntime(ReplicaRuntime):
         self.on_appended: Callable[[PartitionRuntime, int, int], None] | None = None
         self.snapshot_lock = threading.Lock()
         self.install_epoch = 0
+        self.alert_hub = AlertHub(self.core.partition)  # live alert subscriptions (leader)
 
     def _after(self, fx: Effects) -> None:
         if fx.appends and self.on_appended is not None:
             self.on_appended(self, len(fx.appends), sum(len(a[2]) for a in fx.appends))
+        if self.alert_hub.subs:
+            self.alert_hub.after_step(fx.alerts, self.core)
 
     def _install(self, snapshot: Snapshot) -> None:
         with self.snapshot_lock:

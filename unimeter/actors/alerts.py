@@ -52,12 +52,17 @@ def flags_of(fired: dict[str, int] | None, thresholds: Sequence[Threshold]) -> i
 
 
 class AlertLog:
-    """Every alert of the partition, per account in cursor order; cursors count from 0."""
+    """Every alert of the partition, per account in cursor order; cursors count from 0.
 
-    __slots__ = ("by_account", "next_cursor")
+    ``ordered`` holds the same alerts in one cursor-ordered list, so a subscriber to every
+    account of the partition catches up by bisection, not by merging every account's list.
+    """
+
+    __slots__ = ("by_account", "next_cursor", "ordered")
 
     def __init__(self) -> None:
         self.by_account: dict[int, list[StoredAlert]] = {}
+        self.ordered: list[StoredAlert] = []
         self.next_cursor = 0
 
     def append(
@@ -72,6 +77,7 @@ class AlertLog:
             cursor=self.next_cursor,
         )
         self.next_cursor += 1
+        self.ordered.append(alert)
         found = self.by_account.get(account_id)
         if found is None:
             self.by_account[account_id] = [alert]
@@ -82,17 +88,18 @@ class AlertLog:
     def page(
         self, account_id: int, after_cursor: int, limit: int, visible_from_us: int
     ) -> tuple[tuple[StoredAlert, ...], int | None]:
-        alerts = self.by_account.get(account_id, [])
-        out: list[StoredAlert] = []
-        for alert in alerts[bisect_right(alerts, after_cursor, key=lambda a: a.cursor) :]:
-            if alert.triggered_at_us < visible_from_us:
-                continue
-            if len(out) == limit:
-                return tuple(out), out[-1].cursor
-            out.append(alert)
-        return tuple(out), None
+        return _page(self.by_account.get(account_id, []), after_cursor, limit, visible_from_us)
+
+    def page_all(
+        self, after_cursor: int, limit: int, visible_from_us: int
+    ) -> tuple[tuple[StoredAlert, ...], int | None]:
+        """Like ``page``, over every account of the partition."""
+        return _page(self.ordered, after_cursor, limit, visible_from_us)
 
     def expire(self, visible_from_us: int) -> None:
+        # Stamps may go back across a leader change, so the whole list is checked (this runs
+        # once per day of log time at most).
+        self.ordered = [a for a in self.ordered if a.triggered_at_us >= visible_from_us]
         for account_id in list(self.by_account):
             alerts = self.by_account[account_id]
             if min(a.triggered_at_us for a in alerts) >= visible_from_us:
@@ -123,13 +130,26 @@ class AlertLog:
         assert isinstance(next_cursor, int) and isinstance(rows, list)
         self.next_cursor = next_cursor
         for account_id, metric, threshold, value, at_us, cursor in sorted(rows, key=lambda r: r[5]):
-            self.by_account.setdefault(account_id, []).append(
-                StoredAlert(
-                    account_id=account_id,
-                    metric_code=metric,
-                    threshold_code=threshold,
-                    value_at_cross=value,
-                    triggered_at_us=at_us,
-                    cursor=cursor,
-                )
+            alert = StoredAlert(
+                account_id=account_id,
+                metric_code=metric,
+                threshold_code=threshold,
+                value_at_cross=value,
+                triggered_at_us=at_us,
+                cursor=cursor,
             )
+            self.ordered.append(alert)
+            self.by_account.setdefault(account_id, []).append(alert)
+
+
+def _page(
+    alerts: list[StoredAlert], after_cursor: int, limit: int, visible_from_us: int
+) -> tuple[tuple[StoredAlert, ...], int | None]:
+    out: list[StoredAlert] = []
+    for alert in alerts[bisect_right(alerts, after_cursor, key=lambda a: a.cursor) :]:
+        if alert.triggered_at_us < visible_from_us:
+            continue
+        if len(out) == limit:
+            return tuple(out), out[-1].cursor
+        out.append(alert)
+    return tuple(out), None

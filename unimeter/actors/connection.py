@@ -18,6 +18,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from unimeter import errors, limits
+from unimeter.actors.alert_feed import ConnectionFeeds
 from unimeter.actors.catalog import CatalogRequest
 from unimeter.actors.mailbox import MailboxClosed, MailboxFull
 from unimeter.actors.partition import ClientRequest
@@ -64,6 +65,7 @@ class ClientConnection(asyncio.Protocol):
         self.peer_node_id: int | None = None  # set when a cluster peer says HELLO
         self.in_flight = 0
         self.peer = "?"
+        self.feeds: ConnectionFeeds | None = None  # live alert subscriptions, made on demand
 
     # ------------------------------------------------------------------ transport
 
@@ -76,6 +78,8 @@ class ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.node.connections.discard(self)
         self.transport = None
+        if self.feeds is not None:
+            self.feeds.close_all()
 
     def data_received(self, data: bytes) -> None:
         self.codec.feed(data)
@@ -180,8 +184,17 @@ class ClientConnection(asyncio.Protocol):
             self.respond(rid, errors.Status.OK, node.partition_map())
         elif isinstance(msg, m.ClusterStatus):
             self.respond(rid, errors.Status.OK, node.cluster_status())
+        elif isinstance(msg, m.SubscribeAlerts):
+            self._alert_feeds().subscribe(rid, msg)
+        elif isinstance(msg, m.UnsubscribeAlerts):
+            self._alert_feeds().unsubscribe(rid, msg)
         else:  # pragma: no cover - the codec only yields known kinds
             self._refuse(rid, errors.Status.INVALID_REQUEST, f"unexpected request {msg!r}")
+
+    def _alert_feeds(self) -> ConnectionFeeds:
+        if self.feeds is None:
+            self.feeds = ConnectionFeeds(self)
+        return self.feeds
 
     def _to_partition(
         self,

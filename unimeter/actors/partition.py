@@ -50,7 +50,9 @@ REJECT_IN_FUTURE = "timestamp_in_future"
 REJECT_OPERATION = "operation_type_requires_count_unique"
 REJECT_NEGATIVE_UNIQUE = "count_unique_value_negative"
 
-PartitionRead = m.Query | m.QueryRealtime | m.QueryBreakdown | m.ListEvents | m.ListAlerts
+PartitionRead = (
+    m.Query | m.QueryRealtime | m.QueryBreakdown | m.ListEvents | m.ListAlerts | m.SubscribeAlerts
+)
 
 # How often a leader that is not the preferred one tries to hand leadership back.
 _HAND_BACK_INTERVAL_US = 2_000_000
@@ -561,6 +563,14 @@ class PartitionCore(ReplicatedCore):
                 limit = min(req.limit, limits.list_page_alerts_max)
                 alerts, cursor = state.list_alerts(req.account_id, req.after_cursor, limit)
                 reply = m.AlertsPage(alerts=alerts, next_cursor=cursor)
+            elif isinstance(req, m.SubscribeAlerts):
+                # Answered in log order like any read; the runtime's subscriber hub makes the
+                # subscription live from ``live_from`` (unimeter/actors/alert_feed.py).
+                limit = min(req.limit, limits.list_page_alerts_max)
+                alerts, cursor, live_from = state.alerts_catch_up(
+                    req.account_id, req.after_cursor, limit
+                )
+                reply = m.Subscribed(alerts=alerts, next_cursor=cursor, live_from=live_from)
             else:  # pragma: no cover
                 raise AssertionError(f"unexpected read {req!r}")
         except errors.UnimeterError as exc:

@@ -519,6 +519,20 @@ class PartitionState:
             raise errors.InvalidRequestError(f"limit must be at least 1, got {limit}")
         return self._alerts.page(account_id, after_cursor, limit, self._cutoff)
 
+    def alerts_catch_up(
+        self, account_id: int | None, after_cursor: int, limit: int
+    ) -> tuple[tuple[StoredAlert, ...], int | None, int]:
+        """A subscriber's catch-up page: ``list_alerts`` of one account, or of every account
+        when ``account_id`` is None, plus the cursor the next alert will get (live pushes
+        start there)."""
+        if limit < 1:
+            raise errors.InvalidRequestError(f"limit must be at least 1, got {limit}")
+        if account_id is None:
+            page, nxt = self._alerts.page_all(after_cursor, limit, self._cutoff)
+        else:
+            page, nxt = self._alerts.page(account_id, after_cursor, limit, self._cutoff)
+        return page, nxt, self._alerts.next_cursor
+
     def _instance(self, metric_code: str) -> Instance:
         inst = self._live.get(metric_code)
         if inst is None:

@@ -69,6 +69,7 @@ from unimeter.wire.messages import (
 )
 
 from . import convert
+from .alerts import AlertsApi
 from .batching import build_groups, empty_result, validate_events
 from .cluster_map import ClusterMap, split_address
 from .ingest import send_groups
@@ -128,6 +129,7 @@ class AsyncClient:
         self._events_per_batch_max = limits.events_per_batch_max
         self._frame_bytes_max = limits.frame_bytes_max
         self.metrics = MetricsApi(self._catalog_call, self._session)
+        self.alerts = AlertsApi(self)  # live subscriptions: client.alerts.subscribe(...)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -179,6 +181,7 @@ class AsyncClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await self.alerts.close_all()
         await self._pool.close()
 
     # ------------------------------------------------------------------ ingest

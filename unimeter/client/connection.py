@@ -6,6 +6,11 @@ Theory of operation. ``Connection`` is an ``asyncio.Protocol`` around the sans-I
 ``data_received`` feeds the codec and resolves the futures of whatever frames completed, in
 whatever order they arrive. There is no reader task: the transport calls us.
 
+Live alert subscriptions (``alerts.py``) share the connection: ``open_stream`` registers a
+``PushSink`` under a fresh subscription id, pushes for that id are handed to it as they are
+decoded (in frame order, interleaved with replies), and a broken or closed connection tells
+every sink with ``lost``.
+
 States: CONNECTING -> READY (WELCOME received) -> BROKEN (peer or garbage) | CLOSED (we closed).
 A BROKEN or CLOSED connection fails every pending future and refuses new requests; the pool
 dials a fresh one on next use. A broken connection fails its requests with the retriable
@@ -19,7 +24,7 @@ import asyncio
 import builtins
 import enum
 import logging
-from typing import cast
+from typing import Protocol, cast
 
 from unimeter import limits
 from unimeter.errors import (
@@ -37,6 +42,8 @@ from unimeter.wire.messages import (
     PROTOCOL_VERSION,
     ErrorReply,
     Hello,
+    Push,
+    PushFrame,
     Reply,
     Request,
     ResponseFrame,
@@ -49,6 +56,14 @@ log = logging.getLogger("unimeter.client")
 
 _REQUEST_ID_MAX = 2**64 - 1  # never reached: ids are not reused while the codec remembers them
 _CLOSE_WAIT_S = 1.0
+
+
+class PushSink(Protocol):
+    """Where the pushes of one live subscription go (called from ``data_received``)."""
+
+    def push(self, message: Push) -> None: ...
+
+    def lost(self, failure: UnimeterError) -> None: ...
 
 
 class _State(enum.Enum):
@@ -73,6 +88,8 @@ class Connection(asyncio.Protocol):
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._sinks: dict[int, PushSink] = {}
+        self._next_sid = 0
 
     @property
     def usable(self) -> bool:
@@ -181,6 +198,20 @@ class Connection(asyncio.Protocol):
             raise error_for(response.status, f"status {response.status} without an error body")
         return response.message
 
+    # ------------------------------------------------------------------ subscriptions
+
+    def open_stream(self, sink: PushSink) -> int:
+        """A fresh subscription id whose pushes go to ``sink`` until ``close_stream``."""
+        if self._state is not _State.READY:
+            raise self._refusal()
+        self._next_sid += 1
+        self._sinks[self._next_sid] = sink
+        return self._next_sid
+
+    def close_stream(self, subscription_id: int) -> None:
+        """Late pushes for the id are dropped from now on."""
+        self._sinks.pop(subscription_id, None)
+
     def _new_request_id(self) -> int:
         while True:
             self._next_id = self._next_id + 1 if self._next_id < _REQUEST_ID_MAX else 1
@@ -247,12 +278,17 @@ class Connection(asyncio.Protocol):
             return
         while True:
             try:
-                frame = self._codec.next_frame()
+                frame = self._codec.next_event()
             except ProtocolError as exc:
                 self._garbage(exc)
                 return
             if frame is None:
                 return
+            if isinstance(frame, PushFrame):
+                sink = self._sinks.get(frame.subscription_id)
+                if sink is not None:  # else: a late push for a stream we closed
+                    sink.push(frame.message)
+                continue
             future = self._pending.pop(frame.request_id, None)
             if future is None:
                 continue  # an answer to a request we gave up on
@@ -278,6 +314,9 @@ class Connection(asyncio.Protocol):
                 future.set_exception(type(failure)(failure.message))
         _wake_all(self._slot_waiters)
         _wake_all(self._drain_waiters)
+        sinks, self._sinks = self._sinks, {}
+        for sink in sinks.values():
+            sink.lost(type(failure)(failure.message))
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:

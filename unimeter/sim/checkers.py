@@ -15,7 +15,7 @@ to the plain partition model (``model.py``). The checkers:
   the full sweep after healing: all five aggregations, periods, filters and breakdown cells,
   event listings) equals the model's at that replica's applied index.
 - ``AlertsMatchModel``: the alerts each replica fires as it applies entries, and the alert log
-  it lists, equal the model's.
+  it lists (also as a live subscriber's catch-up pages), equal the model's.
 - ``SyncAckedExactlyOnce``: a SYNC acknowledgement leaves only once its entry is committed,
   and after healing every SYNC-acknowledged event is in the log exactly once (or its event id
   is), applied on every replica.
@@ -46,7 +46,14 @@ if TYPE_CHECKING:
     from unimeter.sim.cluster import Cluster
     from unimeter.sim.replica import SimReplica
 
-_READS = (m.Query, m.QueryRealtime, m.QueryBreakdown, m.ListEvents, m.ListAlerts)
+_READS = (
+    m.Query,
+    m.QueryRealtime,
+    m.QueryBreakdown,
+    m.ListEvents,
+    m.ListAlerts,
+    m.SubscribeAlerts,
+)
 
 
 class Checker:
@@ -525,6 +532,12 @@ def _model_read(model: PartitionModel, req: m.Request, at: int, now: int) -> tup
             limit = min(req.limit, limits.list_page_alerts_max)
             alerts, cursor = model.list_alerts(req.account_id, req.after_cursor, limit, at)
             return 0, m.AlertsPage(alerts=alerts, next_cursor=cursor)
+        if isinstance(req, m.SubscribeAlerts):
+            limit = min(req.limit, limits.list_page_alerts_max)
+            alerts, cursor = model.list_alerts(req.account_id, req.after_cursor, limit, at)
+            return 0, m.Subscribed(
+                alerts=alerts, next_cursor=cursor, live_from=model.alerts_fired_by(at)
+            )
     except errors.UnimeterError as exc:
         return int(exc.status), None
     raise AssertionError(f"not a read: {req!r}")

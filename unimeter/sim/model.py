@@ -419,15 +419,20 @@ class PartitionModel:
         )
         return page, (page[-1].offset if len(visible) > limit else None)
 
+    def alerts_fired_by(self, at: int) -> int:
+        """How many alerts the entries up to ``at`` fired: the next alert's cursor."""
+        return bisect.bisect_right(self._alert_index, at)
+
     def list_alerts(
-        self, account: int, after: int, limit: int, at: int
+        self, account: int | None, after: int, limit: int, at: int
     ) -> tuple[tuple[StoredAlert, ...], int | None]:
+        """``account`` None: every account (a live subscriber's catch-up)."""
         cutoff = self.cutoff_at(at)
         visible = [
             a
             for index, a in self.alerts
             if index <= at
-            and a.account_id == account
+            and account in (None, a.account_id)
             and a.cursor > after
             and a.triggered_at_us >= cutoff
         ]

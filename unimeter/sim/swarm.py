@@ -232,7 +232,7 @@ def _compare(cluster: Cluster, replica: SimReplica, reqs: list[m.Request], why: 
     at = replica.partition.state.applied_index
     for req in reqs:
         checker: Checker = checkers.aggregates
-        if isinstance(req, m.ListAlerts):
+        if isinstance(req, m.ListAlerts | m.SubscribeAlerts):
             checker = checkers.alerts
         got = checkers.state_answer(replica, req)
         expected = checkers.model_answer(replica.group, req, at)
@@ -248,6 +248,9 @@ def _account_reads(cluster: Cluster, account: int, p: int) -> list[m.Request]:
     world = cluster.world
     return [
         m.ListAlerts(partition=p, account_id=account),
+        # A live subscriber's catch-up, of every account and of one in small pages.
+        m.SubscribeAlerts(partition=p, subscription_id=1),
+        m.SubscribeAlerts(partition=p, subscription_id=1, account_id=account, limit=2),
         m.ListEvents(
             partition=p,
             account_id=account,

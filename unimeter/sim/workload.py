@@ -229,6 +229,17 @@ class Workload:
         def build(partition: int, min_index: int) -> m.Request:
             if kind == "realtime":
                 return m.QueryRealtime(partition=partition, account_id=account, metric_code=code)
+            if kind == "alerts" and start % 3 == 0:
+                # A live subscriber's catch-up page (the sim has no pushes: the page is what it
+                # checks). Drawn from values already drawn, so seeds keep their streams.
+                return m.SubscribeAlerts(
+                    partition=partition,
+                    subscription_id=1,
+                    account_id=None if start % 2 else account,
+                    after_cursor=end % 3 - 1,
+                    limit=1 + end % 4,
+                    min_index=min_index,
+                )
             if kind == "alerts":
                 return m.ListAlerts(partition=partition, account_id=account, min_index=min_index)
             if kind == "events":
