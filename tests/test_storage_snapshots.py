@@ -273,14 +273,20 @@ async def test_node_snapshots_while_ingesting_and_restarts_exactly(
             partition_dirs(node)
         )
         if restart == "sigkill":
+            newest = [max(snapshot_indexes(d)) for d in partition_dirs(node)]
             node.kill()
         else:
-            assert node.terminate() == 0
+            assert node.terminate() == 0  # a clean stop snapshots: newer still
+            newest = [max(snapshot_indexes(d)) for d in partition_dirs(node)]
         node.start()
-        for snapshot_index, replayed in recovered_entries(node):
-            assert snapshot_index > 0
-            # Only the log after the newest snapshot is replayed, not the whole history.
-            assert replayed < 3 * SNAPSHOT_ENTRIES, (snapshot_index, replayed)
+        # Recovery starts from the newest snapshot on disk (a forked snapshot still running at
+        # the kill may land a newer one) and replays only the log after it, not the whole
+        # history. How many entries that is depends on when the last periodic snapshot ran, so
+        # it is not bounded here: on a loaded machine snapshots lag behind the writes.
+        for (snapshot_index, replayed), on_disk in zip(
+            recovered_entries(node), newest, strict=True
+        ):
+            assert snapshot_index >= on_disk > 0, (snapshot_index, on_disk, replayed)
         async with AsyncClient([node.address], request_timeout=20.0) as client:
             assert await totals(client) == expected_totals(batches)
             # Retried event ids stay duplicates across snapshots and restarts.
