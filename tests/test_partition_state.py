@@ -3,8 +3,10 @@
 The state machine drives random schemas (every aggregation and period type, dimensions,
 thresholds, recurrence, updates, new generations and deletions) and random batches that obey
 the leader's contract, and compares every read, lookup and apply result with the model, on the
-live state and on states restored from snapshots along the way. Examples of each rule, one test
-per rule, are in tests/test_partition_state_rules.py.
+live state and on states restored from snapshots along the way. A restored state must also hold
+exactly what its original held (``tests/state_structure.py``), re-encode to the same bytes, and
+stay equal to the live state, internals included, through every later entry. Examples of each
+rule, one test per rule, are in tests/test_partition_state_rules.py.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 from tests.partition_helpers import ADD, DAY, NONE, REMOVE, T0, E, H, batch_entry, schema_entry
 from tests.partition_model import SEEN, Model
+from tests.state_structure import structure
 from unimeter import errors
 from unimeter.actors.entries import BatchEntry, LiveMetric, SchemaEntry
 from unimeter.actors.partition_state import PartitionState, Seen
 from unimeter.model import AggType, AlertThreshold, DimensionFilter, MetricSchema, PeriodType
 
 CODES = ("m0", "m1")
-ACCOUNTS = (1, 2)
+ACCOUNTS = (1, 2**64 - 1)  # the largest account id does not fit an int64 column
+# Now and then a value so large that two of them sum past int64 (bignum columns).
+BIG = 2**62
 DIMS = {"region": ("eu", "us", "ap"), "tier": ("free", "pro")}
 PROP_CHOICES = {"region": ("eu", "us", "ap", "mars"), "tier": ("free", "pro", "gold"), "x": ("1",)}
 Draw = Callable[..., Any]  # st.DrawFn or DataObject.draw
@@ -213,7 +218,11 @@ class PartitionMachine(RuleBasedStateMachine):
                 E(
                     code,
                     account,
-                    data.draw(st.integers(0, 6) if unique else st.integers(-5, 20)),
+                    data.draw(
+                        st.integers(0, 6)
+                        if unique
+                        else st.integers(-5, 21).map(lambda v: BIG if v == 21 else v)
+                    ),
                     ts,
                     data.draw(st.sampled_from([ADD, ADD, NONE, REMOVE])),
                     props or None,
@@ -228,8 +237,20 @@ class PartitionMachine(RuleBasedStateMachine):
 
     @rule()
     def snapshot_round_trip(self) -> None:
-        restored = PartitionState.from_snapshot(self.states[0].snapshot())
-        self.states = [*self.states, restored][-3:]
+        """Restore the newest state (itself perhaps restored); keep the live state and the two
+        newest restored ones."""
+        newest = self.states[-1]
+        data = newest.snapshot()
+        restored = PartitionState.from_snapshot(data)
+        assert structure(restored) == structure(newest)
+        assert restored.snapshot() == data
+        self.states = [self.states[0], *self.states[1:][-1:], restored]
+
+    @invariant()
+    def restored_states_hold_what_the_live_one_holds(self) -> None:
+        expected = structure(self.states[0])
+        for state in self.states[1:]:
+            assert structure(state) == expected
 
     def check(self, method: str, *args: Any) -> None:
         """Call a read on the model and on every state: same answer or same error type."""

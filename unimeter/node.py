@@ -35,6 +35,7 @@ from unimeter.actors.partition import CatalogUpdate, PartitionCore
 from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.replicated import DiskState, PeerMessage, Recovered
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
+from unimeter.actors.state_snapshot import SnapshotFormatError
 from unimeter.admin_http import AdminServer
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.codec import CATALOG_GROUP
@@ -46,6 +47,7 @@ from unimeter.routing import PartitionCache
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
+from unimeter.storage.snapshot import snapshot_path
 from unimeter.storage.walformat import CorruptLogError
 from unimeter.tracefile import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
@@ -238,7 +240,12 @@ class Node:
         if app is None:
             state = PartitionState(p, retention_days=self.config.retention_days)
         else:
-            state = PartitionState.from_snapshot(app)
+            try:
+                state = PartitionState.from_snapshot(app)
+            except SnapshotFormatError as exc:
+                assert recovered.snapshot is not None
+                path = snapshot_path(directory, recovered.snapshot.index)
+                raise SnapshotFormatError(exc.version, str(path)) from None
         members = replicas_of(p, self.members, self.replication_factor)
         seed, created = self._rng.getrandbits(63), now_us()
         core = PartitionCore(
@@ -635,6 +642,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.critical(
             "event=corrupt_log file=%s offset=%d reason=%r action=refusing_to_start",
             exc.path, exc.offset, exc.reason,
+        )  # fmt: skip
+        raise SystemExit(2) from None
+    except SnapshotFormatError as exc:
+        # Written by another version of unimeter; nothing was modified.
+        log.critical(
+            "event=unreadable_snapshot file=%s version=%s reason=%r action=refusing_to_start",
+            exc.path, exc.version, str(exc),
         )  # fmt: skip
         raise SystemExit(2) from None
 
