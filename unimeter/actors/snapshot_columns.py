@@ -69,7 +69,7 @@ def words_bytes(arrays: Iterable[array[int]]) -> bytes:
     return blob if _LITTLE else _little(_native("q", blob))
 
 
-def words_of(blob: bytes) -> array[int]:
+def words_of(blob: bytes | memoryview) -> array[int]:
     return _native("q", blob)
 
 
@@ -222,7 +222,32 @@ def gather(records: list[Any], int_names: Sequence[str], ref_names: Sequence[str
     return ev_lengths.column(), b"".join(blobs), int_columns, refs
 
 
-def events_of(lengths: IntColumn, blob: bytes) -> tuple[Sequence[int], list[array[int]]]:
+class BlobWriter:
+    """Large byte strings written after the CBOR body, each referenced by its
+    ``[offset, length]``: cbor2 would copy each through its growing output buffer, and on
+    loading into a new bytes object, where the reader can take a slice of the input."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def add(self, blob: bytes) -> list[int]:
+        self.parts.append(blob)
+        self.size += len(blob)
+        return [self.size - len(blob), len(blob)]
+
+
+def blob_at(blobs: memoryview, ref: list[int]) -> memoryview:
+    offset, length = ref
+    assert offset >= 0 and offset + length <= len(blobs), "blob outside the snapshot"
+    return blobs[offset : offset + length]
+
+
+def events_of(
+    lengths: IntColumn, blob: bytes | memoryview
+) -> tuple[Sequence[int], list[array[int]]]:
     """Each record's event lengths and its own int64 array of events."""
     sizes = ints_of(lengths)
     return sizes, split(words_of(blob), sizes)

@@ -1,15 +1,17 @@
 """The partition's applied state as bytes, and back (DESIGN §3.3 snapshots).
 
-Format 3: ``b"UMPS" | u16 version`` (little-endian), then one CBOR map. A node refuses any other
-version (``SnapshotFormatError``) rather than guess. The map holds the partition's scalars and
-tables and, per metric instance and period, its records as *columns* (``snapshot_columns``):
-accounts, event counts, every event as one int64 byte string, sums, maxima, latest rows, unique
-sets as roaring bytes, and sparse columns (positions plus values) for what only some records
-carry: fired thresholds, event ids, dimension cells, removed sets. Encoding and decoding then do
-C-level work per column, not Python work per record: a snapshot must load faster than replaying
-the log it replaces. Event-id hashes are written as sorted uint64 arrays, not roaring bytes:
-random 64-bit hashes put one value in each roaring container, and serializing those costs
-several times more than listing them.
+Format 3, little-endian: ``b"UMPS" | u16 version | u64 n | n bytes: one CBOR map | blobs``.
+A node refuses any other version (``SnapshotFormatError``) rather than guess.
+
+The map holds the partition's scalars and tables and, per metric instance and period, its
+records as *columns* (``snapshot_columns``): accounts, event counts, sums, maxima, latest rows,
+unique sets as roaring bytes, and sparse columns (positions plus values) for what only some
+records carry: fired thresholds, event ids, dimension cells, removed sets. A period's events are
+one int64 byte string in the blob area, referenced from the map by offset and length, so neither
+encoding nor decoding copies them through CBOR. Encoding and decoding do C-level work per
+column, not Python work per record: a snapshot must load faster than replaying the log it
+replaces. Event-id hashes are sorted uint64 arrays, not roaring bytes: random 64-bit hashes put
+one value in each roaring container, and serializing those costs more than listing them.
 
 Only state is written, never caches (hot-loop period caches, recurring-set caches, cell lookups
 by property map): those are rebuilt on demand, so a restored state answers every read exactly
@@ -21,6 +23,7 @@ snapshots are byte-identical to those of a replica that never restarted.
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Sequence
 from itertools import chain, repeat, starmap
 from operator import itemgetter, rshift
@@ -50,7 +53,8 @@ from unimeter.wire.messages import StoredAlert
 
 FORMAT_VERSION = 3
 _MAGIC = b"UMPS"
-_PREFIX = struct.Struct("<4sH")
+_PREFIX = struct.Struct("<4sH")  # every version starts so
+_BODY_BYTES = struct.Struct("<Q")
 _NUM, _UNIQ, _DEAD = 0, 1, 2
 _RECORD_CLASS: dict[int, type] = {_NUM: NumRec, _UNIQ: UniqRec, _DEAD: DeadBucket}
 _BASE_CLASS: dict[int, type] = {_NUM: NumBase, _UNIQ: UniqBase}
@@ -132,26 +136,24 @@ _NUM_INTS = ("sum", "max", "last")
 _NUM_CELL_INTS = ("count", "sum", "max", "last")
 
 
-def _dump_num(records: list[NumRec]) -> list[Any]:
+def _dump_num(records: list[NumRec]) -> tuple[IntColumn, bytes, list[Any]]:
     lengths, events, ints, refs = c.gather(records, _NUM_INTS, ("eids", "fired", "cells"))
     where, maps = c.present(refs["cells"])
     cells: list[Any] | None = None
     if where:
         cell_lengths, ids, _, columns = c.dicts(maps, _NUM_CELL_INTS)
         cells = [c.ints(where), cell_lengths, c.ints(ids), *columns]
-    return [
-        lengths,
-        events,
+    block = [
         _dump_eids(refs["eids"]),
         *(ints[name] for name in _NUM_INTS),
         _dump_fired(refs["fired"]),
         cells,
     ]
+    return lengths, events, block
 
 
-def _load_num(block: list[Any]) -> list[Any]:
-    lengths, events, eids, sums, maxima, lasts, fired, cells = block
-    sizes, evs = c.events_of(lengths, events)
+def _load_num(block: list[Any], sizes: Sequence[int], evs: list[array[int]]) -> list[Any]:
+    eids, sums, maxima, lasts, fired, cells = block
     records = list(map(NumRec, c.ints_of(sums), c.ints_of(maxima), evs))
     last_rows = c.ints_of(lasts)
     if any(last_rows):
@@ -166,24 +168,22 @@ def _load_num(block: list[Any]) -> list[Any]:
     return records
 
 
-def _dump_uniq(records: list[UniqRec]) -> list[Any]:
+def _dump_uniq(records: list[UniqRec]) -> tuple[IntColumn, bytes, list[Any]]:
     names = ("eids", "present", "removed", "fired", "cells")
     lengths, events, _, refs = c.gather(records, (), names)
     where, removed = c.present(refs["removed"])
-    return [
-        lengths,
-        events,
+    block = [
         _dump_eids(refs["eids"]),
         list(map(BitMap64.serialize, refs["present"])),
         [c.ints(where), list(map(BitMap64.serialize, removed))] if where else None,
         _dump_fired(refs["fired"]),
         _dump_bitmap_cells(refs["cells"]),
     ]
+    return lengths, events, block
 
 
-def _load_uniq(block: list[Any]) -> list[Any]:
-    lengths, events, eids, present, removed, fired, cells = block
-    sizes, evs = c.events_of(lengths, events)
+def _load_uniq(block: list[Any], sizes: Sequence[int], evs: list[array[int]]) -> list[Any]:
+    eids, present, removed, fired, cells = block
     records = list(map(UniqRec, map(BitMap64.deserialize, present), evs))
     _load_eids(records, sizes, eids)
     if removed is not None:
@@ -194,16 +194,14 @@ def _load_uniq(block: list[Any]) -> list[Any]:
     return records
 
 
-def _dump_dead(records: list[DeadBucket]) -> list[Any]:
+def _dump_dead(records: list[DeadBucket]) -> tuple[IntColumn, bytes, list[Any]]:
     lengths, events, _, refs = c.gather(records, (), ("eids",))
-    return [lengths, events, _dump_eids(refs["eids"])]
+    return lengths, events, [_dump_eids(refs["eids"])]
 
 
-def _load_dead(block: list[Any]) -> list[Any]:
-    lengths, events, eids = block
-    sizes, evs = c.events_of(lengths, events)
+def _load_dead(block: list[Any], sizes: Sequence[int], evs: list[array[int]]) -> list[Any]:
     records = list(map(DeadBucket, evs, repeat(None)))
-    _load_eids(records, sizes, eids)
+    _load_eids(records, sizes, block[0])
     return records
 
 
@@ -211,15 +209,20 @@ _DUMP_RECORDS: dict[int, Any] = {_NUM: _dump_num, _UNIQ: _dump_uniq, _DEAD: _dum
 _LOAD_RECORDS: dict[int, Any] = {_NUM: _load_num, _UNIQ: _load_uniq, _DEAD: _load_dead}
 
 
-def _dump_period(kind: int, recs: dict[int, Record]) -> list[Any]:
+def _dump_period(kind: int, recs: dict[int, Record], blobs: c.BlobWriter) -> list[Any]:
     records = list(recs.values())
     assert set(map(type, records)) <= {_RECORD_CLASS[kind]}, "records of another kind"
-    return [c.ints(recs.keys()), _DUMP_RECORDS[kind](records)]
+    lengths, events, block = _DUMP_RECORDS[kind](records)
+    return [c.ints(recs.keys()), lengths, blobs.add(events), block]
 
 
-def _load_period(kind: int, row: list[Any], interned: dict[int, int]) -> dict[int, Record]:
-    accounts = c.ints_of(row[0])
-    records: list[Record] = _LOAD_RECORDS[kind](row[1])
+def _load_period(
+    kind: int, row: list[Any], interned: dict[int, int], blobs: memoryview
+) -> dict[int, Record]:
+    accounts_column, lengths, events, block = row
+    accounts = c.ints_of(accounts_column)
+    sizes, evs = c.events_of(lengths, c.blob_at(blobs, events))
+    records: list[Record] = _LOAD_RECORDS[kind](block, sizes, evs)
     return dict(zip(map(interned.setdefault, accounts, accounts), records, strict=True))
 
 
@@ -272,7 +275,7 @@ def _load_bases(kind: int, row: list[Any]) -> dict[int, Base]:
 # --------------------------------------------------------------------------- instances
 
 
-def _dump_instance(inst: Instance) -> list[Any]:
+def _dump_instance(inst: Instance, blobs: c.BlobWriter) -> list[Any]:
     kind = _kind(inst)
     return [
         inst.mid,
@@ -281,19 +284,19 @@ def _dump_instance(inst: Instance) -> list[Any]:
         inst.live,
         c.ints(inst.period_index.keys()),
         c.ints(map(itemgetter(1), inst.period_index.values())),
-        [[start, _dump_period(kind, recs)] for start, recs in inst.periods.items()],
+        [[start, _dump_period(kind, recs, blobs)] for start, recs in inst.periods.items()],
         _dump_bases(kind, inst.base),
     ]
 
 
-def _load_instance(row: list[Any], interned: dict[int, int]) -> Instance:
+def _load_instance(row: list[Any], interned: dict[int, int], blobs: memoryview) -> Instance:
     mid, generation, schema, live, starts, ends, periods, bases = row
     inst = Instance(mid, LiveMetric(generation=generation, schema=MetricSchema.from_wire(schema)))
     inst.live = live
     kind = _kind(inst)
     inst.period_index = {s: (s, e) for s, e in zip(c.ints_of(starts), c.ints_of(ends), strict=True)}
     for start, period in periods:
-        inst.periods[inst.period_index[start][0]] = _load_period(kind, period, interned)
+        inst.periods[inst.period_index[start][0]] = _load_period(kind, period, interned, blobs)
     if bases is not None:
         inst.base = _load_bases(kind, bases)
     return inst
@@ -351,6 +354,7 @@ def _load_alerts(log: AlertLog, row: list[Any]) -> None:
 
 def encode(state: PartitionState) -> bytes:
     with c.gc_paused():
+        blobs = c.BlobWriter()
         props = state._props
         prop_lengths, prop_keys, prop_values, _ = c.dicts(props.maps)
         body = {
@@ -366,12 +370,14 @@ def encode(state: PartitionState) -> bytes:
             # The live count at the last compaction decides when the next one runs.
             "props": [prop_lengths, c.strs(prop_keys), c.strs(prop_values), props._live_at_gc],
             "cells": [list(cell) for cell in state._cells.cells],
-            "instances": [_dump_instance(inst) for inst in state._instances.values()],
+            "instances": [_dump_instance(inst, blobs) for inst in state._instances.values()],
             "event_ids": [[day, c.u64s(ids)] for day, ids in state._ids.days.items()],
             "producers": state._producers.dump(),
             "alerts": _dump_alerts(state._alerts),
         }
-        return _PREFIX.pack(_MAGIC, FORMAT_VERSION) + cbor2.dumps(body)
+        encoded = cbor2.dumps(body)
+        head = _PREFIX.pack(_MAGIC, FORMAT_VERSION) + _BODY_BYTES.pack(len(encoded))
+        return b"".join([head, encoded, *blobs.parts])
 
 
 def decode(data: bytes) -> PartitionState:
@@ -380,7 +386,11 @@ def decode(data: bytes) -> PartitionState:
     if version != FORMAT_VERSION:
         raise SnapshotFormatError(version)
     with c.gc_paused():
-        body = cbor2.loads(memoryview(data)[_PREFIX.size :])
+        view = memoryview(data)
+        (body_bytes,) = _BODY_BYTES.unpack_from(view, _PREFIX.size)
+        start = _PREFIX.size + _BODY_BYTES.size
+        body = cbor2.loads(view[start : start + body_bytes])
+        blobs = view[start + body_bytes :]
         state = PartitionState(
             body["partition"],
             retention_days=body["retention_days"],
@@ -397,7 +407,7 @@ def decode(data: bytes) -> PartitionState:
         state._props._live_at_gc = live_at_gc
         state._cells.restore([tuple(map(tuple, cell)) for cell in body["cells"]])
         for row in body["instances"]:
-            inst = _load_instance(row, state._accounts)
+            inst = _load_instance(row, state._accounts, blobs)
             state._instances[inst.mid] = inst
             if inst.live:
                 state._live[inst.code] = inst
