@@ -3,7 +3,9 @@
 In one process, a ``PartitionState`` is filled through ``apply`` (batch-500 entries, 5 SUM
 metrics, CALENDAR periods, every event stamped as the leader logs it), then
 ``state_snapshot.encode`` and ``decode`` are timed (``time.process_time``, best of
-``--repeat``) and the decoded state is encoded again to check it gives the same bytes.
+``--repeat``) and the decoded state is encoded again to check it gives the same bytes. With
+``--baseline FILE`` another version of ``state_snapshot.py`` is measured on the same states,
+alternating with the current one.
 Workloads, each ``--cells`` (account, metric) cells:
 
 - ``1ev``: one event per cell (the recovery benchmark's shape);
@@ -19,11 +21,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import random
 import time
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bench import workload
@@ -74,35 +77,50 @@ def build(kind: str, cells: int) -> PartitionState:
     return state
 
 
-def measure(kind: str, cells: int, repeat: int) -> dict[str, Any]:
+def _load_codec(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("baseline_state_snapshot", path)
+    assert spec is not None and spec.loader is not None, f"cannot load {path}"
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _timed(call: Callable[[], Any]) -> tuple[float, Any]:
+    gc.collect()
+    t0 = time.process_time()
+    result = call()
+    return time.process_time() - t0, result
+
+
+def measure(kind: str, cells: int, repeat: int, codecs: dict[str, Any]) -> dict[str, Any]:
+    """Each codec encodes the same state and decodes its own bytes, ``repeat`` rounds with the
+    codecs alternating (so a busy neighbour weighs on all of them alike); best round kept."""
     state = build(kind, cells)
-    gc.collect()
-    encode_s = decode_s = float("inf")
-    data = b""
+    encode_s = dict.fromkeys(codecs, float("inf"))
+    decode_s = dict.fromkeys(codecs, float("inf"))
+    data: dict[str, bytes] = {}
     for _ in range(repeat):
-        t0 = time.process_time()
-        data = state_snapshot.encode(state)
-        encode_s = min(encode_s, time.process_time() - t0)
+        for name, codec in codecs.items():
+            took, data[name] = _timed(lambda codec=codec, state=state: codec.encode(state))
+            encode_s[name] = min(encode_s[name], took)
     del state
-    gc.collect()
-    restored = None
+    same = {}
     for _ in range(repeat):
-        restored = None
-        gc.collect()
-        t0 = time.process_time()
-        restored = state_snapshot.decode(data)
-        decode_s = min(decode_s, time.process_time() - t0)
-    assert restored is not None
-    same = state_snapshot.encode(restored) == data
+        for name, codec in codecs.items():
+            took, restored = _timed(lambda codec=codec, name=name: codec.decode(data[name]))
+            decode_s[name] = min(decode_s[name], took)
+            same[name] = codec.encode(restored) == data[name]
+            del restored
     scale = 1e6 / cells
-    return {
-        "workload": kind,
-        "cells": cells,
-        "encode_s_per_m_cells": round(encode_s * scale, 3),
-        "decode_s_per_m_cells": round(decode_s * scale, 3),
-        "mb_per_m_cells": round(len(data) * scale / 1e6, 1),
-        "re_encode_identical": same,
-    }
+    out: dict[str, Any] = {"workload": kind, "cells": cells}
+    for name in codecs:
+        out[name] = {
+            "encode_s_per_m_cells": round(encode_s[name] * scale, 3),
+            "decode_s_per_m_cells": round(decode_s[name] * scale, 3),
+            "mb_per_m_cells": round(len(data[name]) * scale / 1e6, 1),
+            "re_encode_identical": same[name],
+        }
+    return out
 
 
 def main() -> None:
@@ -110,10 +128,20 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--only", default=",".join(WORKLOADS))
+    parser.add_argument(
+        "--baseline",
+        metavar="FILE",
+        help="another state_snapshot.py to measure alongside, e.g. an older commit's "
+        "(git show COMMIT:unimeter/actors/state_snapshot.py > /tmp/old_snapshot.py)",
+    )
     args = parser.parse_args()
+    codecs: dict[str, Any] = {}
+    if args.baseline:
+        codecs["baseline"] = _load_codec(args.baseline)
+    codecs["current"] = state_snapshot
     for kind in args.only.split(","):
         assert kind in WORKLOADS, f"unknown workload {kind!r}; one of {WORKLOADS}"
-        print(json.dumps(measure(kind, args.cells, args.repeat)), flush=True)
+        print(json.dumps(measure(kind, args.cells, args.repeat, codecs)), flush=True)
 
 
 if __name__ == "__main__":
