@@ -89,5 +89,9 @@ def structure(state: PartitionState) -> dict[str, Any]:
             (pid, _bitmap(p.seqs), p.last_day, list(p.replies.items()))
             for pid, p in producers.items()
         ],
-        "alerts": (state._alerts.next_cursor, list(state._alerts.by_account.items())),
+        "alerts": (
+            state._alerts.next_cursor,
+            list(state._alerts.by_account.items()),
+            list(state._alerts.ordered),
+        ),
     }

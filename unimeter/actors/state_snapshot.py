@@ -26,7 +26,7 @@ import struct
 from array import array
 from collections.abc import Sequence
 from itertools import chain, repeat, starmap
-from operator import itemgetter, rshift
+from operator import attrgetter, itemgetter, rshift
 from typing import Any
 
 import cbor2
@@ -347,6 +347,7 @@ def _load_alerts(log: AlertLog, row: list[Any]) -> None:
     ]
     log.next_cursor = next_cursor
     log.by_account = dict(zip(accounts, c.split(alerts, lengths), strict=True))
+    log.ordered = sorted(alerts, key=attrgetter("cursor"))  # cursors follow append order
 
 
 # --------------------------------------------------------------------------- the whole state
