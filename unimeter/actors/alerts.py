@@ -110,37 +110,6 @@ class AlertLog:
             else:
                 del self.by_account[account_id]
 
-    def dump(self) -> list[object]:
-        rows = [
-            [
-                a.account_id,
-                a.metric_code,
-                a.threshold_code,
-                a.value_at_cross,
-                a.triggered_at_us,
-                a.cursor,
-            ]
-            for alerts in self.by_account.values()
-            for a in alerts
-        ]
-        return [self.next_cursor, rows]
-
-    def load(self, data: list[object]) -> None:
-        next_cursor, rows = data
-        assert isinstance(next_cursor, int) and isinstance(rows, list)
-        self.next_cursor = next_cursor
-        for account_id, metric, threshold, value, at_us, cursor in sorted(rows, key=lambda r: r[5]):
-            alert = StoredAlert(
-                account_id=account_id,
-                metric_code=metric,
-                threshold_code=threshold,
-                value_at_cross=value,
-                triggered_at_us=at_us,
-                cursor=cursor,
-            )
-            self.ordered.append(alert)
-            self.by_account.setdefault(account_id, []).append(alert)
-
 
 def _page(
     alerts: list[StoredAlert], after_cursor: int, limit: int, visible_from_us: int

@@ -58,16 +58,6 @@ class EventIdIndex:
         for day in [d for d in self.days if d < oldest_kept_day]:
             self.combined.difference_update(self.days.pop(day))
 
-    def dump(self) -> list[list[object]]:
-        return [[day, members.serialize()] for day, members in sorted(self.days.items())]
-
-    def load(self, rows: list[list[object]]) -> None:
-        for day, blob in rows:
-            assert isinstance(day, int) and isinstance(blob, bytes)
-            members = BitMap64.deserialize(blob)
-            self.days[day] = members
-            self.combined |= members
-
 
 @dataclass(frozen=True, slots=True)
 class Seen:
