@@ -22,7 +22,7 @@ from bench.report import Figure, Results
 from bench.settings import Settings
 from bench.stats import summary
 from unimeter import AsyncClient, Event, current_month
-from unimeter.routing import PartitionCache
+from unimeter.client.cluster_map import Partitioner
 from unimeter.wire.codec import ClientCodec
 from unimeter.wire.messages import Ingest
 
@@ -112,7 +112,7 @@ def library_cost(rounds: int) -> dict[str, float]:
     rng = random.Random(3)
     lists = [_events(rng, 500) for _ in range(EVENT_LISTS)]
     codec = ClientCodec()
-    route = PartitionCache(settings.PARTITIONS)  # what the client's partition map uses
+    route = Partitioner(settings.PARTITIONS).many  # what the client's partition map uses
     request_id = 0
     t0 = time.process_time()
     for r in range(rounds):

@@ -33,7 +33,6 @@ from unimeter.errors import (
     AuthError,
     ClosedError,
     InvalidRequestError,
-    NotLeaderError,
     UnavailableError,
     UnimeterError,
 )
@@ -71,7 +70,8 @@ from unimeter.wire.messages import (
 from . import convert
 from .alerts import AlertsApi
 from .batching import build_groups, empty_result, validate_events
-from .cluster_map import ClusterMap, split_address
+from .cluster_map import ANY_NODE, ClusterMap, Router, split_address
+from .connection import Exchange
 from .ingest import send_groups
 from .metrics import MetricsApi
 from .paging import Pages
@@ -80,8 +80,6 @@ from .retry import Attempts, Backoff, retry_until
 from .session import Session
 
 log = logging.getLogger("unimeter.client")
-
-ANY_NODE = -1  # the routing target of requests any node can serve (catalog, cluster status)
 
 
 class _State(enum.Enum):
@@ -118,18 +116,18 @@ class AsyncClient:
         self._pool = NodePool(hello, dial_timeout_s=self._request_timeout)
         self._session = Session()
         self._map = ClusterMap()
+        self._router = Router(self._map, self._seeds)
         self._rng = random.Random()  # backoff jitter only
         self._state = _State.NEW
         self._connect_lock = asyncio.Lock()
         self._refresher: asyncio.Task[None] | None = None
         self._map_fetch: asyncio.Task[None] | None = None
         self._refresh_failing = False
-        self._any_hint: str | None = None  # the catalog leader, as a NOT_LEADER named it
-        self._any_turn = 0  # rotates the node for ANY_NODE requests after a failure
         self._events_per_batch_max = limits.events_per_batch_max
         self._frame_bytes_max = limits.frame_bytes_max
         self.metrics = MetricsApi(self._catalog_call, self._session)
         self.alerts = AlertsApi(self)  # live subscriptions: client.alerts.subscribe(...)
+        self._sender = _Sender(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -208,12 +206,12 @@ class AsyncClient:
             await self._ensure_open()
         groups = build_groups(
             batch,
-            self._map.partition_of,
+            self._map.partitions_of,
             events_per_batch_max=self._events_per_batch_max,
             frame_bytes_max=self._frame_bytes_max,
         )
         return await send_groups(
-            groups, self._session, self._call, sync=sync, deadline=self._deadline()
+            groups, self._session, self._sender, sync=sync, deadline=self._deadline()
         )
 
     # ------------------------------------------------------------------ reads
@@ -230,7 +228,10 @@ class AsyncClient:
         code = convert.metric_code(metric_code)
         start_us, end_us = convert.period_us(period)
         pairs = convert.filters(filters)
-        partition = await self._partition_of(account)
+        if self._state is _State.OPEN:
+            partition = self._map.partition_of(account)
+        else:
+            partition = await self._partition_of(account)
         request = Query(
             partition=partition,
             account_id=account,
@@ -248,7 +249,10 @@ class AsyncClient:
         """The current period's aggregate, from the leader's memory."""
         account = convert.account_id(account_id)
         code = convert.metric_code(metric_code)
-        partition = await self._partition_of(account)
+        if self._state is _State.OPEN:
+            partition = self._map.partition_of(account)
+        else:
+            partition = await self._partition_of(account)
         request = QueryRealtime(
             partition=partition,
             account_id=account,
@@ -343,10 +347,30 @@ class AsyncClient:
     # ------------------------------------------------------------------ routing and retries
 
     async def _call(
-        self, target: int, request: Request, deadline: float, attempts: Attempts | None = None
+        self,
+        target: int,
+        request: Request,
+        deadline: float,
+        attempts: Attempts | None = None,
+        failed: UnimeterError | None = None,
     ) -> Reply:
         """Send ``request`` to the node serving ``target`` (a partition or ``ANY_NODE``),
-        retrying retriable failures until ``deadline``."""
+        retrying retriable failures until ``deadline``; ``failed`` is the retriable error of an
+        attempt the caller already made."""
+        if attempts is None and failed is None:
+            # The common case, without the retry machinery's allocations: the first attempt on
+            # a connection that is already open. Anything else takes the general path.
+            try:
+                connection = self._pool.ready(self._router.address_for(target))
+            except UnimeterError:
+                connection = None  # no leader known: the general path retries that
+            if connection is not None:
+                try:
+                    return await connection.request(request, deadline)
+                except UnimeterError as exc:
+                    if not exc.retriable:
+                        raise
+                    failed = exc
 
         async def attempt() -> Reply:
             connection = await self._pool.get(self._address_for(target), deadline)
@@ -363,36 +387,29 @@ class AsyncClient:
             backoff=Backoff(self._rng),
             before_retry=before_retry,
             attempts=attempts,
+            failed=failed,
         )
+
+    def _start(self, target: int, request: Request, deadline: float) -> Exchange | None:
+        """Write ``request`` to ``target``'s node now, if its connection is open and free."""
+        try:
+            connection = self._pool.ready(self._router.address_for(target))
+            return None if connection is None else connection.start(request, deadline)
+        except UnimeterError as exc:
+            if exc.retriable:
+                return None  # the general path retries it
+            raise
 
     async def _catalog_call(self, request: Request, attempts: Attempts) -> Reply:
         await self._ensure_open()
         return await self._call(ANY_NODE, request, self._deadline(), attempts)
 
     def _address_for(self, target: int) -> str:
-        if target == ANY_NODE:
-            if self._any_hint is not None:
-                return self._any_hint
-            addresses = self._map.addresses() or self._seeds
-            return addresses[self._any_turn % len(addresses)]
-        address = self._map.leader_address(target)
-        if address is None:
-            raise UnavailableError(f"partition {target} has no known leader")
-        return address
+        return self._router.address_for(target)
 
     def _reroute(self, target: int, exc: UnimeterError) -> None:
-        hint = exc.leader if isinstance(exc, NotLeaderError) else None
-        if target == ANY_NODE:
-            if hint is not None:
-                self._any_hint = hint
-            elif exc.refresh_routing:
-                self._any_hint = None
-                self._any_turn += 1
-        elif hint is not None:
-            self._map.note_leader(target, hint)
-        elif exc.refresh_routing:
-            self._map.forget_leader(target)
-        if exc.refresh_routing:
+        """Learn from a retriable failure where ``target``'s requests go now."""
+        if self._router.reroute(target, exc):
             self._refresh_soon()
 
     async def _partition_of(self, account_id: int) -> int:
@@ -477,6 +494,28 @@ class AsyncClient:
         while True:
             await asyncio.sleep(limits.map_refresh_s)
             self._refresh_soon()
+
+
+class _Sender:
+    """``ingest.Sender`` for this client: writes at once on an open connection, else takes
+    the retrying path."""
+
+    __slots__ = ("_client",)
+
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+
+    def start(self, target: int, request: Request, deadline: float) -> Exchange | None:
+        return self._client._start(target, request, deadline)
+
+    async def call(
+        self,
+        target: int,
+        request: Request,
+        deadline: float,
+        failed: UnimeterError | None = None,
+    ) -> Reply:
+        return await self._client._call(target, request, deadline, failed=failed)
 
 
 def _log_failure(task: asyncio.Task[None]) -> None:

@@ -10,11 +10,13 @@ with a newer epoch (which already knows about that leadership change) clears the
 
 from __future__ import annotations
 
-from unimeter.errors import ProtocolError
-from unimeter.routing import PartitionCache
+from unimeter.errors import NotLeaderError, ProtocolError, UnavailableError, UnimeterError
+from unimeter.routing import partition_of
 from unimeter.wire.messages import PartitionMap
 
 NO_LEADER = -1
+ANY_NODE = -1  # the routing target of requests any node can serve (catalog, cluster status)
+_PARTITION_MEMO_MAX = 1 << 20  # accounts remembered (about 100 MB at most)
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -30,6 +32,43 @@ def split_address(address: str) -> tuple[str, int]:
     return host, port
 
 
+class Partitioner:
+    """``routing.partition_of`` for one partition count, remembered per account (bounded: the
+    memory is dropped when it grows past ``size_max``); ``many`` routes a whole column with
+    C-level dictionary lookups once its accounts have been seen."""
+
+    __slots__ = ("_memo", "_size_max", "partitions")
+
+    def __init__(self, partitions: int, *, size_max: int = _PARTITION_MEMO_MAX) -> None:
+        assert partitions >= 1
+        self.partitions = partitions
+        self._memo: dict[int, int] = {}
+        self._size_max = size_max
+
+    def __call__(self, account_id: int) -> int:
+        partition = self._memo.get(account_id)
+        if partition is None:
+            if len(self._memo) >= self._size_max:
+                self._memo = {}
+            partition = self._memo[account_id] = partition_of(account_id, self.partitions)
+        return partition
+
+    def many(self, account_ids: list[int]) -> list[int]:
+        """The partition of each account in ``account_ids`` (valid account ids)."""
+        memo = self._memo
+        try:
+            return list(map(memo.__getitem__, account_ids))
+        except KeyError:
+            pass
+        new = set(account_ids).difference(memo)
+        if len(memo) + len(new) > self._size_max:
+            memo = self._memo = {}
+            new = set(account_ids)
+        n = self.partitions
+        memo.update({a: partition_of(a, n) for a in new})
+        return list(map(memo.__getitem__, account_ids))
+
+
 class ClusterMap:
     __slots__ = ("_hints", "_partition_of", "epoch", "leaders", "nodes")
 
@@ -38,7 +77,7 @@ class ClusterMap:
         self.nodes: dict[int, str] = {}
         self.leaders: tuple[int, ...] = ()
         self._hints: dict[int, str] = {}
-        self._partition_of: PartitionCache | None = None
+        self._partition_of: Partitioner | None = None
 
     @property
     def known(self) -> bool:
@@ -72,12 +111,16 @@ class ClusterMap:
         self.nodes = dict(new.nodes)
         self.leaders = tuple(new.leaders)
         if self._partition_of is None:
-            self._partition_of = PartitionCache(new.partitions)
+            self._partition_of = Partitioner(new.partitions)
         return True
 
     def partition_of(self, account_id: int) -> int:
         assert self._partition_of is not None, "no partition map yet"
         return self._partition_of(account_id)
+
+    def partitions_of(self, account_ids: list[int]) -> list[int]:
+        assert self._partition_of is not None, "no partition map yet"
+        return self._partition_of.many(account_ids)
 
     def leader_address(self, partition: int) -> str | None:
         """Where to send a request for ``partition``; None when no leader is known."""
@@ -100,3 +143,52 @@ class ClusterMap:
     def addresses(self) -> list[str]:
         """Every node's address, in node-id order."""
         return [self.nodes[node_id] for node_id in sorted(self.nodes)]
+
+
+class Router:
+    """Which node a request goes to, and what a retriable failure teaches about that. Shared by
+    ``AsyncClient`` and the simulator's clients, so the two cannot route differently.
+
+    A partition's requests go to its leader: a NOT_LEADER hint, else the map. Requests any node
+    can serve (``ANY_NODE``: catalog, cluster status) go to the catalog leader a NOT_LEADER
+    named, else to one known node (the seeds before a map arrives), moving to the next one after
+    a routing failure.
+    """
+
+    __slots__ = ("_any_hint", "_any_turn", "_map", "_seeds")
+
+    def __init__(self, cluster_map: ClusterMap, seeds: list[str]) -> None:
+        assert seeds
+        self._map = cluster_map
+        self._seeds = seeds
+        self._any_hint: str | None = None
+        self._any_turn = 0
+
+    def address_for(self, target: int) -> str:
+        """The address for ``target`` (a partition or ``ANY_NODE``); ``UnavailableError``
+        (retriable) while the partition has no known leader."""
+        if target == ANY_NODE:
+            if self._any_hint is not None:
+                return self._any_hint
+            addresses = self._map.addresses() or self._seeds
+            return addresses[self._any_turn % len(addresses)]
+        address = self._map.leader_address(target)
+        if address is None:
+            raise UnavailableError(f"partition {target} has no known leader")
+        return address
+
+    def reroute(self, target: int, exc: UnimeterError) -> bool:
+        """Learn from the retriable failure ``exc`` of a request for ``target``; True when the
+        partition map should be refreshed."""
+        hint = exc.leader if isinstance(exc, NotLeaderError) else None
+        if target == ANY_NODE:
+            if hint is not None:
+                self._any_hint = hint
+            elif exc.refresh_routing:
+                self._any_hint = None
+                self._any_turn += 1
+        elif hint is not None:
+            self._map.note_leader(target, hint)
+        elif exc.refresh_routing:
+            self._map.forget_leader(target)
+        return exc.refresh_routing

@@ -1,10 +1,13 @@
 """One pipelined connection to one node, and the pool that keeps one per node address.
 
 Theory of operation. ``Connection`` is an ``asyncio.Protocol`` around the sans-I/O
-``ClientCodec``: ``request`` encodes a whole frame and hands it to the transport in one
-``write`` (so frames never interleave), parks a future under the request id and awaits it;
+``ClientCodec``: ``request`` encodes a whole frame and hands it to the transport (whole frames
+only, so they never interleave), parks a future under the request id and awaits it;
 ``data_received`` feeds the codec and resolves the futures of whatever frames completed, in
-whatever order they arrive. There is no reader task: the transport calls us.
+whatever order they arrive. There is no reader task: the transport calls us. ``start`` is the
+same without the waiting: it queues the frame for the next ``flush`` (several requests, one
+system call) and returns an ``Exchange`` to await later. One timer per connection keeps every
+request's deadline (``deadlines.py``); a request past it gets ``TimeoutError``.
 
 Live alert subscriptions (``alerts.py``) share the connection: ``open_stream`` registers a
 ``PushSink`` under a fresh subscription id, pushes for that id are handed to it as they are
@@ -24,7 +27,8 @@ import asyncio
 import builtins
 import enum
 import logging
-from typing import Protocol, cast
+from collections.abc import Coroutine
+from typing import Any, Protocol, cast
 
 from unimeter import limits
 from unimeter.errors import (
@@ -51,6 +55,7 @@ from unimeter.wire.messages import (
 )
 
 from .cluster_map import split_address
+from .deadlines import Deadlines
 
 log = logging.getLogger("unimeter.client")
 
@@ -81,13 +86,16 @@ class Connection(asyncio.Protocol):
         self._failure: UnimeterError | None = None  # why BROKEN/CLOSED (a template, not raised)
         self._codec = ClientCodec()
         self._transport: asyncio.Transport | None = None
-        self._pending: dict[int, asyncio.Future[ResponseFrame]] = {}
+        self._pending: dict[int, asyncio.Future[ResponseFrame | None]] = {}
+        loop = asyncio.get_running_loop()
+        self._deadlines = Deadlines(loop, self._pending)
+        self._outbox: list[bytes] = []  # frames of started requests not written yet
         self._next_id = 0
         self._in_flight_max = limits.in_flight_requests_per_connection_max
         self._slot_waiters: list[asyncio.Future[None]] = []
         self._write_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
-        self._lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._lost: asyncio.Future[None] = loop.create_future()
         self._sinks: dict[int, PushSink] = {}
         self._next_sid = 0
 
@@ -156,15 +164,64 @@ class Connection(asyncio.Protocol):
         """Send ``message`` and return its reply; a non-OK status raises its error class."""
         if self._state is not _State.READY:
             raise self._refusal()
-        return await self._exchange(message, deadline)
+        if len(self._pending) >= self._in_flight_max:
+            await self._wait_for_slot(deadline)
+        return await self._answer(self._send(message, deadline))
+
+    def start(self, message: Request, deadline: float) -> Exchange | None:
+        """Send ``message`` without waiting for anything: its frame is written by the next
+        ``flush`` (so several requests share one system call). None when it cannot be sent at
+        once (not ready, no free slot, writes paused: ``request`` waits for those). Raises the
+        typed error of a message that cannot be encoded or of a transport closing."""
+        if (
+            self._state is not _State.READY
+            or len(self._pending) >= self._in_flight_max
+            or self._write_paused
+        ):
+            return None
+        return self._send(message, deadline, flush=False)
+
+    def flush(self) -> None:
+        """Write the frames of the requests started since the last flush."""
+        if self._outbox:
+            frames, self._outbox = self._outbox, []
+            assert self._transport is not None
+            self._transport.writelines(frames)
 
     async def _exchange(self, message: Request, deadline: float) -> Reply:
+        await self._wait_for_slot(deadline)
+        return await self._answer(self._send(message, deadline))
+
+    async def _wait_for_slot(self, deadline: float) -> None:
         while len(self._pending) >= self._in_flight_max:
             await self._wait(self._slot_waiters, deadline)
             if self._state not in (_State.READY, _State.CONNECTING):
                 raise self._refusal()
-        assert self._transport is not None
-        if self._transport.is_closing():
+
+    async def _answer(self, exchange: Exchange) -> Reply:
+        """The reply to ``exchange``; a non-OK status raises its error class, the deadline
+        ``TimeoutError``."""
+        try:
+            if self._write_paused:
+                await self._wait(self._drain_waiters, exchange.deadline)
+            response = await exchange.future
+        finally:
+            self._settle(exchange)
+        if response is None:
+            raise TimeoutError(
+                f"{type(exchange.message).__name__} to {self.address} got no answer in time"
+            )
+        if response.status != Status.OK:
+            message = response.message
+            if isinstance(message, ErrorReply):
+                raise error_for(response.status, message.message, message.leader)
+            raise error_for(response.status, f"status {response.status} without an error body")
+        return response.message
+
+    def _send(self, message: Request, deadline: float, *, flush: bool = True) -> Exchange:
+        transport = self._transport
+        assert transport is not None
+        if transport.is_closing():
             # The peer is gone and connection_lost has not run yet: a write now would vanish.
             raise UnavailableError(f"connection to {self.address} is closing")
         request_id = self._new_request_id()
@@ -174,29 +231,26 @@ class Connection(asyncio.Protocol):
             raise
         except (ValueError, TypeError, OverflowError) as exc:
             raise InvalidRequestError(f"cannot encode {type(message).__name__}: {exc}") from None
-        future: asyncio.Future[ResponseFrame] = asyncio.get_running_loop().create_future()
+        # None as the result means the deadline passed (``Deadlines``).
+        future: asyncio.Future[ResponseFrame | None] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
-        try:
-            self._transport.write(frame)
-            if self._write_paused:
-                await self._wait(self._drain_waiters, deadline)
-            async with asyncio.timeout_at(deadline):
-                response = await future
-        except builtins.TimeoutError:
-            raise TimeoutError(
-                f"{type(message).__name__} to {self.address} got no answer in time"
-            ) from None
-        finally:
-            if self._pending.pop(request_id, None) is not None:
-                # We gave up (deadline or cancellation): the codec must not keep its kind.
-                self._codec.forget(request_id)
-                self._release_slot()
-        if response.status != Status.OK:
-            reply = response.message
-            if isinstance(reply, ErrorReply):
-                raise error_for(response.status, reply.message, reply.leader)
-            raise error_for(response.status, f"status {response.status} without an error body")
-        return response.message
+        self._deadlines.add(deadline, request_id)
+        self._outbox.append(frame)
+        exchange = Exchange(self, message, request_id, deadline, future)
+        if flush:
+            try:
+                self.flush()
+            except BaseException:
+                self._settle(exchange)
+                raise
+        return exchange
+
+    def _settle(self, exchange: Exchange) -> None:
+        """The exchange is over (answered, failed, timed out or abandoned)."""
+        if self._pending.pop(exchange.request_id, None) is not None:
+            # We gave up (deadline or cancellation): the codec must not keep its kind.
+            self._codec.forget(exchange.request_id)
+            self._release_slot()
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -306,8 +360,12 @@ class Connection(asyncio.Protocol):
         assert self._state in (_State.READY, _State.CONNECTING)
         self._state = state
         self._failure = failure
-        pending, self._pending = self._pending, {}
-        for future in pending.values():
+        # Cleared in place: ``Deadlines`` holds the same dict.
+        pending = list(self._pending.values())
+        self._pending.clear()
+        self._deadlines.close()
+        self._outbox.clear()  # never written: their futures fail below
+        for future in pending:
             if not future.done():
                 # A fresh instance per waiter: one exception object raised in several tasks
                 # would collect all their tracebacks.
@@ -317,6 +375,39 @@ class Connection(asyncio.Protocol):
         sinks, self._sinks = self._sinks, {}
         for sink in sinks.values():
             sink.lost(type(failure)(failure.message))
+
+
+class Exchange:
+    """One request written to a connection: ``reply`` awaits its answer, ``abandon`` gives up
+    on it without waiting (a reply that comes later is dropped)."""
+
+    __slots__ = ("connection", "deadline", "future", "message", "request_id")
+
+    def __init__(
+        self,
+        connection: Connection,
+        message: Request,
+        request_id: int,
+        deadline: float,
+        future: asyncio.Future[ResponseFrame | None],
+    ) -> None:
+        self.connection = connection
+        self.message = message
+        self.request_id = request_id
+        self.deadline = deadline
+        self.future = future
+
+    def reply(self) -> Coroutine[Any, Any, Reply]:
+        """The reply; a non-OK status raises its error class, the deadline ``TimeoutError``."""
+        return self.connection._answer(self)  # no coroutine of its own: one level less
+
+    def flush(self) -> None:
+        """Write this request's frame if it is still waiting (with any others waiting)."""
+        self.connection.flush()
+
+    def abandon(self) -> None:
+        self.future.cancel()
+        self.connection._settle(self)
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:

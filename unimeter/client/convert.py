@@ -24,7 +24,15 @@ def expect(reply: Reply, cls: type[_R]) -> _R:
     return reply
 
 
+_ACCOUNT_ID_MAX = limits.account_id_max
+# Metric codes ``validate_code`` accepted before: a set lookup instead of a regex per call.
+_valid_codes: set[str] = set()
+_VALID_CODES_MAX = 4096
+
+
 def account_id(value: object) -> int:
+    if type(value) is int and 0 <= value <= _ACCOUNT_ID_MAX:
+        return value
     try:
         return model.validate_account_id(value)
     except ValueError as exc:
@@ -32,10 +40,17 @@ def account_id(value: object) -> int:
 
 
 def metric_code(value: object) -> str:
+    if type(value) is str and value in _valid_codes:
+        return value
     try:
-        return model.validate_code(value)
+        code = model.validate_code(value)
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from None
+    if type(code) is str:
+        if len(_valid_codes) >= _VALID_CODES_MAX:
+            _valid_codes.clear()
+        _valid_codes.add(code)
+    return code
 
 
 def period_us(period: object) -> tuple[int, int]:

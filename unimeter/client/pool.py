@@ -26,6 +26,11 @@ class NodePool:
         self._dials: dict[str, asyncio.Task[Connection]] = {}
         self._closed = False
 
+    def ready(self, address: str) -> Connection | None:
+        """The connection to ``address`` if it is open and usable now (no dial, no wait)."""
+        connection = self._connections.get(address)
+        return connection if connection is not None and connection.usable else None
+
     async def get(self, address: str, deadline: float) -> Connection:
         connection = self._connections.get(address)
         if connection is not None and connection.usable:

@@ -60,22 +60,31 @@ async def retry_until(
     backoff: Backoff,
     before_retry: Callable[[UnimeterError], None],
     attempts: Attempts | None = None,
+    failed: UnimeterError | None = None,
 ) -> _T:
     """Run ``attempt`` until it succeeds, fails with a non-retriable error, or the next wait
     would end past ``deadline`` (loop time); then its last error is raised, with a note.
-    ``before_retry`` sees every retriable failure first (to re-route, or to raise instead)."""
+    ``before_retry`` sees every retriable failure first (to re-route, or to raise instead).
+    ``failed`` is the retriable error of an attempt the caller already made itself (its fast
+    path): the loop starts by retrying it."""
     loop = asyncio.get_running_loop()
     counter = attempts if attempts is not None else Attempts()
-    while True:
+    if failed is not None:
+        assert failed.retriable
         counter.count += 1
-        try:
-            return await attempt()
-        except UnimeterError as exc:
-            if not exc.retriable:
-                raise
-            before_retry(exc)
-            delay = backoff.next_delay()
-            if loop.time() + delay >= deadline:
-                exc.add_note(f"gave up after {counter.count} attempt(s): the deadline passed")
-                raise
-            await asyncio.sleep(delay)
+    while True:
+        if failed is None:
+            counter.count += 1
+            try:
+                return await attempt()
+            except UnimeterError as exc:
+                if not exc.retriable:
+                    raise
+                failed = exc
+        before_retry(failed)
+        delay = backoff.next_delay()
+        if loop.time() + delay >= deadline:
+            failed.add_note(f"gave up after {counter.count} attempt(s): the deadline passed")
+            raise failed
+        await asyncio.sleep(delay)
+        failed = None

@@ -39,19 +39,20 @@ def new_producer_id() -> int:
 class SeqWindow:
     """Sequence numbers of one (producer, partition): assigned once, never reused."""
 
-    __slots__ = ("_next", "_outstanding", "_size", "_waiters")
+    __slots__ = ("_low", "_next", "_outstanding", "_size", "_waiters")
 
     def __init__(self, size: int = limits.producer_results_cached_max) -> None:
         assert size >= 1
         self._size = size
         self._next = 1
         self._outstanding: set[int] = set()
+        self._low = 1  # min(_outstanding), or _next when none is: kept, not recomputed
         self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def low(self) -> int:
         """The lowest sequence number still outstanding (the next one when none is)."""
-        return min(self._outstanding) if self._outstanding else self._next
+        return self._low
 
     @property
     def outstanding(self) -> frozenset[int]:
@@ -59,11 +60,13 @@ class SeqWindow:
 
     def try_acquire(self) -> int | None:
         """The next sequence number, or None while the window is full."""
-        if self._next >= self.low + self._size:
+        if self._next >= self._low + self._size:
             return None
         assert self._next <= _SEQ_MAX, "sequence numbers exhausted"
         seq = self._next
         self._next += 1
+        if not self._outstanding:
+            self._low = seq
         self._outstanding.add(seq)
         return seq
 
@@ -82,9 +85,9 @@ class SeqWindow:
     def release(self, seq: int) -> None:
         """``seq`` is settled: acknowledged, refused, or given up and never to be sent again."""
         assert seq in self._outstanding, f"sequence {seq} released twice or never acquired"
-        was_low = seq == self.low
         self._outstanding.remove(seq)
-        if was_low:
+        if seq == self._low:
+            self._low = min(self._outstanding) if self._outstanding else self._next
             # Only the lowest moving up opens the window; every waiter re-checks.
             while self._waiters:
                 waiter = self._waiters.popleft()

@@ -1,7 +1,8 @@
 """Simulated clients that behave like ``unimeter.client.AsyncClient``, on the virtual clock.
 
 The client's pure parts are the real ones: ``ClusterMap`` (the partition map with leader
-hints), ``Session`` and ``SeqWindow`` (producer id, per-partition sequence numbers reused on
+hints), ``Router`` (which node a request goes to, and what a retriable failure changes),
+``Session`` and ``SeqWindow`` (producer id, per-partition sequence numbers reused on
 every retry, acknowledged log indexes for ``min_index``, catalog version), ``Backoff`` (equal
 jitter, drawn from the seed) and ``build_groups`` (per-partition columnar batches). What
 ``client.py``, ``retry.py``, ``ingest.py`` and ``metrics.py`` do with them is written out again
@@ -20,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from unimeter import limits
 from unimeter.client.batching import Group, build_groups, merge_results
-from unimeter.client.cluster_map import ClusterMap
+from unimeter.client.cluster_map import ANY_NODE, ClusterMap, Router
 from unimeter.client.retry import Backoff
 from unimeter.client.session import Session
 from unimeter.errors import (
     NotFoundError,
-    NotLeaderError,
     Status,
     TimeoutError,
     UnavailableError,
@@ -38,7 +38,6 @@ from unimeter.wire import messages as m
 if TYPE_CHECKING:
     from unimeter.sim.cluster import Cluster
 
-ANY_NODE = -1
 US = 1_000_000
 
 
@@ -110,8 +109,7 @@ class SimClient:
         self.rng = random.Random(self.world.new_seed())  # backoff jitter
         self.timeout_us = request_timeout_us
         self.seeds = [cluster.addresses[i] for i in cluster.members]
-        self.any_hint: str | None = None
-        self.any_turn = 0
+        self.router = Router(self.map, self.seeds)
         self.open = False
         self._calls = 0
         self._map_fetch_running = False
@@ -183,43 +181,18 @@ class SimClient:
             if attempts is not None:
                 attempts[0] += 1
             try:
-                address = self._address_for(target)
+                address = self.router.address_for(target)
                 return (yield Send(address, request, deadline, context))
             except UnimeterError as exc:
                 if not exc.retriable:
                     raise
-                self._reroute(target, exc)
+                if self.router.reroute(target, exc):
+                    self._refresh_soon()
                 self.retries += 1
                 delay = int(backoff.next_delay() * US)
                 if self.world.now + delay >= deadline:
                     raise
                 yield Sleep(delay)
-
-    def _address_for(self, target: int) -> str:
-        if target == ANY_NODE:
-            if self.any_hint is not None:
-                return self.any_hint
-            addresses = self.map.addresses() or self.seeds
-            return addresses[self.any_turn % len(addresses)]
-        address = self.map.leader_address(target)
-        if address is None:
-            raise UnavailableError(f"partition {target} has no known leader")
-        return address
-
-    def _reroute(self, target: int, exc: UnimeterError) -> None:
-        hint = exc.leader if isinstance(exc, NotLeaderError) else None
-        if target == ANY_NODE:
-            if hint is not None:
-                self.any_hint = hint
-            elif exc.refresh_routing:
-                self.any_hint = None
-                self.any_turn += 1
-        elif hint is not None:
-            self.map.note_leader(target, hint)
-        elif exc.refresh_routing:
-            self.map.forget_leader(target)
-        if exc.refresh_routing:
-            self._refresh_soon()
 
     # ------------------------------------------------------------------ the partition map
 
@@ -311,7 +284,7 @@ class SimClient:
         """``AsyncClient.ingest``; ``on_group(client, request, group, reply_or_error)`` hears
         the outcome of every per-partition batch (for the checkers)."""
         yield from self.ensure_open()
-        groups = build_groups(events, self.map.partition_of)
+        groups = build_groups(events, self.map.partitions_of)
         deadline = self.deadline()
         gens = [self._send_group(g, sync, deadline, on_group) for g in groups]
         if len(gens) == 1:
