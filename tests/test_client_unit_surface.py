@@ -347,7 +347,7 @@ def test_every_promised_name_is_exported() -> None:
         "last_week_utc Period UnimeterError ServerError BackpressureError UnknownMetricError "
         "AlreadyExistsError NotFoundError InvalidRequestError AuthError TimeoutError "
         "UnavailableError NotLeaderError ProtocolError ClosedError IngestResult AggValue "
-        "UsageResult EventRecord AlertRecord"
+        "UsageResult EventRecord AlertRecord AlertSubscription"
     ).split()
     for name in promised:
         assert name in unimeter.__all__

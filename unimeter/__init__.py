@@ -53,6 +53,7 @@ from unimeter.model import (
 
 if TYPE_CHECKING:
     from unimeter.client import AsyncClient
+    from unimeter.client.alerts import AlertSubscription
     from unimeter.wire.messages import ClusterStatusReply, PartitionInfo
 
 __version__ = "0.1.0"
@@ -61,6 +62,7 @@ __all__ = [
     "AggType",
     "AggValue",
     "AlertRecord",
+    "AlertSubscription",
     "AlertThreshold",
     "AlreadyExistsError",
     "AsyncClient",
@@ -102,6 +104,7 @@ __all__ = [
 
 _LAZY = {
     "AsyncClient": "unimeter.client",
+    "AlertSubscription": "unimeter.client.alerts",
     "ClusterStatusReply": "unimeter.wire.messages",
     "PartitionInfo": "unimeter.wire.messages",
 }
