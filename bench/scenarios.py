@@ -52,9 +52,9 @@ async def applied_indices(address: str, timeout_s: float = 10.0) -> list[tuple[i
     return [(p.commit_index, p.applied_index) for p in status.partitions]
 
 
-def settle(address: str) -> list[tuple[int, int]]:
+def settle(address: str, timeout_s: float = SETTLE_S_MAX) -> list[tuple[int, int]]:
     """Wait until every partition has applied all it made durable, twice in a row."""
-    deadline = time.monotonic() + SETTLE_S_MAX
+    deadline = time.monotonic() + timeout_s
     previous: list[tuple[int, int]] | None = None
     while time.monotonic() < deadline:
         now = asyncio.run(applied_indices(address))
@@ -62,7 +62,7 @@ def settle(address: str) -> list[tuple[int, int]]:
             return now
         previous = now
         time.sleep(0.05)
-    raise TimeoutError(f"the node did not settle within {SETTLE_S_MAX}s: {previous}")
+    raise TimeoutError(f"the node did not settle within {timeout_s}s: {previous}")
 
 
 @contextmanager

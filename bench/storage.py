@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench import driver, loadgen, procs, settings, workload
+from bench import driver, loadgen, procs, scenarios, settings, workload
 from unimeter import AsyncClient
 
 RESULTS_DIR = procs.REPO_ROOT / "bench" / "results"
@@ -212,25 +212,6 @@ async def _prepare(address: str, partitions: int) -> int:
             await asyncio.sleep(0.05)
 
 
-async def _applied(address: str) -> list[tuple[int, int]]:
-    async with AsyncClient([address], request_timeout=10.0) as client:
-        status = await client.cluster_status()
-    return [(p.commit_index, p.applied_index) for p in status.partitions]
-
-
-def settle(address: str) -> list[tuple[int, int]]:
-    """Wait until every partition has applied what it committed, twice in a row."""
-    deadline = time.monotonic() + SETTLE_S_MAX
-    previous: list[tuple[int, int]] | None = None
-    while time.monotonic() < deadline:
-        now = asyncio.run(_applied(address))
-        if now == previous and all(c == a for c, a in now):
-            return now
-        previous = now
-        time.sleep(0.1)
-    raise TimeoutError(f"the node did not settle: {previous}")
-
-
 # --------------------------------------------------------------------------- SYNC ingest
 
 
@@ -308,7 +289,7 @@ def _restart(child: procs.Child, before: list[tuple[int, int]]) -> dict[str, Any
     deadline = started + SETTLE_S_MAX
     while True:
         try:
-            now = asyncio.run(_applied(child.address))
+            now = asyncio.run(scenarios.applied_indices(child.address))
         except Exception:  # no leader yet: refused or timed out
             now = []
         if now and all(a >= b for (_, a), (_, b) in zip(now, before, strict=True)):
@@ -354,7 +335,7 @@ def recovery(work: Path, events: int) -> dict[str, Any]:
         outcome = driver.run_load(specs, server=child)
         if outcome.failures:
             raise RuntimeError("load generator failed:\n" + "\n".join(outcome.failures))
-        applied = settle(child.address)
+        applied = scenarios.settle(child.address, SETTLE_S_MAX)
         rss = child.rss_bytes()
         sample = asyncio.run(_sample(child.address, 5))
         disk = _disk_usage(data_dir)
@@ -362,7 +343,7 @@ def recovery(work: Path, events: int) -> dict[str, Any]:
         after_kill = _restart(child, applied)
         if asyncio.run(_sample(child.address, 5)) != sample:
             raise RuntimeError("totals changed across SIGKILL + restart")
-        applied = settle(child.address)
+        applied = scenarios.settle(child.address, SETTLE_S_MAX)
         code, stop_s = child.terminate(timeout_s=SETTLE_S_MAX)
         after_term = _restart(child, applied)
         if code != 0 or asyncio.run(_sample(child.address, 5)) != sample:
