@@ -188,16 +188,11 @@ def client_queries(res: Results, address: str, s: Settings) -> None:
             queries_in_process, address, s.client_query_samples, kind, timeout_s=300
         )
         res.detail(f"query.client.{kind}", lat)
-        for p in ("p50", "p99"):
-            res.add(
-                Figure(
-                    key=f"query.client.{kind}.{p}",
-                    label=f"AsyncClient.{'query_realtime' if kind == 'realtime' else 'query'}"
-                    f" round trip ({kind}), {p}",
-                    value=lat[p],
-                    unit="us",
-                    limit_key=f"limit.rtt.{p}",
-                    target=250.0 if p == "p50" else None,
-                    lower_is_better=True,
-                )
-            )
+        method = "query_realtime" if kind == "realtime" else "query"
+        res.add_latency(
+            f"query.client.{kind}",
+            f"AsyncClient.{method} round trip ({kind})",
+            lat,
+            limit_key="limit.rtt",
+            target_p50=250.0,
+        )

@@ -190,19 +190,14 @@ def server_query_figures(res: Results, s: Settings) -> None:
     )
     res.detail("query.server", out)
     for kind, data in out.items():
-        for p in ("p50", "p99"):
-            res.add(
-                Figure(
-                    key=f"query.server.{kind}.{p}",
-                    label=f"server-side query ({kind}): codec + PartitionState, {p}",
-                    value=data["server_path_us"][p],
-                    unit="us",
-                    limit_key=f"limit.codec.query.{p}",
-                    target=TARGET_QUERY_SERVER_P50_US if p == "p50" else None,
-                    lower_is_better=True,
-                    note=f"PartitionState alone {data['state_us'][p]:.1f} us",
-                )
-            )
+        res.add_latency(
+            f"query.server.{kind}",
+            f"server-side query ({kind}): codec + PartitionState",
+            data["server_path_us"],
+            limit_key="limit.codec.query",
+            target_p50=TARGET_QUERY_SERVER_P50_US,
+            notes={p: f"PartitionState alone {data['state_us'][p]:.1f} us" for p in ("p50", "p99")},
+        )
 
 
 def apply_figures(res: Results, s: Settings) -> None:

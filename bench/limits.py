@@ -75,16 +75,7 @@ def fsync(res: Results, work: Path, s: Settings) -> None:
                     unit="ops/s",
                 )
             )
-        for p in ("p50", "p99"):
-            res.add(
-                Figure(
-                    key=f"limit.{key}.{p}",
-                    label=f"limit: {label}, {p}",
-                    value=lat[p],
-                    unit="us",
-                    lower_is_better=True,
-                )
-            )
+        res.add_latency(f"limit.{key}", f"limit: {label}", lat)
 
 
 def loopback(res: Results, work: Path, s: Settings) -> None:
@@ -105,16 +96,7 @@ def loopback(res: Results, work: Path, s: Settings) -> None:
     _raise_failures(outcome)
     lat = outcome.latency()
     res.detail("limit.rtt", outcome.details())
-    for p in ("p50", "p99"):
-        res.add(
-            Figure(
-                key=f"limit.rtt.{p}",
-                label=f"limit: loopback 64 B round trip (uvloop echo), {p}",
-                value=lat[p],
-                unit="us",
-                lower_is_better=True,
-            )
-        )
+    res.add_latency("limit.rtt", "limit: loopback 64 B round trip (uvloop echo)", lat)
 
 
 def _ingest_messages(count: int, batch: int, rng: random.Random) -> list[m.Ingest]:
@@ -270,24 +252,7 @@ def codec(res: Results, s: Settings) -> None:
                 unit="ev/s",
             )
         )
-    res.add(
-        Figure(
-            key="limit.codec.query.p50",
-            label="limit: query decode + reply encode, p50",
-            value=query["p50"],
-            unit="us",
-            lower_is_better=True,
-        )
-    )
-    res.add(
-        Figure(
-            key="limit.codec.query.p99",
-            label="limit: query decode + reply encode, p99",
-            value=query["p99"],
-            unit="us",
-            lower_is_better=True,
-        )
-    )
+    res.add_latency("limit.codec.query", "limit: query decode + reply encode", query)
 
 
 RAW_RUNS = (
@@ -324,16 +289,9 @@ def raw_server(res: Results, work: Path, s: Settings) -> None:
         if latency is not None:
             res.detail("limit.raw.sync.latency", latency.details())
             lat = latency.latency()
-            for p in ("p50", "p99"):
-                res.add(
-                    Figure(
-                        key=f"limit.raw.sync.latency.{p}",
-                        label=f"limit: raw Python server, SYNC 1 event alone, {p}",
-                        value=lat[p],
-                        unit="us",
-                        lower_is_better=True,
-                    )
-                )
+            res.add_latency(
+                "limit.raw.sync.latency", "limit: raw Python server, SYNC 1 event alone", lat
+            )
 
 
 def _raw_run(server: procs.Child, mode: str, batch: int, window: int, s: Settings) -> Any:

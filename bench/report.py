@@ -97,6 +97,32 @@ class Results:
         print(f"  {fig.label}: {fmt(fig.value, fig.unit)} {fig.unit}", flush=True)
         return fig
 
+    def add_latency(
+        self,
+        key: str,
+        label: str,
+        lat: dict[str, float],
+        *,
+        limit_key: str | None = None,
+        target_p50: float | None = None,
+        notes: dict[str, str] | None = None,
+    ) -> None:
+        """The p50 and p99 figures of one latency distribution (microseconds): keys
+        ``{key}.p50``/``.p99``, limits ``{limit_key}.p50``/``.p99``, a target on p50 only."""
+        for p in ("p50", "p99"):
+            self.add(
+                Figure(
+                    key=f"{key}.{p}",
+                    label=f"{label}, {p}",
+                    value=lat[p],
+                    unit="us",
+                    limit_key=f"{limit_key}.{p}" if limit_key is not None else None,
+                    target=target_p50 if p == "p50" else None,
+                    lower_is_better=True,
+                    note=notes[p] if notes is not None else "",
+                )
+            )
+
     def detail(self, key: str, data: Any) -> None:
         self.details[key] = data
 

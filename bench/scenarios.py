@@ -286,16 +286,11 @@ def queries(res: Results, work: Path, s: Settings) -> None:
                 raise RuntimeError(f"{kind} queries failed: {outcome.details()['error_sample']}")
             res.detail(f"query.rt.{kind}", outcome.details())
             lat = outcome.latency()
-            for p in ("p50", "p99"):
-                res.add(
-                    Figure(
-                        key=f"query.rt.{kind}.{p}",
-                        label=f"node query round trip ({kind}), raw socket, {p}",
-                        value=lat[p],
-                        unit="us",
-                        limit_key=f"limit.rtt.{p}",
-                        target=TARGET_QUERY_RT_P50_US if p == "p50" else None,
-                        lower_is_better=True,
-                    )
-                )
+            res.add_latency(
+                f"query.rt.{kind}",
+                f"node query round trip ({kind}), raw socket",
+                lat,
+                limit_key="limit.rtt",
+                target_p50=TARGET_QUERY_RT_P50_US,
+            )
         clientbench.client_queries(res, node.child.address, s)
