@@ -483,7 +483,8 @@ class PartitionCore(ReplicatedCore):
                 f"({self.raft.last_index}); was it acknowledged by another cluster?",
             ))  # fmt: skip
             return
-        if min_index > self.state.applied_index or min_catalog > self.state.catalog_version:
+        answer = self.read_now(msg, now_us)
+        if answer is None:
             # Read-your-writes: wait until this replica has applied what the client saw
             # (its writes, and the catalog version of a metric it just created).
             if len(self._parked_reads) >= _PARKED_MAX:
@@ -497,7 +498,7 @@ class PartitionCore(ReplicatedCore):
             else:
                 self._parked_reads.append((min_index, min_catalog, msg))
             return
-        fx.replies.append(self._answer_read(msg, now_us))
+        fx.replies.append(answer)
 
     def read_now(self, msg: ClientRequest, now_us: int) -> Outgoing | None:
         """The answer to a read that needs no waiting, computed at once; None when it must go
