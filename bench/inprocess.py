@@ -27,8 +27,8 @@ from bench import procs, settings, workload
 from bench.report import Figure, Results
 from bench.settings import Settings
 from bench.stats import summary
-from unimeter.actors.entries import BatchEntry, LiveMetric, SchemaEntry
-from unimeter.actors.partition_state import PartitionState
+from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
+from unimeter.state.partition_state import PartitionState
 from unimeter.wire import messages as m
 from unimeter.wire.codec import ServerCodec
 

@@ -24,11 +24,11 @@ from bench import driver, loadgen, procs, settings, workload
 from bench.report import Figure, Results
 from bench.settings import Settings
 from bench.stats import summary
-from unimeter.actors.entries import BatchEntry
 from unimeter.model import AggValue
+from unimeter.state.entries import BatchEntry
+from unimeter.state.records import decode_entry, encode_entry
 from unimeter.wire import messages as m
 from unimeter.wire.codec import ClientCodec, ServerCodec
-from unimeter.wire.records import decode_entry, encode_entry
 
 FSYNC_RUNS = (
     # (key, label, bytes appended, idle seconds before each append)

@@ -31,9 +31,9 @@ from typing import Any
 
 from bench import workload
 from bench.settings import METRIC_CODES, REGION_KEY, REGIONS
-from unimeter.actors import state_snapshot
-from unimeter.actors.entries import BatchEntry, LiveMetric, SchemaEntry
-from unimeter.actors.partition_state import PartitionState
+from unimeter.state import snapshot as state_snapshot
+from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
+from unimeter.state.partition_state import PartitionState
 
 WORKLOADS = ("1ev", "10ev", "ids+dims")
 

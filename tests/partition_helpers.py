@@ -7,9 +7,10 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from unimeter import periods
-from unimeter.actors.entries import BatchEntry, LiveMetric, SchemaEntry
-from unimeter.actors.partition_state import ApplyResult, PartitionState
 from unimeter.model import MetricSchema, OperationType
+from unimeter.state.entries import BatchEntry, BatchPart, LiveMetric, SchemaEntry
+from unimeter.state.hashing import batch_id_keys
+from unimeter.state.partition_state import ApplyResult, PartitionState
 from unimeter.wire.messages import EventBatch
 
 H = 6 * 3600 * 1_000_000  # the grid most generated times sit on
@@ -52,15 +53,16 @@ def batch_entry(
         properties=tuple(e.props for e in events) if any(e.props for e in events) else None,
         event_ids=tuple(e.event_id for e in events) if any(e.event_id for e in events) else None,
     )
-    return BatchEntry(
+    part = BatchPart(
         producer_id=producer[0],
         seq=producer[1],
-        stamp_us=stamp,
         batch=batch,
+        dropped=None,
         n_duplicates=duplicates,
-        n_rejected=0,
         rejected=(),
+        id_hashes=batch_id_keys(batch),
     )
+    return BatchEntry(stamp_us=stamp, parts=(part,))
 
 
 class Partition:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from unimeter import errors, limits, periods
-from unimeter.actors.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
 from unimeter.model import AggType, AggValue, MetricSchema, OperationType
+from unimeter.state.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
 from unimeter.wire.messages import IngestReply, StoredAlert, StoredEvent
 
 DAY = periods.US_PER_DAY
@@ -137,14 +137,13 @@ class Model:
             for pid in [p for p, d in self.producer_day.items() if d <= day - self.window]:
                 del self.producers[pid], self.producer_day[pid]
         assert self.newest_day is not None
-        b = entry.batch
         fired_now: list[StoredAlert] = []
         first = self.partition * 2**48 + len(self.events)
-        for i in range(len(b)):
-            metric = self.live[b.metric_codes[b.metric_index[i]]]
-            account = b.account_ids[i]
-            props = dict(b.properties[i] or {}) if b.properties is not None else {}
-            event_id = b.event_ids[i] if b.event_ids is not None else None
+        for i, logged in enumerate(entry.stored_events()):
+            metric = self.live[logged.metric_code]
+            account = logged.account_id
+            props = dict(logged.properties or {})
+            event_id = logged.event_id
             if event_id is not None:
                 assert not self.event_id_seen(metric.schema.code, account, event_id)
                 self.ids[(metric.schema.code, account, event_id)] = self.newest_day
@@ -155,15 +154,15 @@ class Model:
                     if props.get(d.key) in tuple(d.values)
                 )
             )
-            ts = b.timestamps[i]  # type: ignore[index]
+            ts = logged.timestamp_us
             period = metric.period(ts)
             e = Ev(
                 offset=first + i,
                 metric=metric,
                 account=account,
                 ts=ts,
-                value=b.values[i],
-                op=b.operation_types[i] if b.operation_types is not None else 0,
+                value=logged.value,
+                op=logged.operation_type,
                 props=props,
                 event_id=event_id,
                 cell=cell,
@@ -173,19 +172,23 @@ class Model:
             self.events.append(e)
             if e.counted:
                 fired_now.extend(self._thresholds(e, entry.stamp_us))
-        n = len(b)
+        n = len(self.events) - (first - self.partition * 2**48)
         last = first + n - 1 if n else None
-        if entry.producer_id:
-            reply = IngestReply(
-                n_stored=n,
-                n_duplicates=entry.n_duplicates,
-                n_rejected=entry.n_rejected,
-                rejected=entry.rejected,
-                last_offset=last,
-                log_index=index,
-            )
-            self.producers.setdefault(entry.producer_id, []).append((entry.seq, reply))
-            self.producer_day[entry.producer_id] = self.newest_day
+        offset = first
+        for part in entry.parts:
+            stored = part.n_stored
+            if part.producer_id:
+                reply = IngestReply(
+                    n_stored=stored,
+                    n_duplicates=part.n_duplicates,
+                    n_rejected=part.n_rejected,
+                    rejected=part.rejected,
+                    last_offset=offset + stored - 1 if stored else None,
+                    log_index=index,
+                )
+                self.producers.setdefault(part.producer_id, []).append((part.seq, reply))
+                self.producer_day[part.producer_id] = self.newest_day
+            offset += stored
         return (first if n else None), last, fired_now
 
     def _period_total(self, e: Ev) -> int:

@@ -23,9 +23,9 @@ from tests.partition_helpers import ADD, DAY, NONE, REMOVE, T0, E, H, batch_entr
 from tests.partition_model import SEEN, Model
 from tests.state_structure import structure
 from unimeter import errors
-from unimeter.actors.entries import BatchEntry, LiveMetric, SchemaEntry
-from unimeter.actors.partition_state import PartitionState, Seen
 from unimeter.model import AggType, AlertThreshold, DimensionFilter, MetricSchema, PeriodType
+from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
+from unimeter.state.partition_state import PartitionState, Seen
 
 CODES = ("m0", "m1")
 ACCOUNTS = (1, 2**64 - 1)  # the largest account id does not fit an int64 column

@@ -19,8 +19,8 @@ from tests.partition_helpers import (
     live,
 )
 from unimeter import errors, periods
-from unimeter.actors.partition_state import PartitionState, Seen
 from unimeter.model import AggType, AlertThreshold, DimensionFilter, PeriodType
+from unimeter.state.partition_state import PartitionState, Seen
 
 
 def test_offsets_are_partition_high_bits_plus_a_count_of_stored_events() -> None:

@@ -19,11 +19,11 @@ from tests.wire_cases import (
     same_typecodes,
 )
 from unimeter import limits
-from unimeter.actors.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
+from unimeter.state.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
+from unimeter.state.records import RecordError, decode_entry, encode_entry
 from unimeter.wire import messages as m
 from unimeter.wire.bodies import encode_body
 from unimeter.wire.frames import decode_item
-from unimeter.wire.records import RecordError, decode_entry, encode_entry
 
 FAST = settings(max_examples=200, deadline=None)
 

@@ -24,15 +24,15 @@ import pytest
 from unimeter import testing_switches
 from unimeter.actors.catalog import CatalogCore
 from unimeter.actors.effects import Send
-from unimeter.actors.entries import LiveMetric
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
-from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.replicated import PeerMessage, Persisted, RaftTick, Recovered
 from unimeter.consensus.config import RaftConfig, Role
 from unimeter.consensus.messages import HardState, InstallSnapshot
 from unimeter.model import AggType, MetricSchema
 from unimeter.sim.cluster import Cluster
 from unimeter.sim.swarm import run_seed
+from unimeter.state.entries import LiveMetric
+from unimeter.state.partition_state import PartitionState
 from unimeter.trace import Core, TraceWriter, replay
 
 T0 = 1_750_000_000_000_000

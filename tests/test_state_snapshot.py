@@ -13,16 +13,16 @@ import cbor2
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from unimeter.actors.aggregates import NumBase, UniqBase
 
 from tests.partition_helpers import DAY, FAR, REMOVE, T0, Partition, batch_entry, ev, live
 from tests.state_structure import structure
 from tests.support.nodeproc import NodeProcess
 from unimeter.actors import snapshot_columns as c
-from unimeter.actors import state_snapshot
-from unimeter.actors.aggregates import NumBase, UniqBase
-from unimeter.actors.partition_state import PartitionState
-from unimeter.actors.state_snapshot import FORMAT_VERSION, SnapshotFormatError
 from unimeter.model import AggType, AlertThreshold, DimensionFilter, PeriodType
+from unimeter.state import snapshot as state_snapshot
+from unimeter.state.partition_state import PartitionState
+from unimeter.state.snapshot import FORMAT_VERSION, SnapshotFormatError
 from unimeter.storage.snapshot import load_latest_snapshot, snapshot_indexes, write_snapshot
 
 BIG_ACCOUNT = 2**64 - 1

@@ -27,7 +27,6 @@ import pytest
 from tests.support.nodeproc import NodeProcess
 from unimeter import periods
 from unimeter.actors.effects import Effects
-from unimeter.actors.entries import LiveMetric
 from unimeter.actors.mailbox import Mailbox
 from unimeter.actors.partition import (
     REJECT_TOO_OLD,
@@ -35,16 +34,17 @@ from unimeter.actors.partition import (
     ClientRequest,
     PartitionCore,
 )
-from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.runtime import FutureReply, recover_replica
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.config import RaftConfig
 from unimeter.errors import Status
 from unimeter.model import AggType, MetricSchema, PeriodType
 from unimeter.node_runtimes import PartitionRuntime
+from unimeter.state.entries import LiveMetric
+from unimeter.state.partition_state import PartitionState
+from unimeter.state.records import decode_entry
 from unimeter.storage.snapshot import snapshot_indexes
 from unimeter.wire import messages as m
-from unimeter.wire.records import decode_entry
 
 DAY_US = periods.US_PER_DAY
 RETENTION_DAYS = 3

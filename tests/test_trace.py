@@ -29,12 +29,12 @@ from unimeter import (
     current_month,
 )
 from unimeter.actors.catalog import CatalogRequest
-from unimeter.actors.entries import LiveMetric
 from unimeter.actors.partition import CatalogUpdate, ClientRequest, PartitionCore
 from unimeter.actors.replicated import DiskState, PeerMessage, Persisted, RaftTick
 from unimeter.consensus import messages as r
 from unimeter.periods import to_us
 from unimeter.routing import partition_of
+from unimeter.state.entries import LiveMetric
 from unimeter.trace import decode_message, encode_message, replay
 from unimeter.wire import messages as m
 from unimeter.wire.frames import decode_item, encode_item

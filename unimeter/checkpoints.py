@@ -53,7 +53,7 @@ from typing import TYPE_CHECKING
 import cbor2
 
 from unimeter import limits
-from unimeter.actors import state_snapshot  # noqa: F401 - imported before any fork uses it
+from unimeter.state import snapshot as state_snapshot  # noqa: F401 - imported before any fork uses it
 from unimeter.storage.forksnap import EXIT_OK, ForkedWrite, SnapshotJob, fork_snapshots
 from unimeter.storage.snapshot import (
     publish_snapshot,

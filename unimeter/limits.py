@@ -29,6 +29,7 @@ period_seconds_min = 1
 # --- wire (DESIGN §1.3) ---
 frame_bytes_max = 4 * 1024 * 1024
 events_per_batch_max = 10_000
+property_keys_per_batch_max = 256  # distinct property keys in one batch
 string_bytes_max = 1024  # any other free-form string on the wire (client names, tokens)
 list_page_events_max = 1000
 list_page_alerts_max = 1000

@@ -26,16 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import cbor2
+import numpy as np
 
 from unimeter import errors, limits
 from unimeter.actors.catalog import CatalogCore, CatalogState
 from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
-from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.replicated import DiskState, PeerMessage, Recovered
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
-from unimeter.actors.state_snapshot import SnapshotFormatError
 from unimeter.admin_http import AdminServer
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.codec import CATALOG_GROUP
@@ -44,6 +43,9 @@ from unimeter.node_runtimes import CatalogRuntime, PartitionRuntime
 from unimeter.peer import PeerLinks
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
+from unimeter.state.hashing import partitions_of
+from unimeter.state.partition_state import PartitionState
+from unimeter.state.snapshot import SnapshotFormatError
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
@@ -54,9 +56,6 @@ from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
 
 log = logging.getLogger("unimeter.node")
-
-# Accounts remembered as correctly routed, over all partitions (about 60 MB at the bound).
-_ROUTED_MAX = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -99,8 +98,6 @@ class Node:
         self.route = PartitionCache(config.partitions)
         # Per partition, accounts already checked to route there: an Ingest whose accounts are
         # all known is checked with one C-level ``issuperset`` instead of a mix per account.
-        self._routed: list[set[int]] = [set() for _ in range(config.partitions)]
-        self._routed_max = max(4096, _ROUTED_MAX // config.partitions)
         self.addresses = parse_peers(config.peers)
         self.addresses[self.node_id] = self.advertised()
         self.members = tuple(sorted(self.addresses))
@@ -412,20 +409,14 @@ class Node:
                 "writes resume when space returns"
             )
         part = msg.partition
-        known = self._routed[part]
         accounts = msg.batch.account_ids
-        if known.issuperset(accounts):
-            return None
-        route = self.route
-        fresh = set(accounts) - known
-        for account in fresh:
-            if route(account) != part:
-                return errors.Status.INVALID_REQUEST, (
-                    f"account {account} lives in partition {route(account)}, not {part}"
-                )
-        if len(known) + len(fresh) > self._routed_max:
-            known.clear()
-        known |= fresh
+        # The routing check as one array expression (the documented mix, vectorised).
+        wrong = partitions_of(accounts, self.partition_count) != part
+        if wrong.any():
+            account = int(accounts[int(np.argmax(wrong))])
+            return errors.Status.INVALID_REQUEST, (
+                f"account {account} lives in partition {self.route(account)}, not {part}"
+            )
         return None
 
     # ------------------------------------------------------------------ stop

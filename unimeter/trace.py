@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from unimeter.actors.catalog import CatalogCore
-from unimeter.actors.entries import BatchEntry
 from unimeter.actors.partition import ClientRequest
-from unimeter.actors.partition_state import TS_MAX_US, TS_MIN_US, PartitionState
 from unimeter.actors.replicated import PeerMessage
 from unimeter.consensus import codec as raft_codec
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.messages import AppendEntries
+from unimeter.state.entries import BatchEntry
+from unimeter.state.partition_state import TS_MAX_US, TS_MIN_US, PartitionState
+from unimeter.state.records import decode_entry
 from unimeter.tracefile import (
     MAGIC,
     Actor,
@@ -48,7 +49,6 @@ from unimeter.tracefile import (
 )
 from unimeter.wire import messages as m
 from unimeter.wire.bodies import decode_request
-from unimeter.wire.records import decode_entry
 
 __all__ = [
     "ActorTracer",
@@ -133,7 +133,7 @@ class Replayer:
         if group == CATALOG_GROUP:
             return
         if isinstance(msg, ClientRequest) and isinstance(msg.request, m.Ingest):
-            self.accounts.setdefault(group, set()).update(msg.request.batch.account_ids)
+            self.accounts.setdefault(group, set()).update(msg.request.batch.account_ids.tolist())
         elif isinstance(msg, PeerMessage) and isinstance(msg.message, AppendEntries):
             for e in msg.message.entries:
                 self._note_entry(group, e.data)
@@ -142,7 +142,8 @@ class Replayer:
         if group != CATALOG_GROUP and data:
             entry = decode_entry(data)
             if isinstance(entry, BatchEntry):
-                self.accounts.setdefault(group, set()).update(entry.batch.account_ids)
+                for part in entry.parts:
+                    self.accounts.setdefault(group, set()).update(part.batch.account_ids.tolist())
 
     def _step(self, actor: Actor, record: list[Any]) -> Stepped:
         core = self.cores.get(actor)

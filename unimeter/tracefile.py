@@ -32,15 +32,15 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from unimeter.actors.catalog import CatalogCore, CatalogRequest, CatalogState
-from unimeter.actors.entries import LiveMetric
 from unimeter.actors.partition import CatalogUpdate, ClientRequest, PartitionCore
-from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.replicated import DiskState, PeerMessage, Persisted, RaftTick, Recovered
 from unimeter.consensus import codec as raft_codec
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import RaftConfig
 from unimeter.consensus.messages import HardState, LogEntry, SnapshotMeta
 from unimeter.model import MetricSchema
+from unimeter.state.entries import LiveMetric
+from unimeter.state.partition_state import PartitionState
 from unimeter.wire import messages as m
 from unimeter.wire.bodies import decode_request, encode_body
 from unimeter.wire.frames import decode_item, encode_item

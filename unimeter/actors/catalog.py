@@ -27,12 +27,12 @@ import cbor2
 
 from unimeter import errors
 from unimeter.actors.effects import Effects, Outgoing
-from unimeter.actors.entries import LiveMetric
 from unimeter.actors.replicated import Recovered, ReplicatedCore
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import ProposalRejected, RaftConfig
 from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.model import MetricSchema
+from unimeter.state.entries import LiveMetric
 from unimeter.wire import messages as m
 
 CatalogRequestMessage = (

@@ -28,27 +28,21 @@ Theory of operation. Each partition replica is a member of the partition's Raft 
 from __future__ import annotations
 
 import random
-from array import array
 from dataclasses import dataclass
 
+import numpy as np
+
 from unimeter import errors, limits, testing_switches
+from unimeter.actors.admission import Array, admit
 from unimeter.actors.effects import Effects, Outgoing
-from unimeter.actors.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
-from unimeter.actors.partition_state import PartitionState
 from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seconds
 from unimeter.consensus.config import ProposalRejected, RaftConfig
 from unimeter.consensus.messages import LogEntry, Snapshot
-from unimeter.model import AggType
 from unimeter.periods import US_PER_DAY
+from unimeter.state.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
+from unimeter.state.partition_state import PartitionState
+from unimeter.state.records import decode_entry, encode_entry
 from unimeter.wire import messages as m
-from unimeter.wire.records import decode_entry, encode_entry
-
-# Reasons a single event is rejected (IngestResult.rejected); documented in docs/protocol.md.
-REJECT_UNKNOWN_METRIC = "unknown_metric"
-REJECT_TOO_OLD = "timestamp_too_old"
-REJECT_IN_FUTURE = "timestamp_in_future"
-REJECT_OPERATION = "operation_type_requires_count_unique"
-REJECT_NEGATIVE_UNIQUE = "count_unique_value_negative"
 
 PartitionRead = (
     m.Query | m.QueryRealtime | m.QueryBreakdown | m.ListEvents | m.ListAlerts | m.SubscribeAlerts
@@ -111,8 +105,9 @@ class PartitionCore(ReplicatedCore):
         self._view_term = -1  # the term whose leadership the view was built for
         # Entries this replica proposed, by index, so applying them needs no decoding.
         self._proposals: dict[int, tuple[int, Entry]] = {}
-        # Claims of entries proposed but not yet applied (cleared as each one applies).
-        self._pending_ids: set[tuple[str, int, str]] = set()
+        # Claims of entries proposed but not yet applied (cleared as each one applies): the
+        # event-id keys each entry stores, by log index, and the producer sequences.
+        self._pending_keys: dict[int, Array] = {}
         self._pending_seqs: dict[tuple[int, int], int] = {}
         # Replies released when the entry at their index is applied.
         self._on_apply: dict[int, list[tuple[object, m.IngestReply | None]]] = {}
@@ -249,27 +244,29 @@ class PartitionCore(ReplicatedCore):
                 )
             )
             return
-        entry = self._build_entry(req, now_us)
-        n_stored = len(entry.batch)
+        part = admit(req, now_us, self._metrics, self.retention_us, self._seen_keys)
+        n_stored = part.n_stored
         if n_stored == 0 and req.producer_id == 0:
             reply = m.IngestReply(
-                n_stored=0, n_duplicates=entry.n_duplicates, n_rejected=entry.n_rejected,
-                rejected=entry.rejected, last_offset=None, log_index=self.state.applied_index,
+                n_stored=0, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
+                rejected=part.rejected, last_offset=None, log_index=self.state.applied_index,
             )  # fmt: skip
             fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
             return
+        entry = BatchEntry(stamp_us=now_us, parts=(part,))
         index = self._append(entry, now_us, fx)
         if index is None:
-            self._release_claims(entry)
             fx.replies.append(self.not_leader(msg.token))
             return
+        if part.id_hashes is not None and len(part.id_hashes):
+            self._pending_keys[index] = part.id_hashes
         last_offset = None
         if n_stored:
             last_offset = self._next_offset + n_stored - 1
             self._next_offset += n_stored
         reply = m.IngestReply(
-            n_stored=n_stored, n_duplicates=entry.n_duplicates, n_rejected=entry.n_rejected,
-            rejected=entry.rejected, last_offset=last_offset, log_index=index,
+            n_stored=n_stored, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
+            rejected=part.rejected, last_offset=last_offset, log_index=index,
         )  # fmt: skip
         self._entry_replies[index] = reply
         if req.producer_id != 0:
@@ -279,114 +276,16 @@ class PartitionCore(ReplicatedCore):
         else:
             fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
 
-    def _build_entry(self, req: m.Ingest, now_us: int) -> BatchEntry:
-        """Validate, stamp and deduplicate one batch: the leader's half of exactly-once."""
-        batch = req.batch
-        n = len(batch)
-        metrics = [self._metrics.get(code) for code in batch.metric_codes]
-        unique = [lm is not None and lm.schema.agg_type == AggType.COUNT_UNIQUE for lm in metrics]
-        oldest = now_us - self.retention_us
-        newest = now_us + limits.future_skew_us_max
-        ts_col = batch.timestamps
-        ops = batch.operation_types
-        ids = batch.event_ids
-        midx = batch.metric_index
-        values = batch.values
-        accounts = batch.account_ids
-        simple = (
-            all(lm is not None for lm in metrics)
-            and not any(unique)
-            and ts_col is None
-            and ids is None
-            and (ops is None or not any(ops))
-        )
-        if simple:
-            # The common case: every event is accepted as sent; only stamp the batch.
-            stamped = m.EventBatch(
-                metric_codes=batch.metric_codes,
-                metric_index=midx,
-                account_ids=accounts,
-                values=values,
-                timestamps=array("q", [now_us]) * n,
-                operation_types=ops,
-                properties=batch.properties,
-                event_ids=None,
-            )
-            return BatchEntry(
-                producer_id=req.producer_id,
-                seq=req.seq,
-                stamp_us=now_us,
-                batch=stamped,
-                n_duplicates=0,
-                n_rejected=0,
-                rejected=(),
-            )
-        keep: list[int] = []
-        rejected: list[tuple[int, str]] = []
-        n_duplicates = 0
-        seen_here: set[tuple[str, int, str]] = set()
-        stamps = array("q", [now_us]) * n if ts_col is None else array("q", ts_col)
-        codes = batch.metric_codes
-        for i in range(n):
-            mi = midx[i]
-            if metrics[mi] is None:
-                rejected.append((i, REJECT_UNKNOWN_METRIC))
-                continue
-            ts = stamps[i]
-            if ts == m.NO_TIMESTAMP:
-                stamps[i] = ts = now_us
-            if ts < oldest:
-                rejected.append((i, REJECT_TOO_OLD))
-                continue
-            if ts > newest:
-                rejected.append((i, REJECT_IN_FUTURE))
-                continue
-            if unique[mi]:
-                if values[i] < 0:
-                    rejected.append((i, REJECT_NEGATIVE_UNIQUE))
-                    continue
-            elif ops is not None and ops[i]:
-                rejected.append((i, REJECT_OPERATION))
-                continue
-            if ids is not None:
-                eid = ids[i]
-                if eid is not None:
-                    claim = (codes[mi], accounts[i], eid)
-                    if (
-                        claim in seen_here
-                        or claim in self._pending_ids
-                        or (
-                            self.state.event_id_seen(claim[0], claim[1], eid)
-                            and not testing_switches.SKIP_EVENT_ID_DEDUP
-                        )
-                    ):
-                        n_duplicates += 1
-                        continue
-                    seen_here.add(claim)
-            keep.append(i)
-        self._pending_ids |= seen_here
-        if len(keep) == n:
-            kept = m.EventBatch(
-                metric_codes=codes,
-                metric_index=midx,
-                account_ids=accounts,
-                values=values,
-                timestamps=stamps,
-                operation_types=ops,
-                properties=batch.properties,
-                event_ids=ids,
-            )
+    def _seen_keys(self, keys: Array) -> Array:
+        """Which event-id keys are already stored or claimed by an entry in flight."""
+        if testing_switches.SKIP_EVENT_ID_DEDUP:
+            seen = np.zeros(len(keys), dtype=bool)
         else:
-            kept = _select(batch, stamps, keep)
-        return BatchEntry(
-            producer_id=req.producer_id,
-            seq=req.seq,
-            stamp_us=now_us,
-            batch=kept,
-            n_duplicates=n_duplicates,
-            n_rejected=len(rejected),
-            rejected=tuple(rejected),
-        )
+            seen = self.state.event_keys_seen(keys)
+        if self._pending_keys:
+            claimed = np.concatenate(list(self._pending_keys.values()))
+            seen |= np.isin(keys, claimed)
+        return seen
 
     # ------------------------------------------------------------------ log
 
@@ -408,7 +307,7 @@ class PartitionCore(ReplicatedCore):
         result = self.state.apply(index, obj)
         fx.alerts.extend(result.alerts)
         if isinstance(obj, BatchEntry):
-            self._release_claims(obj)
+            self._release_claims(index, obj)
         self._answer_applied(index, fx)
 
     def _apply_noop(self, index: int, now_us: int, fx: Effects) -> None:
@@ -423,17 +322,11 @@ class PartitionCore(ReplicatedCore):
             fx.replies.append(Outgoing(token, errors.Status.OK, reply or _applied(index)))
         self._entry_replies.pop(index, None)
 
-    def _release_claims(self, entry: BatchEntry) -> None:
-        if entry.producer_id != 0:
-            self._pending_seqs.pop((entry.producer_id, entry.seq), None)
-        ids = entry.batch.event_ids
-        if ids is None or not self._pending_ids:
-            return
-        batch = entry.batch
-        codes, midx, accounts = batch.metric_codes, batch.metric_index, batch.account_ids
-        for i, eid in enumerate(ids):
-            if eid is not None:
-                self._pending_ids.discard((codes[midx[i]], accounts[i], eid))
+    def _release_claims(self, index: int, entry: BatchEntry) -> None:
+        for part in entry.parts:
+            if part.producer_id != 0:
+                self._pending_seqs.pop((part.producer_id, part.seq), None)
+        self._pending_keys.pop(index, None)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         self.state = PartitionState.from_snapshot(snapshot.data)
@@ -454,7 +347,7 @@ class PartitionCore(ReplicatedCore):
         self._parked_reads.clear()
         self._parked_ingests.clear()
         self._parked_leader.clear()
-        self._pending_ids.clear()
+        self._pending_keys.clear()
         self._pending_seqs.clear()
         self._view_term = -1
 
@@ -596,20 +489,3 @@ def _applied(index: int) -> m.IngestReply:
 
 def _error(token: object, status: errors.Status, message: str) -> Outgoing:
     return Outgoing(token, status, m.ErrorReply(message=message))
-
-
-def _select(batch: m.EventBatch, stamps: array[int], keep: list[int]) -> m.EventBatch:
-    """The columns of ``batch`` restricted to the events at ``keep``."""
-    ops = batch.operation_types
-    props = batch.properties
-    ids = batch.event_ids
-    return m.EventBatch(
-        metric_codes=batch.metric_codes,
-        metric_index=array(batch.metric_index.typecode, [batch.metric_index[i] for i in keep]),
-        account_ids=array("Q", [batch.account_ids[i] for i in keep]),
-        values=array("q", [batch.values[i] for i in keep]),
-        timestamps=array("q", [stamps[i] for i in keep]),
-        operation_types=None if ops is None else array("B", [ops[i] for i in keep]),
-        properties=None if props is None else tuple(props[i] for i in keep),
-        event_ids=None if ids is None else tuple(ids[i] for i in keep),
-    )

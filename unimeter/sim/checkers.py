@@ -32,14 +32,14 @@ from typing import TYPE_CHECKING, Any
 
 from unimeter import errors, limits
 from unimeter.actors.effects import Effects, Outgoing
-from unimeter.actors.entries import BatchEntry, Entry
 from unimeter.actors.partition import ClientRequest
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import Role
 from unimeter.placement import replicas_of
 from unimeter.sim.model import PartitionModel
+from unimeter.state.entries import BatchEntry, Entry
+from unimeter.state.records import decode_entry
 from unimeter.wire import messages as m
-from unimeter.wire.records import decode_entry
 
 if TYPE_CHECKING:
     from unimeter.sim.clients import Call, SimClient
@@ -176,19 +176,20 @@ class NoDoubleCount(Checker):
         batches = self.batches.setdefault(partition, {})
         ids = self.ids.setdefault(partition, {})
         tags = self.tags.setdefault(partition, {})
-        if entry.producer_id:
-            key = (entry.producer_id, entry.seq)
+        for part in entry.parts:
+            if not part.producer_id:
+                continue
+            key = (part.producer_id, part.seq)
             if key in batches:
                 self.fail(
                     f"partition {partition}: producer {key[0]} seq {key[1]} committed "
                     f"twice, at {batches[key]} and {index}"
                 )
             batches.setdefault(key, index)
-        b = entry.batch
-        for i in range(len(b)):
-            code = b.metric_codes[b.metric_index[i]]
-            account = b.account_ids[i]
-            eid = b.event_ids[i] if b.event_ids is not None else None
+        for logged in entry.stored_events():
+            code = logged.metric_code
+            account = logged.account_id
+            eid = logged.event_id
             if eid is not None:
                 ikey = (code, account, eid)
                 if ikey in ids:
@@ -197,8 +198,7 @@ class NoDoubleCount(Checker):
                         f"{ids[ikey]} and {index}"
                     )
                 ids.setdefault(ikey, index)
-            props = b.properties[i] if b.properties is not None else None
-            tag = (props or {}).get("tag")
+            tag = (logged.properties or {}).get("tag")
             if tag is not None:
                 if tag in tags:
                     self.fail(
@@ -291,25 +291,32 @@ class SyncAckedExactlyOnce(Checker):
             if index == reply.log_index:
                 entry = decode_entry(hub.log(p).entries[index - 1][1])
                 assert isinstance(entry, BatchEntry)
-                if len(entry.batch) != reply.n_stored:
+                logged = sum(
+                    part.n_stored
+                    for part in entry.parts
+                    if (part.producer_id, part.seq) == (pid, seq)
+                )
+                if logged != reply.n_stored:
                     self.fail(
                         f"seq {seq}: acknowledged {reply.n_stored} stored events, the "
-                        f"log holds {len(entry.batch)}"
+                        f"log holds {logged}"
                     )
             rejected = {i for i, _ in reply.rejected}
             b = req.batch
             tags = hub.double.tags.get(p, {})
             ids = hub.double.ids.get(p, {})
+            all_props, all_ids = b.properties, b.event_ids
+            accounts, index_of = b.account_ids.tolist(), b.metric_index.tolist()
             for i in range(len(b)):
                 if i in rejected:
                     continue
-                props = b.properties[i] if b.properties is not None else None
+                props = all_props[i] if all_props is not None else None
                 tag = (props or {}).get("tag")
                 if tag in tags:
                     continue
-                eid = b.event_ids[i] if b.event_ids is not None else None
-                code = b.metric_codes[b.metric_index[i]]
-                if eid is not None and (code, b.account_ids[i], eid) in ids:
+                eid = all_ids[i] if all_ids is not None else None
+                code = b.metric_codes[index_of[i]]
+                if eid is not None and (code, accounts[i], eid) in ids:
                     continue
                 self.fail(f"SYNC-acknowledged event {tag} (seq {seq}, p{p}) is not counted")
 

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from unimeter import errors, periods
-from unimeter.actors.entries import BatchEntry, Entry, SchemaEntry
 from unimeter.model import AggType, AggValue, MetricSchema, OperationType
+from unimeter.state.entries import BatchEntry, Entry, SchemaEntry
 from unimeter.wire.messages import StoredAlert, StoredEvent
 
 DAY = periods.US_PER_DAY
@@ -120,14 +120,12 @@ class PartitionModel:
             self._day_at.append(index)
             self._days.append(day)
         cutoff = self._cutoff(self.newest_day)
-        b = entry.batch
-        assert b.timestamps is not None
-        for i in range(len(b)):
-            code = b.metric_codes[b.metric_index[i]]
+        for logged in entry.stored_events():
+            code = logged.metric_code
             ident, schema = self.live[code]
-            account = b.account_ids[i]
-            props = dict(b.properties[i] or {}) if b.properties is not None else {}
-            ts = b.timestamps[i]
+            account = logged.account_id
+            props = dict(logged.properties or {})
+            ts = logged.timestamp_us
             period = period_of(schema, ts)
             cell = tuple(
                 sorted(
@@ -143,10 +141,10 @@ class PartitionModel:
                 code=code,
                 account=account,
                 ts=ts,
-                value=b.values[i],
-                op=b.operation_types[i] if b.operation_types is not None else 0,
+                value=logged.value,
+                op=logged.operation_type,
                 props=props,
-                event_id=b.event_ids[i] if b.event_ids is not None else None,
+                event_id=logged.event_id,
                 cell=cell,
                 period=period,
                 counted=period[1] > cutoff,

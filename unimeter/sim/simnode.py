@@ -324,7 +324,7 @@ class SimNode:
             if not self.disk_ok or replica.disk_full:
                 self._refuse(token, errors.Status.BACKPRESSURE, "free disk under the reserve")
                 return
-            for account in sorted(set(msg.batch.account_ids)):
+            for account in sorted(set(msg.batch.account_ids.tolist())):
                 if self.route(account) != part:
                     self._refuse(token, errors.Status.INVALID_REQUEST, "wrong partition")
                     return

@@ -24,7 +24,7 @@ from cbor2 import CBORTag
 from unimeter import limits, model, periods
 from unimeter.model import MetricSchema
 from unimeter.wire import messages as m
-from unimeter.wire.columns import ColumnError, decode_batch, encode_batch
+from unimeter.wire.batch import ColumnError, EventBatch, decode_batch
 
 
 class BodyError(ValueError):
@@ -180,7 +180,11 @@ def _decode_batch(obj: Any, path: str) -> m.EventBatch:
         raise BodyError(str(exc)) from None
 
 
-BATCH = Conv(encode_batch, _decode_batch)
+def _encode_batch(batch: EventBatch) -> bytes:
+    return batch.raw
+
+
+BATCH = Conv(_encode_batch, _decode_batch)
 
 
 # --------------------------------------------------------------------------- containers

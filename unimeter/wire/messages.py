@@ -6,23 +6,23 @@ the class in ``REPLY_OF[K]``; any other status carries an ``ErrorReply``. No dic
 the codec: the codec turns bodies into these classes and back (``unimeter/wire/codec.py``).
 
 Timestamps on the wire are integer microseconds since the Unix epoch (UTC). Account ids are
-u64, values i64. ``EventBatch`` is columnar: the numeric columns are ``array.array`` objects that
-travel as RFC 8746 little-endian typed arrays.
+u64, values i64. ``EventBatch`` (``batch.py``) is columnar: numpy columns that travel as RFC 8746
+little-endian typed arrays inside one byte string.
 """
 
 from __future__ import annotations
 
 import enum
-from array import array
 from dataclasses import dataclass
 from typing import ClassVar
 
 from unimeter.model import AggValue, MetricSchema
+from unimeter.wire.batch import NO_TIMESTAMP as NO_TIMESTAMP
+from unimeter.wire.batch import EventBatch as EventBatch
 
-PROTOCOL_VERSION = 1
-
-# A timestamp column entry meaning "the partition leader stamps this event on arrival".
-NO_TIMESTAMP = -(2**63)
+# 2: the batch travels as one byte string holding its columnar map, with dictionary-encoded
+# properties and packed event ids (docs/protocol.md, section 4).
+PROTOCOL_VERSION = 2
 
 
 class Kind(enum.IntEnum):
@@ -55,31 +55,6 @@ class PushKind(enum.IntEnum):
 
     ALERTS = -1
     SUBSCRIPTION_END = -2
-
-
-# --------------------------------------------------------------------------- columnar batch
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class EventBatch:
-    """Events as parallel columns; every column has one entry per event.
-
-    ``metric_index[i]`` indexes ``metric_codes``. ``timestamps`` is None when no event carries
-    one (else ``NO_TIMESTAMP`` marks the ones that do not); ``operation_types``, ``properties``
-    and ``event_ids`` are None when absent for every event.
-    """
-
-    metric_codes: tuple[str, ...]
-    metric_index: array[int]  # typecode 'B' (table <= 256 codes) or 'H'
-    account_ids: array[int]  # 'Q'
-    values: array[int]  # 'q'
-    timestamps: array[int] | None = None  # 'q'
-    operation_types: array[int] | None = None  # 'B'
-    properties: tuple[dict[str, str] | None, ...] | None = None
-    event_ids: tuple[str | None, ...] | None = None
-
-    def __len__(self) -> int:
-        return len(self.account_ids)
 
 
 # --------------------------------------------------------------------------- requests

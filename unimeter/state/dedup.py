@@ -1,62 +1,105 @@
-"""Exactly-once state: event-id hashes per day and the idempotent-producer table (DESIGN §2.6).
+"""Exactly-once state: event-id keys and the idempotent-producer table (docs/semantics.md §8).
 
 Both expire by *log time*: the day of the newest BatchEntry stamp seen, never the wall clock,
 so every replica and every replay drops the same things at the same entry.
+
+Event-id keys (``hashing.event_id_keys``) live in sorted runs, each with the log day every key
+was stored on: a batch's keys become a new run, and runs of similar size are merged (at most
+``_FANOUT`` runs of each size class), so a key is moved a logarithmic number of times in all
+and a lookup of a whole column is one binary search per run. Expiry filters every run by day.
+Eight bytes a key plus its day, where a hash set of Python ints costs about eighty.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from hashlib import blake2b
+from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from pyroaring import BitMap64
 
 from unimeter import limits
 from unimeter.wire.messages import IngestReply
 
-
-def event_id_hash(metric_code: str, account_id: int, event_id: str) -> int:
-    """64-bit key of an event id: blake2b-64 over ``u16 len | code | u64 account | u16 len |
-    event id`` (little-endian, UTF-8), identical in every process and on every platform."""
-    code = metric_code.encode()
-    eid = event_id.encode()
-    data = b"".join(
-        (
-            len(code).to_bytes(2, "little"),
-            code,
-            account_id.to_bytes(8, "little"),
-            len(eid).to_bytes(2, "little"),
-            eid,
-        )
-    )
-    return int.from_bytes(blake2b(data, digest_size=8).digest(), "little")
+Array = npt.NDArray[Any]
+U64 = np.dtype("<u8")
+I32 = np.dtype("<i4")
+_FANOUT = 4
 
 
 class EventIdIndex:
-    """Hashes of stored event ids in per-day sets plus their union for O(1) lookups.
+    """The keys of stored event ids, with the day each was stored, in sorted runs."""
 
-    A hash lives in exactly one day set (it is only added when unseen), so dropping a day is a
-    set difference on the union.
-    """
-
-    __slots__ = ("combined", "days")
+    __slots__ = ("runs",)
 
     def __init__(self) -> None:
-        self.days: dict[int, BitMap64] = {}
-        self.combined = BitMap64()
+        self.runs: list[tuple[Array, Array]] = []  # (keys sorted, days), largest first
+
+    def __len__(self) -> int:
+        return sum(len(keys) for keys, _ in self.runs)
+
+    def contains(self, keys: Array) -> Array:
+        """A boolean per key of ``keys`` (uint64): already stored?"""
+        hit = np.zeros(len(keys), dtype=bool)
+        for run, _ in self.runs:
+            pos = np.searchsorted(run, keys)
+            np.minimum(pos, len(run) - 1, out=pos)
+            hit |= run[pos] == keys
+        return hit
 
     def seen(self, key: int) -> bool:
-        return key in self.combined
+        return bool(self.contains(np.array([key], U64))[0])
 
-    def day_set(self, day: int) -> BitMap64:
-        found = self.days.get(day)
-        if found is None:
-            found = self.days[day] = BitMap64()
-        return found
+    def add(self, keys: Array, day: int) -> None:
+        """Store ``keys`` (distinct, none stored yet) on log day ``day``."""
+        if not len(keys):
+            return
+        run = np.sort(keys)
+        self.runs.append((run, np.full(len(run), day, I32)))
+        self._merge()
+
+    def _merge(self) -> None:
+        """Merge the smallest runs while more than ``_FANOUT`` share a size class."""
+        runs = self.runs
+        while len(runs) > 1:
+            tail = runs[-1]
+            size_class = len(tail[0]).bit_length()
+            same = 1
+            while same < len(runs) and len(runs[-1 - same][0]).bit_length() <= size_class:
+                same += 1
+            if same <= _FANOUT:
+                break
+            merged = runs[-same:]
+            del runs[-same:]
+            keys = np.concatenate([k for k, _ in merged])
+            days = np.concatenate([d for _, d in merged])
+            order = np.argsort(keys, kind="stable")
+            runs.append((keys[order], days[order]))
+            runs.sort(key=lambda r: -len(r[0]))
 
     def expire(self, oldest_kept_day: int) -> None:
-        for day in [d for d in self.days if d < oldest_kept_day]:
-            self.combined.difference_update(self.days.pop(day))
+        kept: list[tuple[Array, Array]] = []
+        for keys, days in self.runs:
+            live = days >= oldest_kept_day
+            if live.all():
+                kept.append((keys, days))
+            elif live.any():
+                kept.append((keys[live], days[live]))
+        kept.sort(key=lambda r: -len(r[0]))
+        self.runs = kept
+
+    def dump(self) -> tuple[Array, Array]:
+        """Every (key, day), keys sorted (snapshots)."""
+        if not self.runs:
+            return np.zeros(0, U64), np.zeros(0, I32)
+        keys = np.concatenate([k for k, _ in self.runs])
+        days = np.concatenate([d for _, d in self.runs])
+        order = np.argsort(keys, kind="stable")
+        return keys[order], days[order]
+
+    def load(self, keys: Array, days: Array) -> None:
+        self.runs = [(keys, days)] if len(keys) else []
 
 
 @dataclass(frozen=True, slots=True)

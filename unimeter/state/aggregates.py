@@ -1,0 +1,189 @@
+"""Folding a batch of stored events into the aggregate rows, a column at a time.
+
+Theory of operation
+-------------------
+Rows (``rows.RowStore``) are found through two ``KeyIndex`` maps:
+
+    total row  key = account slot << 32 | table id      (one per instance, period, account)
+    cell row   key = total row << 16 | cell id          (per dimension cell of a total row)
+
+where an account's *slot* is its number in the partition's account index and a *table* is one
+(instance, period). A total row *has cells* once any of its events had a non-empty cell; from
+then on every event of that row also updates the row of its cell (cell 0 included, seeded from
+the total when the first cell row is made), so the cell rows always partition the row's events.
+
+A batch is applied in this order: resolve every event's table (period), slot and rows, creating
+what is missing; find the total rows whose total may reach a threshold (``next_level``) and note
+their state; fold every event into its rows with grouped array operations; then replay only the
+noted rows event by event to find the exact crossings. COUNT_UNIQUE rows keep Python roaring
+sets, updated with one call per distinct row (event by event only for rows that REMOVE or may
+cross a threshold).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pyroaring import BitMap64
+
+from unimeter.model import AggType, OperationType
+from unimeter.state.instances import Instance
+from unimeter.state.keyindex import MISSING, KeyIndex
+from unimeter.state.rows import INT64_MAX, INT64_MIN, RowStore
+
+Array = npt.NDArray[Any]
+U64 = np.dtype("<u8")
+I64 = np.dtype("<i8")
+REMOVE = int(OperationType.REMOVE)
+_S16 = np.uint64(16)
+_S32 = np.uint64(32)
+
+
+class UniqRow:
+    """The sets of one COUNT_UNIQUE row: ``present`` = values whose last operation in the
+    period was ADD/NONE; ``removed`` = values REMOVEd at any moment of the period (a later ADD
+    does not take them out; docs/semantics.md §6 says why). Cell rows use ``present`` only."""
+
+    __slots__ = ("present", "removed")
+
+    def __init__(self, present: BitMap64 | None = None) -> None:
+        self.present = BitMap64() if present is None else present
+        self.removed: BitMap64 | None = None
+
+
+class Tables:
+    """The rows of a partition and the indexes that find them."""
+
+    __slots__ = ("accounts", "cells", "rows", "slot_accounts", "totals", "uniq")
+
+    def __init__(self) -> None:
+        self.accounts = KeyIndex()  # account id -> slot
+        self.slot_accounts = np.zeros(0, U64)  # slot -> account id
+        self.totals = KeyIndex()  # slot << 32 | table -> total row
+        self.cells = KeyIndex()  # total row << 16 | cell -> cell row
+        self.rows = RowStore()
+        self.uniq: dict[int, UniqRow] = {}  # COUNT_UNIQUE rows (totals and cells)
+
+    # ------------------------------------------------------------------ lookups
+
+    def slots(self, accounts: Array) -> Array:
+        """Each account's slot, numbering new accounts as they come."""
+        found = self.accounts.get(accounts)
+        missing = found == MISSING
+        if missing.any():
+            fresh = np.unique(accounts[missing])
+            first = len(self.slot_accounts)
+            numbers = np.arange(first, first + len(fresh), dtype=I64)
+            self.accounts.add(fresh, numbers)
+            self.slot_accounts = np.concatenate([self.slot_accounts, fresh])
+            found[missing] = self.accounts.get(accounts[missing])
+        return found
+
+    def slot_of(self, account: int) -> int:
+        return self.accounts.get1(account)
+
+    def total_row(self, slot: int, table: int) -> int:
+        if slot == MISSING:
+            return MISSING
+        return self.totals.get1(slot << 32 | table)
+
+    def cell_rows(self, row: int) -> tuple[Array, Array] | None:
+        """(cell ids, cell rows) of a total row, or None when it has no cells."""
+        keys, rows = self.cells.range(row << 16, (row + 1) << 16)
+        if not len(keys):
+            return None
+        return (keys & np.uint64(0xFFFF)).astype(I64), rows
+
+    def _rows_for(self, index: KeyIndex, keys: Array, level_of_new: Array | int) -> Array:
+        """The row of each key, making rows for missing keys (``level_of_new`` per key)."""
+        found = index.get(keys)
+        missing = found == MISSING
+        if missing.any():
+            fresh, first = np.unique(keys[missing], return_index=True)
+            levels = (
+                level_of_new
+                if isinstance(level_of_new, int)
+                else level_of_new[np.flatnonzero(missing)[first]]
+            )
+            ids = self.rows.allocate(len(fresh), levels)
+            index.add(fresh, ids)
+            found[missing] = index.get(keys[missing])
+        return found
+
+    def total_rows(self, slots: Array, tables: Array, levels: Array) -> Array:
+        keys = slots.astype(U64) << _S32 | tables.astype(U64)
+        return self._rows_for(self.totals, keys, levels)
+
+    def cell_rows_for(self, totals: Array, cells: Array) -> Array:
+        keys = totals.astype(U64) << _S16 | cells.astype(U64)
+        return self._rows_for(self.cells, keys, INT64_MAX)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def _num_total(agg: int, count: int, total: int, maximum: int, latest: tuple[int, int, int]) -> int:
+    if agg == AggType.SUM:
+        return total
+    if agg == AggType.MAX:
+        return maximum
+    if agg == AggType.LATEST:
+        return latest[2]
+    return count
+
+
+def may_cross(
+    inst: Instance, rows: RowStore, total_rows: Array, values: Array, adds: Array | None
+) -> Array:
+    """The distinct total rows (of ``inst``'s events in this batch) whose total may reach
+    their next threshold level during the batch: an upper bound, checked exactly later."""
+    distinct, inverse = np.unique(total_rows, return_inverse=True)
+    level = rows.next_level[distinct]
+    if inst.unique:
+        added = np.bincount(inverse, weights=adds, minlength=len(distinct)) if adds is not None \
+            else np.bincount(inverse, minlength=len(distinct))  # fmt: skip
+        bound = rows.count[distinct] + added.astype(I64)
+    elif inst.agg == AggType.COUNT:
+        bound = rows.count[distinct] + np.bincount(inverse, minlength=len(distinct))
+    elif inst.agg == AggType.SUM:
+        # The running total never exceeds the old sum plus the batch's positive values.
+        positive = np.bincount(inverse, weights=np.maximum(values, 0), minlength=len(distinct))
+        old = rows.sum_hi[distinct].astype(np.float64) * 2.0**32 + rows.sum_lo[distinct]
+        big = np.array([rows.big_sums.get(r, 0) for r in distinct.tolist()], np.float64) \
+            if rows.big_sums else 0.0  # fmt: skip
+        upper = old + big + positive
+        # Floats are inexact: widen by a relative margin, never narrower than exact.
+        return distinct[upper + np.abs(upper) * 1e-9 + 1.0 >= level]  # type: ignore[no-any-return]
+    else:  # MAX and LATEST: never above the larger of the old value and the batch's largest
+        batch_max = np.full(len(distinct), INT64_MIN, I64)
+        np.maximum.at(batch_max, inverse, values)
+        old = rows.max[distinct] if inst.agg == AggType.MAX else np.where(
+            rows.count[distinct] > 0, rows.last_val[distinct], INT64_MIN
+        )  # fmt: skip
+        bound = np.maximum(old, batch_max)
+    return distinct[bound >= level]  # type: ignore[no-any-return]
+
+
+class NumState:
+    """A numeric total row's aggregate, as Python ints, for the exact event-by-event replay."""
+
+    __slots__ = ("count", "latest", "maximum", "total")
+
+    def __init__(self, rows: RowStore, row: int) -> None:
+        self.count = int(rows.count[row])
+        self.total = rows.total_sum(row)
+        self.maximum = int(rows.max[row])
+        latest = rows.latest(row)
+        self.latest = latest if latest is not None else (INT64_MIN, INT64_MIN, 0)
+
+    def step(self, agg: int, value: int, ts: int, offset: int) -> int:
+        """Fold one event in; the period total after it."""
+        self.count += 1
+        self.total += value
+        if value > self.maximum:
+            self.maximum = value
+        if (ts, offset) >= self.latest[:2]:
+            self.latest = (ts, offset, value)
+        return _num_total(agg, self.count, self.total, self.maximum, self.latest)

@@ -1,0 +1,634 @@
+"""Applying a BatchEntry to the partition state, and what retention and schema changes do to
+the aggregate tables (see ``aggregates.py`` for the row layout).
+
+The hot path is ``apply``: gather the stored events as columns, append them to the event
+store, find every event's period table and rows, fold them in with grouped array operations,
+and replay event by event only the rows that may cross a threshold and the COUNT_UNIQUE rows
+that must (REMOVEs, thresholds). Python runs per batch, per instance, per distinct row where it
+must, and never per event on the common path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from pyroaring import BitMap64
+
+from unimeter.model import AggType
+from unimeter.state.aggregates import (
+    REMOVE,
+    NumState,
+    UniqRow,
+    may_cross,
+)
+from unimeter.state.alerts import crossings
+from unimeter.state.entries import BatchEntry
+from unimeter.state.gather import Gathered, gather
+from unimeter.state.instances import INT64_MAX, Instance, Latest, NumBase, UniqBase, later
+from unimeter.state.keyindex import MISSING
+from unimeter.state.rows import COLUMNS
+from unimeter.wire.messages import IngestReply, StoredAlert
+
+if TYPE_CHECKING:
+    from unimeter.state.partition_state import ApplyResult, PartitionState
+
+Array = npt.NDArray[Any]
+I64 = np.dtype("<i8")
+U64 = np.dtype("<u8")
+US_PER_DAY = 86_400_000_000
+
+# An alert found while applying: (event position in the entry, account, code, threshold, total)
+Found = tuple[int, int, str, str, int]
+
+
+def apply(state: PartitionState, index: int, entry: BatchEntry) -> ApplyResult:
+    from unimeter.state.partition_state import ApplyResult
+
+    day = entry.stamp_us // US_PER_DAY
+    if state.newest_day is None or day > state.newest_day:
+        state.advance(day)
+    assert state.newest_day is not None
+    for part in entry.parts:
+        if part.producer_id:
+            assert state.producers.outcome(part.producer_id, part.seq) is None, (
+                f"producer {part.producer_id} seq {part.seq} is already applied"
+            )
+    first = state.events.next_offset
+    g = gather(entry, state.live, state.props, state.cells)
+    alerts: list[StoredAlert] = []
+    if g.n:
+        if g.hashes is not None:
+            state.ids.add(g.hashes, state.newest_day)
+        state.events.append(g.cols, g.id_data)
+        found = _fold(state, g, first)
+        found.sort(key=lambda f: f[0])
+        alerts = [
+            state.alerts.append(account, code, threshold, total, entry.stamp_us)
+            for _, account, code, threshold, total in found
+        ]
+    replies: list[IngestReply] = []
+    offset = first
+    for part in entry.parts:
+        n = part.n_stored
+        reply = IngestReply(
+            n_stored=n,
+            n_duplicates=part.n_duplicates,
+            n_rejected=part.n_rejected,
+            rejected=part.rejected,
+            last_offset=offset + n - 1 if n else None,
+            log_index=index,
+        )
+        offset += n
+        replies.append(reply)
+        if part.producer_id:
+            state.producers.record(part.producer_id, part.seq, reply, state.newest_day)
+    return ApplyResult(
+        first_offset=first if g.n else None,
+        last_offset=first + g.n - 1 if g.n else None,
+        alerts=tuple(alerts),
+        replies=tuple(replies),
+    )
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _table(state: PartitionState, inst: Instance, start: int, end: int) -> int:
+    found = inst.periods.get(start)
+    if found is not None:
+        return found[1]
+    table = state.next_table
+    state.next_table += 1
+    inst.periods[start] = (end, table)
+    return table
+
+
+def _tables_of(state: PartitionState, inst: Instance, stamps: Array) -> Array:
+    """The table of each timestamp's period (-1: the period already expired)."""
+    lo, hi = int(stamps.min()), int(stamps.max())
+    if inst.table >= 0 and inst.ps <= lo and hi < inst.pe:
+        return np.full(len(stamps), inst.table, I64)
+    starts = inst.starts_of(stamps)
+    out = np.full(len(stamps), -1, I64)
+    for start in np.unique(starts).tolist():
+        _, end = inst.period_of(start)
+        if end <= state.cutoff:
+            continue  # stored, expired at once: never aggregated
+        table = _table(state, inst, start, end)
+        out[starts == start] = table
+        if start >= inst.ps or inst.table < 0:
+            inst.ps, inst.pe, inst.table = start, end, table
+    return out
+
+
+# --------------------------------------------------------------------------- the fold
+
+
+def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
+    n = g.n
+    mids = g.col("mid")
+    stamps = g.col("ts")
+    distinct = [int(mids[0])] if bool((mids == mids[0]).all()) else np.unique(mids).tolist()
+    tables = np.empty(n, I64)
+    level_of = np.empty(n, I64)
+    insts: list[Instance] = []
+    for mid in distinct:
+        inst = state.instances[mid]
+        insts.append(inst)
+        if len(distinct) == 1:
+            tables[:] = _tables_of(state, inst, stamps)
+            level_of[:] = inst.first_level(None)
+        else:
+            sel = mids == mid
+            tables[sel] = _tables_of(state, inst, stamps[sel])
+            level_of[sel] = inst.first_level(None)
+    positions = np.arange(n, dtype=I64)
+    counted = tables >= 0
+    if not counted.all():
+        positions = positions[counted]
+        if not len(positions):
+            return []
+    ev = _Events(g, positions, first)
+    ev.tables = tables[positions] if len(positions) < n else tables
+    tabs = state.tables
+    slots = tabs.slots(ev.account)
+    ev.rows = tabs.total_rows(
+        slots, ev.tables, level_of[positions] if len(positions) < n else level_of
+    )
+    unique = np.zeros(len(positions), dtype=bool)
+    if any(i.unique for i in insts):
+        unique_mids = [i.mid for i in insts if i.unique]
+        unique = np.isin(ev.mid, unique_mids)
+    found: list[Found] = []
+    # Rows whose total may reach a threshold: noted before anything changes.
+    candidates: dict[int, NumState | None] = {}
+    for inst in insts:
+        if not inst.thresholds:
+            continue
+        sel = ev.mid == inst.mid
+        if inst.unique and inst.recurring:
+            # The total is the carried set's size, not the row's: replay every such row.
+            candidates.update(dict.fromkeys(np.unique(ev.rows[sel]).tolist()))
+            continue
+        adds = None
+        if inst.unique and ev.op is not None:
+            adds = (ev.op[sel] != REMOVE).astype(np.float64)
+        for row in may_cross(inst, tabs.rows, ev.rows[sel], ev.value[sel], adds).tolist():
+            candidates[row] = None if inst.unique else NumState(tabs.rows, row)
+    _seed_cells(state, ev)
+    numeric = ~unique
+    if numeric.all():
+        tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset)
+    elif numeric.any():
+        tabs.rows.accumulate(ev.rows[numeric], ev.value[numeric], ev.ts[numeric],
+                             ev.offset[numeric])  # fmt: skip
+    if ev.cell_rows is not None:
+        has = ev.cell_rows >= 0
+        plain_cells = has & numeric
+        if plain_cells.any():
+            tabs.rows.accumulate(ev.cell_rows[plain_cells], ev.value[plain_cells],
+                                 ev.ts[plain_cells], ev.offset[plain_cells])  # fmt: skip
+    tabs.rows.settle(ev.rows)
+    if ev.cell_rows is not None:
+        tabs.rows.settle(ev.cell_rows[ev.cell_rows >= 0])
+    if unique.any():
+        _fold_unique(state, ev, np.flatnonzero(unique), candidates, found)
+    if candidates:
+        _replay_numeric(state, ev, candidates, found)
+    return found
+
+
+class _Events:
+    """The counted events of a batch, as the fold sees them (parallel arrays)."""
+
+    __slots__ = ("account", "cell", "cell_rows", "mid", "offset", "op", "pos", "rows", "tables",
+                 "ts", "value")  # fmt: skip
+
+    def __init__(self, g: Gathered, positions: Array, first: int) -> None:
+        whole = len(positions) == g.n
+
+        def pick(name: str) -> Array | None:
+            col = g.cols[name]
+            if col is None:
+                return None
+            return col if whole else col[positions]
+
+        self.pos = positions
+        self.mid: Array = pick("mid")  # type: ignore[assignment]
+        self.account: Array = pick("account")  # type: ignore[assignment]
+        self.ts: Array = pick("ts")  # type: ignore[assignment]
+        self.value: Array = pick("value")  # type: ignore[assignment]
+        self.op = pick("op")
+        self.cell = pick("cell")
+        self.offset = positions + first
+        self.tables: Array = positions
+        self.rows: Array = positions
+        self.cell_rows: Array | None = None
+
+
+def _seed_cells(state: PartitionState, ev: _Events) -> None:
+    """Find the cell row of every event whose total row has (or now gets) cells, creating the
+    cell-0 row of a total row that gets its first cells from the total before this batch."""
+    tabs = state.tables
+    if ev.cell is None and not len(tabs.cells):
+        return
+    cell = ev.cell if ev.cell is not None else np.zeros(len(ev.rows), np.int32)
+    need = cell != 0
+    if len(tabs.cells):
+        need |= tabs.cells.get(ev.rows.astype(U64) << np.uint64(16)) != MISSING
+    if not need.any():
+        return
+    fresh = np.unique(ev.rows[need])
+    # Every event of a row with cells updates a cell row (cell 0 for none), including the
+    # batch's events before the one that gave the row its first cells.
+    need = np.isin(ev.rows, fresh)
+    zero_keys = fresh.astype(U64) << np.uint64(16)
+    new_rows = fresh[tabs.cells.get(zero_keys) == MISSING]
+    if len(new_rows):
+        seeds = tabs.cell_rows_for(new_rows, np.zeros(len(new_rows), I64))
+        rows = tabs.rows
+        for name in COLUMNS:
+            if name != "next_level":
+                rows.cols[name][seeds] = rows.cols[name][new_rows]
+        for total, seed in zip(new_rows.tolist(), seeds.tolist(), strict=True):
+            if total in rows.big_sums:
+                rows.big_sums[seed] = rows.big_sums[total]
+            uniq = tabs.uniq.get(total)
+            if uniq is not None:
+                tabs.uniq[seed] = UniqRow(uniq.present.copy())
+    out = np.full(len(ev.rows), -1, I64)
+    out[need] = tabs.cell_rows_for(ev.rows[need], cell[need])
+    ev.cell_rows = out
+
+
+# --------------------------------------------------------------------------- COUNT_UNIQUE
+
+
+def _fold_unique(
+    state: PartitionState,
+    ev: _Events,
+    which: Array,
+    candidates: dict[int, NumState | None],
+    found: list[Found],
+) -> None:
+    """Apply the COUNT_UNIQUE events (positions ``which`` of ``ev``): one set update per
+    distinct row, or event by event, in log order, where the order matters (REMOVEs, rows that
+    may cross a threshold, and recurring instances with thresholds, whose periods' totals
+    depend on each other)."""
+    tabs = state.tables
+    in_order = np.zeros(len(which), dtype=bool)
+    for mid in np.unique(ev.mid[which]).tolist():
+        inst = state.instances[mid]
+        if inst.recurring and inst.thresholds:
+            in_order |= ev.mid[which] == mid
+    if in_order.any():
+        _one_by_one(state, ev, which[in_order].tolist(), found)
+        which = which[~in_order]
+    rows = ev.rows[which]
+    order = np.argsort(rows, kind="stable")
+    bounds = np.flatnonzero(np.diff(rows[order])) + 1
+    for members in np.split(which[order], bounds) if len(which) else ():
+        row = int(ev.rows[members[0]])
+        ops = ev.op[members] if ev.op is not None else None
+        if row in candidates or (ops is not None and bool((ops == REMOVE).any())):
+            _one_by_one(state, ev, members.tolist(), found)
+            continue
+        inst = state.instances[int(ev.mid[members[0]])]
+        if inst.recurring:
+            inst.ucache.pop(int(ev.account[members[0]]), None)
+        urow = _uniq(tabs.uniq, row)
+        values = ev.value[members]
+        urow.present.update(values.astype(U64))
+        tabs.rows.count[row] = len(urow.present)
+        cell_rows = ev.cell_rows[members] if ev.cell_rows is not None else None
+        if cell_rows is not None and bool((cell_rows >= 0).any()):
+            for crow in np.unique(cell_rows[cell_rows >= 0]).tolist():
+                cell = _uniq(tabs.uniq, crow)
+                cell.present.update(values[cell_rows == crow].astype(U64))
+                tabs.rows.count[crow] = len(cell.present)
+
+
+def _one_by_one(state: PartitionState, ev: _Events, positions: list[int],
+                found: list[Found]) -> None:  # fmt: skip
+    """COUNT_UNIQUE events exactly as the semantics state them, in the given (log) order."""
+    tabs = state.tables
+    touched: dict[int, Instance] = {}
+    for i in positions:
+        row = int(ev.rows[i])
+        inst = state.instances[int(ev.mid[i])]
+        urow = _uniq(tabs.uniq, row)
+        account = int(ev.account[i])
+        start = _start_of_table(inst, int(ev.tables[i]))
+        value = int(ev.value[i])
+        op = int(ev.op[i]) if ev.op is not None else 0
+        crow = int(ev.cell_rows[i]) if ev.cell_rows is not None else -1
+        _unique_event(state, inst, row, urow, account, start, value, op, crow)
+        tabs.rows.count[row] = len(urow.present)
+        touched[row] = inst
+        if inst.thresholds:
+            total = unique_total(state, inst, account, start, urow)
+            fired, crossed = crossings(tabs.rows.fired.get(row), inst.thresholds, total)
+            if fired:
+                tabs.rows.fired[row] = fired
+            for code in crossed or ():
+                found.append((int(ev.pos[i]), account, inst.code, code, total))
+    for row, inst in touched.items():
+        if inst.thresholds:
+            count_level(tabs, inst, row)
+
+
+def _uniq(uniq: dict[int, UniqRow], row: int) -> UniqRow:
+    found = uniq.get(row)
+    if found is None:
+        found = uniq[row] = UniqRow()
+    return found
+
+
+def _start_of_table(inst: Instance, table: int) -> int:
+    for start, (_, t) in inst.periods.items():
+        if t == table:
+            return start
+    raise AssertionError(f"table {table} is not a period of {inst.code}")
+
+
+def _unique_event(
+    state: PartitionState,
+    inst: Instance,
+    row: int,
+    urow: UniqRow,
+    account: int,
+    start: int,
+    value: int,
+    op: int,
+    crow: int,
+) -> None:
+    """One COUNT_UNIQUE event, exactly (docs/semantics.md §6), with the recurring cache."""
+    tabs = state.tables
+    if op == REMOVE:
+        urow.present.discard(value)
+        if urow.removed is None:
+            urow.removed = BitMap64()
+        urow.removed.add(value)
+        found = tabs.cell_rows(row)
+        if found is not None:
+            for c in found[1].tolist():
+                member = tabs.uniq.get(c)
+                if member is not None and value in member.present:
+                    member.present.discard(value)
+                    tabs.rows.count[c] = len(member.present)
+    else:
+        urow.present.add(value)
+        if crow >= 0:
+            cell = _uniq(tabs.uniq, crow)
+            cell.present.add(value)
+            tabs.rows.count[crow] = len(cell.present)
+    cached = inst.ucache.get(account) if inst.ucache else None
+    if cached is not None:
+        cached_start, current = cached
+        if start == cached_start:
+            if op == REMOVE:
+                current.discard(value)
+            else:
+                current.add(value)
+        elif start > cached_start:
+            # ``start`` is a brand-new newest period: its set is the carried one plus this op.
+            current = current.copy()
+            if op == REMOVE:
+                current.discard(value)
+            else:
+                current.add(value)
+            inst.ucache[account] = (start, current)
+        else:
+            del inst.ucache[account]  # a late event changes what flows into the cached period
+
+
+def fold_unique(carried: BitMap64, urow: UniqRow) -> BitMap64:
+    """set(P) from set(P_prev): values carried in, minus those removed in P, plus P's."""
+    out = carried.copy()
+    if urow.removed is not None:
+        out.difference_update(urow.removed)
+    out |= urow.present
+    return out
+
+
+def recurring_set(state: PartitionState, inst: Instance, account: int, start: int) -> BitMap64:
+    """The recurring unique set of period ``start`` (stored) for ``account``, caching it when
+    ``start`` is the account's newest stored period."""
+    cached = inst.ucache.get(account)
+    if cached is not None and cached[0] == start:
+        return cached[1]
+    tabs = state.tables
+    base = inst.base.get(account)
+    current = base.present.copy() if isinstance(base, UniqBase) else BitMap64()
+    slot = tabs.slot_of(account)
+    newest = True
+    for s in sorted(inst.periods):
+        row = tabs.total_row(slot, inst.periods[s][1])
+        if row == MISSING:
+            continue
+        if s > start:
+            newest = False
+            break
+        urow = tabs.uniq.get(row)
+        if urow is not None:  # a row made for this batch's events may have none yet
+            current = fold_unique(current, urow)
+    if newest:
+        inst.ucache[account] = (start, current)
+    return current
+
+
+def unique_total(state: PartitionState, inst: Instance, account: int, start: int,
+                 urow: UniqRow) -> int:  # fmt: skip
+    if inst.recurring:
+        return len(recurring_set(state, inst, account, start))
+    return len(urow.present)
+
+
+# --------------------------------------------------------------------------- thresholds
+
+
+def count_level(tabs: Any, inst: Instance, row: int) -> None:
+    level = inst.first_level(tabs.rows.fired.get(row))
+    tabs.rows.next_level[row] = min(level, INT64_MAX)
+
+
+def _replay_numeric(
+    state: PartitionState, ev: _Events, candidates: dict[int, NumState | None],
+    found: list[Found],
+) -> None:  # fmt: skip
+    """Event by event, the crossings of the numeric rows that may cross (their state noted
+    before the batch was folded in)."""
+    tabs = state.tables
+    numeric = {row: s for row, s in candidates.items() if s is not None}
+    if not numeric:
+        return
+    mask = np.isin(ev.rows, np.fromiter(numeric, I64, len(numeric)))
+    for i in np.flatnonzero(mask).tolist():
+        row = int(ev.rows[i])
+        inst = state.instances[int(ev.mid[i])]
+        noted = numeric[row]
+        assert noted is not None
+        total = noted.step(inst.agg, int(ev.value[i]), int(ev.ts[i]), int(ev.offset[i]))
+        fired, crossed = crossings(tabs.rows.fired.get(row), inst.thresholds, total)
+        if fired:
+            tabs.rows.fired[row] = fired
+        for code in crossed or ():
+            found.append((int(ev.pos[i]), int(ev.account[i]), inst.code, code, total))
+    for row in numeric:
+        count_level(tabs, state.instances[_mid_of_row(ev, row)], row)
+
+
+def _mid_of_row(ev: _Events, row: int) -> int:
+    return int(ev.mid[int(np.flatnonzero(ev.rows == row)[0])])
+
+
+def refresh_levels(state: PartitionState, inst: Instance) -> None:
+    """The instance's thresholds changed: recompute the next level of each of its rows."""
+    tabs = state.tables
+    for _, table in inst.periods.values():
+        keys, rows = tabs.totals.items()
+        mine = rows[(keys & np.uint64(0xFFFFFFFF)) == np.uint64(table)]
+        for row in mine.tolist():
+            count_level(tabs, inst, row)
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def _rows_of_table(state: PartitionState, table: int) -> tuple[Array, Array]:
+    """(slots, total rows) of one table."""
+    keys, rows = state.tables.totals.items()
+    mine = (keys & np.uint64(0xFFFFFFFF)) == np.uint64(table)
+    return (keys[mine] >> np.uint64(32)).astype(I64), rows[mine]
+
+
+def drop_tables(state: PartitionState, inst: Instance, starts: list[int]) -> None:
+    """Forget the aggregate rows of these periods of ``inst`` (their events stay in the store
+    until retention drops them)."""
+    if not starts:
+        return
+    tabs = state.tables
+    dropped = np.array([inst.periods.pop(s)[1] for s in starts], U64)
+    keys, rows = tabs.totals.items()
+    gone = np.isin(keys & np.uint64(0xFFFFFFFF), dropped)
+    gone_rows = rows[gone]
+    tabs.totals.keep(lambda k, v: ~gone)
+    if len(tabs.cells) and len(gone_rows):
+        ckeys, crows = tabs.cells.items()
+        cgone = np.isin((ckeys >> np.uint64(16)).astype(I64), gone_rows)
+        gone_rows = np.concatenate([gone_rows, crows[cgone]])
+        tabs.cells.keep(lambda k, v: ~cgone)
+    for row in gone_rows.tolist():
+        tabs.uniq.pop(row, None)
+        tabs.rows.fired.pop(row, None)
+        tabs.rows.big_sums.pop(row, None)
+    if inst.ps in starts:
+        inst.ps = inst.pe = 0
+        inst.table = -1
+    _maybe_compact_rows(state)
+
+
+def expire_periods(state: PartitionState, inst: Instance, starts: list[int]) -> None:
+    """Drop expired periods (oldest first), carrying into the bases what recurring reads need."""
+    tabs = state.tables
+    if inst.live and inst.carries:
+        for start in starts:
+            slots, rows = _rows_of_table(state, inst.periods[start][1])
+            accounts = tabs.slot_accounts[slots].tolist()
+            for account, row in zip(accounts, rows.tolist(), strict=True):
+                _fold_into_base(state, inst, account, row)
+    for start in starts:
+        for account, (cached_start, _) in list(inst.ucache.items()):
+            if cached_start <= start:
+                del inst.ucache[account]
+    drop_tables(state, inst, starts)
+
+
+def _fold_into_base(state: PartitionState, inst: Instance, account: int, row: int) -> None:
+    """Carry a dropped period's state into the account's base (periods in time order)."""
+    tabs = state.tables
+    cells = tabs.cell_rows(row)
+    if inst.unique:
+        urow = tabs.uniq.get(row) or UniqRow()
+        ubase = inst.base.get(account)
+        if not isinstance(ubase, UniqBase):
+            ubase = inst.base[account] = UniqBase()
+        if cells is not None and ubase.cells is None:
+            ubase.cells = {0: ubase.present.copy()} if ubase.present else {}
+        if urow.removed is not None:
+            ubase.present.difference_update(urow.removed)
+            if ubase.cells is not None:
+                for members in ubase.cells.values():
+                    members.difference_update(urow.removed)
+        ubase.present |= urow.present
+        if ubase.cells is not None:
+            pairs = (
+                [(c, (tabs.uniq.get(r) or UniqRow()).present)
+                 for c, r in zip(cells[0].tolist(), cells[1].tolist(), strict=True)]
+                if cells is not None
+                else [(0, urow.present)]
+            )  # fmt: skip
+            for cell, members in pairs:
+                if cell in ubase.cells:
+                    ubase.cells[cell] |= members
+                else:
+                    ubase.cells[cell] = members.copy()
+        return
+    assert inst.agg == AggType.LATEST
+    newest = tabs.rows.latest(row)
+    if newest is None:
+        return
+    nbase = inst.base.get(account)
+    if not isinstance(nbase, NumBase):
+        nbase = inst.base[account] = NumBase()
+    if cells is not None and nbase.cells is None:
+        nbase.cells = {0: nbase.last} if nbase.last is not None else {}
+    nbase.last = later(nbase.last, newest)
+    if nbase.cells is not None:
+        latests: list[tuple[int, Latest | None]] = (
+            [(c, tabs.rows.latest(r)) for c, r in zip(cells[0].tolist(), cells[1].tolist(),
+                                                      strict=True)]
+            if cells is not None
+            else [(0, newest)]
+        )  # fmt: skip
+        for cell, latest in latests:
+            merged = later(nbase.cells.get(cell), latest)
+            if merged is not None:
+                nbase.cells[cell] = merged
+
+
+def _maybe_compact_rows(state: PartitionState) -> None:
+    """Renumber the rows once more than half of them are dropped ones."""
+    tabs = state.tables
+    live_count = len(tabs.totals) + len(tabs.cells)
+    if tabs.rows.size < 4096 or live_count * 2 > tabs.rows.size:
+        return
+    _, total_rows = tabs.totals.items()
+    _, cell_rows = tabs.cells.items()
+    live = np.sort(np.concatenate([total_rows, cell_rows]))
+    mapping = tabs.rows.compact(live)
+    tabs.totals.remap_values(mapping)
+    if len(tabs.cells):
+        ckeys, cvals = tabs.cells.items()
+        # Cell keys embed their total row: renumber those too, then re-sort.
+        totals = mapping[(ckeys >> np.uint64(16)).astype(I64)].astype(U64)
+        new_keys = totals << np.uint64(16) | (ckeys & np.uint64(0xFFFF))
+        order = np.argsort(new_keys, kind="stable")
+        from unimeter.state.keyindex import KeyIndex
+
+        tabs.cells = KeyIndex(new_keys[order], mapping[cvals][order])
+    old_to_new = mapping.tolist()
+    tabs.uniq = {old_to_new[r]: u for r, u in tabs.uniq.items() if old_to_new[r] >= 0}
+
+
+def compact_props(state: PartitionState) -> None:
+    """Keep only the property maps some stored event still references, renumbering them."""
+    columns = [c.cols["props"][: c.size] for c in state.events.chunks if "props" in c.cols]
+    live = np.unique(np.concatenate([np.zeros(1, np.int32), *columns]))
+    mapping = state.props.compact(live)
+    for chunk in state.events.chunks:
+        col = chunk.cols.get("props")
+        if col is not None:
+            chunk.cols["props"] = mapping[col]

@@ -1,0 +1,141 @@
+"""A BatchEntry's stored events as parallel columns, ready for the event store and the rows.
+
+Each part's batch arrives as the client encoded it; the leader's verdict (``dropped``) picks
+the stored events, missing timestamps become the entry's stamp, metric codes become instance
+ids, property columns become interned property-map ids and (for instances with dimensions)
+cell ids. Everything is array work plus one Python step per metric code, per distinct property
+combination and per part.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from unimeter.state.entries import BatchEntry, BatchPart
+from unimeter.state.instances import Instance
+from unimeter.state.props import CellTable, PropsTable, cell_ids, props_ids
+from unimeter.wire.batch import NO_TIMESTAMP
+
+Array = npt.NDArray[Any]
+I32 = np.dtype("<i4")
+I64 = np.dtype("<i8")
+U64 = np.dtype("<u8")
+
+# The columns of gathered events, in the order the event store keeps them.
+NAMES = ("mid", "account", "ts", "value", "op", "cell", "props", "id_start", "id_len")
+
+
+class Gathered:
+    """The stored events of one entry: ``cols`` by name (optional ones None when unused)."""
+
+    __slots__ = ("cols", "hashes", "id_data", "n")
+
+    def __init__(self, cols: dict[str, Array | None], id_data: bytes | None,
+                 hashes: Array | None) -> None:  # fmt: skip
+        self.cols = cols
+        self.id_data = id_data
+        self.hashes = hashes  # uint64 keys of the stored ids, in event order
+        mids = cols["mid"]
+        assert mids is not None
+        self.n = len(mids)
+
+    def col(self, name: str) -> Array:
+        found = self.cols[name]
+        assert found is not None
+        return found
+
+
+def _part(
+    part: BatchPart,
+    stamp_us: int,
+    live: dict[str, Instance],
+    props: PropsTable,
+    cells: CellTable,
+) -> tuple[dict[str, Array | None], bytes | None]:
+    b = part.batch
+    n = len(b)
+    keep = part.stored_mask()
+
+    def pick(column: Array) -> Array:
+        return column if keep is None else column[keep]
+
+    insts = [live.get(code) for code in b.metric_codes]
+    mid_of_code = np.array([-1 if i is None else i.mid for i in insts], I32)
+    mids = pick(mid_of_code[b.metric_index])
+    assert not len(mids) or int(mids.min()) >= 0, "a stored event for a metric not known"
+    cols: dict[str, Array | None] = dict.fromkeys(NAMES)
+    cols["mid"] = mids
+    cols["account"] = pick(b.account_ids)
+    cols["value"] = pick(b.values)
+    if b.timestamps is None:
+        cols["ts"] = np.full(len(mids), stamp_us, I64)
+    else:
+        stamps = pick(b.timestamps)
+        cols["ts"] = np.where(stamps == NO_TIMESTAMP, np.int64(stamp_us), stamps)
+    if b.operation_types is not None:
+        ops = pick(b.operation_types)
+        cols["op"] = ops if ops.any() else None
+    if b.property_columns:
+        cols["props"] = _pick_or_none(props_ids(b.property_columns, n, props), keep)
+        cell = np.zeros(n, I32)
+        for j, inst in enumerate(insts):
+            if inst is None or not inst.dims:
+                continue
+            found = cell_ids(inst.dims, b.property_columns, n, cells)
+            if found is not None:
+                mine = b.metric_index == j
+                cell[mine] = found[mine]
+        cols["cell"] = _pick_or_none(cell, keep)
+    id_data = None
+    if b.event_id_data is not None:
+        offsets = b.event_id_offsets
+        assert offsets is not None
+        lengths = pick(np.diff(offsets.astype(I64)))
+        if lengths.any():
+            cols["id_start"] = pick(offsets[:-1].astype(np.uint32))
+            cols["id_len"] = lengths.astype(np.uint8)
+            id_data = b.event_id_data
+    return cols, id_data
+
+
+def _pick_or_none(column: Array | None, keep: Array | None) -> Array | None:
+    if column is None:
+        return None
+    picked = column if keep is None else column[keep]
+    return picked if picked.any() else None
+
+
+def gather(
+    entry: BatchEntry, live: dict[str, Instance], props: PropsTable, cells: CellTable
+) -> Gathered:
+    parts = [_part(p, entry.stamp_us, live, props, cells) for p in entry.parts]
+    hashes = [p.id_hashes for p in entry.parts if p.id_hashes is not None and len(p.id_hashes)]
+    all_hashes = None if not hashes else hashes[0] if len(hashes) == 1 else np.concatenate(hashes)
+    if len(parts) == 1:
+        return Gathered(parts[0][0], parts[0][1], all_hashes)
+    cols: dict[str, Array | None] = {}
+    lengths = [len(p[0]["mid"]) for p in parts]  # type: ignore[arg-type]
+    id_base = 0
+    id_bufs: list[bytes] = []
+    for name in NAMES:
+        columns = [p[0][name] for p in parts]
+        if all(c is None for c in columns):
+            cols[name] = None
+            continue
+        filled: list[Array] = []
+        for (part_cols, data), column, length in zip(parts, columns, lengths, strict=True):
+            if column is None:
+                dtype = next(c.dtype for c in columns if c is not None)
+                column = np.zeros(length, dtype)
+            elif name == "id_start":
+                column = column + id_base
+                assert data is not None
+                id_base += len(data)
+                id_bufs.append(data)
+            filled.append(column)
+            del part_cols
+        cols[name] = np.concatenate(filled)
+    return Gathered(cols, b"".join(id_bufs) if id_bufs else None, all_hashes)

@@ -1,0 +1,176 @@
+"""Aggregate rows: one row per (metric instance, period, account) total or dimension cell.
+
+Theory of operation
+-------------------
+Every aggregate the partition keeps is a row of a few numpy columns, so a batch updates all of
+them with grouped array operations (``np.add.at``, ``np.maximum.at``), one call per column per
+batch whatever the number of rows it touches. A row holds:
+
+    count                  events (for COUNT_UNIQUE: the size of the set, kept by ``uniques``)
+    sum_lo, sum_hi         the exact sum as sum_hi * 2**32 + sum_lo, where each event adds its
+                           low 32 bits (unsigned) to sum_lo and the rest (signed) to sum_hi:
+                           neither can overflow before 2**31 events, and ``settle`` moves a row
+                           whose limbs grow large into ``big_sums`` (a Python int), so a SUM is
+                           exact whatever the values
+    max                    the largest value
+    last_ts, last_off, last_val   the latest event: greatest timestamp, ties to the later offset
+    next_level             the smallest period total at which one of the metric's thresholds
+                           fires next (``INT64_MAX``: none can); only rows whose total reaches
+                           it are ever looked at one by one
+
+A row with no events yet has count 0 and the sentinels below. Rows are never moved while the
+state lives; retention frees them and ``compact`` renumbers the survivors.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+Array = npt.NDArray[Any]
+I64 = np.dtype("<i8")
+INT64_MIN = -(2**63)
+INT64_MAX = 2**63 - 1
+_LOW32 = np.int64(0xFFFFFFFF)
+_SHIFT32 = np.int64(32)
+_LIMB_MAX = 2**62
+
+COLUMNS = ("count", "sum_lo", "sum_hi", "max", "last_ts", "last_off", "last_val", "next_level")
+_FILL = {"count": 0, "sum_lo": 0, "sum_hi": 0, "max": INT64_MIN, "last_ts": INT64_MIN,
+         "last_off": INT64_MIN, "last_val": 0, "next_level": INT64_MAX}  # fmt: skip
+
+
+def exact_sum(values: Array) -> int:
+    """The exact sum of an int64 array (no overflow, whatever its length below 2**31)."""
+    if not len(values):
+        return 0
+    low = int((values & _LOW32).sum())
+    high = int((values >> _SHIFT32).sum())
+    return (high << 32) + low
+
+
+class RowStore:
+    __slots__ = ("big_sums", "cols", "fired", "size")
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.size = 0
+        self.cols: dict[str, Array] = {
+            name: np.full(capacity, _FILL[name], I64) for name in COLUMNS
+        }
+        self.big_sums: dict[int, int] = {}  # row -> exact sum, once the limbs grew large
+        self.fired: dict[int, dict[str, int]] = {}  # row -> threshold code -> multiple fired
+
+    def __getattr__(self, name: str) -> Array:  # count, sum_lo, ... as attributes
+        try:
+            return self.cols[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def allocate(self, k: int, next_level: Array | int = INT64_MAX) -> Array:
+        """``k`` new empty rows; their ids."""
+        first = self.size
+        need = first + k
+        capacity = len(self.cols["count"])
+        if need > capacity:
+            new_capacity = max(need, capacity * 2)
+            for name, col in self.cols.items():
+                grown = np.full(new_capacity, _FILL[name], I64)
+                grown[:first] = col[:first]
+                self.cols[name] = grown
+        self.size = need
+        ids = np.arange(first, need, dtype=I64)
+        self.cols["next_level"][first:need] = next_level
+        return ids
+
+    # ------------------------------------------------------------------ batch updates
+
+    def accumulate(
+        self, rows: Array, values: Array, stamps: Array, offsets: Array, *, counts: bool = True
+    ) -> None:
+        """Fold events (parallel columns, in log order) into ``rows`` (one per event).
+
+        ``counts=False`` leaves count to the caller (COUNT_UNIQUE rows count set members).
+        """
+        cols = self.cols
+        if counts:
+            np.add.at(cols["count"], rows, 1)
+        np.add.at(cols["sum_lo"], rows, values & _LOW32)
+        high = values >> _SHIFT32
+        if high.any():
+            np.add.at(cols["sum_hi"], rows, high)
+        np.maximum.at(cols["max"], rows, values)
+        self._latest(rows, values, stamps, offsets)
+
+    def _latest(self, rows: Array, values: Array, stamps: Array, offsets: Array) -> None:
+        """Per row, the batch's latest event replaces the stored one unless that is later."""
+        n = len(rows)
+        if n == 1:
+            winners = np.zeros(1, np.intp)
+            targets = rows
+        else:
+            # One sortable key per event: (timestamp, position) -- later wins, ties to later.
+            low = int(stamps.min())
+            if (int(stamps.max()) - low) < (INT64_MAX // max(n, 1)):
+                key = (stamps - low) * n + np.arange(n)
+                order = np.lexsort((key, rows))
+            else:
+                order = np.lexsort((np.arange(n), stamps, rows))
+            sorted_rows = rows[order]
+            last = np.flatnonzero(np.append(sorted_rows[1:] != sorted_rows[:-1], True))
+            winners = order[last]
+            targets = sorted_rows[last]
+        cols = self.cols
+        ts = stamps[winners]
+        take = ts >= cols["last_ts"][targets]
+        if not take.all():
+            winners, targets, ts = winners[take], targets[take], ts[take]
+        cols["last_ts"][targets] = ts
+        cols["last_off"][targets] = offsets[winners]
+        cols["last_val"][targets] = values[winners]
+
+    def settle(self, rows: Array) -> None:
+        """Carry or move sums whose limbs grew large (rare: checked per batch)."""
+        lo = self.cols["sum_lo"][rows]
+        hi = self.cols["sum_hi"][rows]
+        risky = (lo >= _LIMB_MAX) | (lo <= -_LIMB_MAX) | (hi >= _LIMB_MAX) | (hi <= -_LIMB_MAX)
+        if not risky.any():
+            return
+        for row in np.unique(rows[risky]).tolist():
+            self.big_sums[row] = self.total_sum(row)
+            self.cols["sum_lo"][row] = 0
+            self.cols["sum_hi"][row] = 0
+
+    # ------------------------------------------------------------------ reads
+
+    def total_sum(self, row: int) -> int:
+        cols = self.cols
+        exact = (int(cols["sum_hi"][row]) << 32) + int(cols["sum_lo"][row])
+        return exact + self.big_sums.get(row, 0)
+
+    def latest(self, row: int) -> tuple[int, int, int] | None:
+        """(timestamp, offset, value) of the row's latest event, None for an empty row."""
+        cols = self.cols
+        ts = int(cols["last_ts"][row])
+        if ts == INT64_MIN and int(cols["last_off"][row]) == INT64_MIN:
+            return None
+        return ts, int(cols["last_off"][row]), int(cols["last_val"][row])
+
+    # ------------------------------------------------------------------ retention
+
+    def compact(self, live: Array) -> Array:
+        """Keep only the rows in ``live`` (sorted ids), renumbered 0..; returns old -> new
+        (-1 for dropped rows) so indexes can follow."""
+        mapping = np.full(self.size + 1, -1, I64)
+        mapping[live] = np.arange(len(live), dtype=I64)
+        for name, col in self.cols.items():
+            kept = col[live]
+            grown = np.full(max(len(live), 1024), _FILL[name], I64)
+            grown[: len(live)] = kept
+            self.cols[name] = grown
+        self.size = len(live)
+        old_to_new = mapping.tolist()
+        self.big_sums = {old_to_new[r]: s for r, s in self.big_sums.items() if old_to_new[r] >= 0}
+        self.fired = {old_to_new[r]: f for r, f in self.fired.items() if old_to_new[r] >= 0}
+        return mapping
