@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import enum
-from array import array
 from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta, timezone
 from types import MappingProxyType
@@ -15,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.wire_cases import typecode
 from unimeter import Event, InvalidRequestError, OperationType, limits, periods
 from unimeter.client import batching, columns
 from unimeter.client.batching import Group, build_groups
@@ -222,8 +222,8 @@ def reference_groups(
 def observed(group: Group) -> tuple[int, list[int], dict[str, Any]]:
     b = group.batch
 
-    def typed(column: array[int] | None) -> tuple[str, list[int]] | None:
-        return None if column is None else (column.typecode, list(column))
+    def typed(column: Any) -> tuple[str, list[int]] | None:
+        return None if column is None else (typecode(column), column.tolist())
 
     return (
         group.partition,

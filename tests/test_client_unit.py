@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.wire_cases import typecode
 from unimeter import (
     Event,
     IngestResult,
@@ -98,12 +99,12 @@ def test_columns_of_a_mixed_batch() -> None:
     assert group.partition == one_part8(5)
     assert list(group.origin) == [0, 1, 2]
     assert batch.metric_codes == ("api_calls", "seats")
-    assert (batch.metric_index.typecode, list(batch.metric_index)) == ("B", [0, 1, 0])
-    assert (batch.account_ids.typecode, list(batch.account_ids)) == ("Q", [5, 5, 5])
-    assert (batch.values.typecode, list(batch.values)) == ("q", [1, 77, -3])
-    assert batch.timestamps is not None and batch.timestamps.typecode == "q"
+    assert (typecode(batch.metric_index), list(batch.metric_index)) == ("B", [0, 1, 0])
+    assert (typecode(batch.account_ids), list(batch.account_ids)) == ("Q", [5, 5, 5])
+    assert (typecode(batch.values), list(batch.values)) == ("q", [1, 77, -3])
+    assert batch.timestamps is not None and typecode(batch.timestamps) == "q"
     assert list(batch.timestamps) == [NO_TIMESTAMP, periods.to_us(T0), NO_TIMESTAMP]
-    assert batch.operation_types is not None and batch.operation_types.typecode == "B"
+    assert batch.operation_types is not None and typecode(batch.operation_types) == "B"
     assert list(batch.operation_types) == [0, 1, 0]
     assert batch.properties == (None, {"provider": "aws"}, None)
     assert batch.event_ids == (None, "e-1", None)
@@ -121,12 +122,12 @@ def test_absent_columns_are_none() -> None:
 def test_metric_index_widens_past_256_codes() -> None:
     events = [Event(account_id=9, metric_code=f"m{i}") for i in range(300)]
     [group] = build_groups(events, part8)
-    assert group.batch.metric_index.typecode == "H"
+    assert typecode(group.batch.metric_index) == "H"
     batch = group.batch
     assert [batch.metric_codes[i] for i in batch.metric_index] == [e.metric_code for e in events]
     assert len(batch.metric_codes) == 300
     [small] = build_groups(events[:256], part8)
-    assert small.batch.metric_index.typecode == "B"
+    assert typecode(small.batch.metric_index) == "B"
 
 
 def test_groups_split_at_the_events_per_batch_limit() -> None:
@@ -178,20 +179,22 @@ def rebuild(group: Group) -> list[Event]:
     """The events a batch describes, read back column by column (the oracle)."""
     b = group.batch
     out = []
+    properties, event_ids = b.properties, b.event_ids
+    stamps = None if b.timestamps is None else b.timestamps.tolist()
+    ops = None if b.operation_types is None else b.operation_types.tolist()
+    accounts, values, index = b.account_ids.tolist(), b.values.tolist(), b.metric_index.tolist()
     for i in range(len(b)):
-        ts = None if b.timestamps is None else b.timestamps[i]
-        props = None if b.properties is None else b.properties[i]
+        ts = None if stamps is None else stamps[i]
+        props = None if properties is None else properties[i]
         out.append(
             Event(
-                account_id=b.account_ids[i],
-                metric_code=b.metric_codes[b.metric_index[i]],
-                value=b.values[i],
+                account_id=accounts[i],
+                metric_code=b.metric_codes[index[i]],
+                value=values[i],
                 timestamp=None if ts in (None, NO_TIMESTAMP) else periods.from_us(ts),
-                operation_type=OperationType(
-                    0 if b.operation_types is None else b.operation_types[i]
-                ),
+                operation_type=OperationType(0 if ops is None else ops[i]),
                 properties=props or {},
-                event_id=None if b.event_ids is None else b.event_ids[i],
+                event_id=None if event_ids is None else event_ids[i],
             )
         )
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
+import cbor2
 import pytest
 from cbor2 import CBORTag
 from hypothesis import given, settings
@@ -52,15 +53,24 @@ def body(message: m.Request, **changes: Any) -> dict[str, Any]:
 
 
 def batch_body(**changes: Any) -> dict[str, Any]:
-    """The body of the 4-event INGEST with keys of its batch replaced."""
+    """The body of the 4-event INGEST with keys of its batch map replaced."""
     out = body(INGEST)
-    out["b"] = batch = dict(out["b"])
+    batch = cbor2.loads(out["b"])
     for key, value in changes.items():
         if value is ...:
             del batch[key]
         else:
             batch[key] = value
+    out["b"] = cbor2.dumps(batch)
     return out
+
+
+def u8s(*values: int) -> CBORTag:
+    return CBORTag(64, bytes(values))
+
+
+def u32s(*values: int) -> CBORTag:
+    return CBORTag(70, b"".join(v.to_bytes(4, "little") for v in values))
 
 
 def i64s(*values: int) -> CBORTag:
@@ -129,7 +139,12 @@ BAD_BODIES: list[tuple[str, m.Kind, object, str]] = [
      body(CREATE, s={"code": "x", "agg": 0, "dims": [[["k"], ["v"]]]}), "MetricCreate.schema:"),
     ("schema not a map", K.METRIC_UPDATE, {"s": "x"}, "MetricUpdate.schema: expected a map"),
     ("sync not bool", K.INGEST, batch_body() | {"sy": 1}, "Ingest.sync: expected true or"),
-    ("batch not a map", K.INGEST, batch_body() | {"b": []}, "Ingest.batch: expected a map"),
+    ("batch not bytes", K.INGEST, batch_body() | {"b": []},
+     "Ingest.batch: expected a byte string holding the batch map"),
+    ("batch bytes not a map", K.INGEST, batch_body() | {"b": cbor2.dumps([1])},
+     "Ingest.batch: expected a map"),
+    ("batch bytes not CBOR", K.INGEST, batch_body() | {"b": b"\xff\x00"},
+     "Ingest.batch: invalid CBOR"),
     ("batch unknown key", K.INGEST, batch_body(q=1), "Ingest.batch: unknown key 'q'"),
     ("batch missing values", K.INGEST, batch_body(v=...), "Ingest.batch.values: missing"),
     ("values too short", K.INGEST, batch_body(v=i64s(1, 2, 3)),
@@ -156,28 +171,46 @@ BAD_BODIES: list[tuple[str, m.Kind, object, str]] = [
      "Ingest.batch.metric_codes[1]: metric code must be"),
     ("code listed twice", K.INGEST, batch_body(m=["api_calls", "api_calls"]),
      "Ingest.batch.metric_codes: a metric code is listed twice"),
-    ("properties too short", K.INGEST, batch_body(p=[None, None]),
-     "Ingest.batch.properties: 2 entries, expected 4"),
-    ("too many properties", K.INGEST, batch_body(p=[None, PROPS_17, None, None]),
-     "Ingest.batch.properties[1]: an event has at most 16 properties, got 17"),
-    ("property value too long", K.INGEST, batch_body(p=[None, None, {"k": "é" * 33}, None]),
-     "Ingest.batch.properties[2]: property 'k' value exceeds 64 bytes"),
-    ("property key too long", K.INGEST, batch_body(p=[None, None, {"€" * 11: "v"}, None]),
-     "Ingest.batch.properties[2]: property key"),
-    ("empty property key", K.INGEST, batch_body(p=[{"": "v"}, None, None, None]),
-     "Ingest.batch.properties[0]: property key '' must be 1-32 bytes"),
-    ("property value not text", K.INGEST, batch_body(p=[None, None, None, {"k": 1}]),
-     "Ingest.batch.properties[3]: property 'k' must map a str to a str"),
-    ("properties not a map", K.INGEST, batch_body(p=[None, "x", None, None]),
-     "Ingest.batch.properties[1]: properties must be a str->str mapping"),
-    ("event id too long", K.INGEST, batch_body(e=[None, "x" * 65, None, None]),
-     "Ingest.batch.event_ids[1]: event_id must be null or a string of 1-64 bytes"),
-    ("event id too many bytes", K.INGEST, batch_body(e=[None, "é" * 33, None, None]),
-     "Ingest.batch.event_ids[1]: event_id must be"),
-    ("empty event id", K.INGEST, batch_body(e=["", None, None, None]),
-     "Ingest.batch.event_ids[0]: event_id must be"),
-    ("event id not text", K.INGEST, batch_body(e=[None, None, 5, None]),
-     "Ingest.batch.event_ids[2]: event_id must be"),
+    ("property entry not a triple", K.INGEST, batch_body(p=[["k", ["v"]]]),
+     "Ingest.batch.properties[0]: expected [key, values, index]"),
+    ("property index too short", K.INGEST, batch_body(p=[["k", ["v"], u8s(1, 0)]]),
+     "Ingest.batch.properties[0].index: 2 bytes, expected 4 for 4 events"),
+    ("property index beyond its table", K.INGEST, batch_body(p=[["k", ["v"], u8s(0, 2, 0, 0)]]),
+     "Ingest.batch.properties[0].index: index 2 but only 1 values"),
+    ("too many properties", K.INGEST,
+     batch_body(p=[[f"k{i}", ["v"], u8s(0, 1, 0, 0)] for i in range(17)]),
+     "Ingest.batch.properties: event 1 has 17 properties, at most 16"),
+    ("property value too long", K.INGEST, batch_body(p=[["k", ["é" * 33], u8s(0, 0, 1, 0)]]),
+     "Ingest.batch.properties[0].values[0]: expected text of at most 64 bytes"),
+    ("property key too long", K.INGEST, batch_body(p=[["€" * 11, ["v"], u8s(0, 0, 1, 0)]]),
+     "Ingest.batch.properties[0]: property key must be text of 1-32 bytes"),
+    ("empty property key", K.INGEST, batch_body(p=[["", ["v"], u8s(1, 0, 0, 0)]]),
+     "Ingest.batch.properties[0]: property key must be text of 1-32 bytes"),
+    ("property key twice", K.INGEST,
+     batch_body(p=[["k", ["v"], u8s(1, 0, 0, 0)], ["k", ["w"], u8s(0, 1, 0, 0)]]),
+     "Ingest.batch.properties[1]: property key 'k' is not text or is listed twice"),
+    ("property value not text", K.INGEST, batch_body(p=[["k", [1], u8s(0, 0, 0, 1)]]),
+     "Ingest.batch.properties[0].values[0]: expected text"),
+    ("properties not an array", K.INGEST, batch_body(p={"k": "v"}),
+     "Ingest.batch.properties: expected an array"),
+    ("event id too long", K.INGEST, batch_body(e=b"x" * 65, eo=u32s(0, 0, 65, 65, 65)),
+     "Ingest.batch.event_ids[1]: an event id is 1-64 bytes (0 for none), got 65"),
+    ("event id offsets going back", K.INGEST, batch_body(e=b"abcde", eo=u32s(0, 5, 3, 5, 5)),
+     "Ingest.batch.event_ids[1]: an event id is 1-64 bytes (0 for none), got -2"),
+    ("event id offsets not covering the ids", K.INGEST,
+     batch_body(e=b"abc", eo=u32s(0, 1, 2, 2, 2)),
+     "Ingest.batch.event_id_offsets: must start at 0 and end at 3"),
+    ("event id offsets too short", K.INGEST, batch_body(e=b"abc", eo=u32s(0, 3)),
+     "Ingest.batch.event_id_offsets: 8 bytes, expected 20 for 5 events"),
+    ("event ids not UTF-8", K.INGEST, batch_body(e=b"\xff\xfe", eo=u32s(0, 2, 2, 2, 2)),
+     "Ingest.batch.event_ids: not valid UTF-8"),
+    ("event id cut inside a character", K.INGEST,
+     batch_body(e="éé".encode(), eo=u32s(0, 1, 4, 4, 4)),
+     "Ingest.batch.event_ids[1]: does not start on a UTF-8 character"),
+    ("event ids without offsets", K.INGEST, batch_body(eo=...),
+     "Ingest.batch.event_ids: keys 'e' and 'eo' come together"),
+    ("event ids not bytes", K.INGEST, batch_body(e=["a", None, None, None]),
+     "Ingest.batch.event_ids: expected a byte string"),
     # The event count is checked before any other column is looked at.
     ("too many events", K.INGEST, batch_body(a=CBORTag(71, bytes(8 * TOO_MANY)), v=i64s(1), m=[5]),
      f"Ingest.batch: {TOO_MANY} events, at most {limits.events_per_batch_max} per batch"),
@@ -238,7 +271,7 @@ _WIRE_KEYS = sorted(
         for spec in [*bodies.REQUESTS.values(), *bodies.REPLIES.values(), *bodies.PUSHES.values()]
         for f in spec.fields
     }
-    | {"m", "mi", "a", "v", "t", "o", "p", "e", "code", "agg", "dims", "thresholds"}
+    | {"m", "mi", "a", "v", "t", "o", "p", "e", "eo", "code", "agg", "dims", "thresholds"}
 )
 _SCALARS = (
     st.none()

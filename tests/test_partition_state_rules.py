@@ -376,7 +376,7 @@ def test_property_maps_of_expired_events_are_collected() -> None:
     p.ingest(*[ev("c", props={"r": "eu", "n": str(n)}) for n in range(5000)], stamp=T0)
     p.ingest(ev("c", at=2 * DAY + 1, props={"r": "eu", "keep": "me"}), stamp=T0 + 2 * DAY)
     p.ingest(ev("c", at=3 * DAY, props={"r": "eu"}), stamp=T0 + 3 * DAY)  # day 0 expires
-    assert len(p.state._props.maps) < 10  # the 5000 maps of day 0 are gone
+    assert len(p.state.props.maps) < 10  # the 5000 maps of day 0 are gone
     p.ingest(ev("c", at=3 * DAY + 1, props={"r": "eu", "keep": "me"}), stamp=T0 + 3 * DAY)
     events, _ = p.state.list_events(1, *FAR, -1, 10)
     assert [e.properties for e in events] == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 from array import array
 
 import cbor2
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,8 @@ from tests.wire_cases import (
     same_typecodes,
 )
 from unimeter import limits
-from unimeter.state.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
+from unimeter.state.entries import BatchEntry, BatchPart, Entry, LiveMetric, SchemaEntry
+from unimeter.state.hashing import batch_id_keys
 from unimeter.state.records import RecordError, decode_entry, encode_entry
 from unimeter.wire import messages as m
 from unimeter.wire.bodies import encode_body
@@ -27,17 +29,33 @@ from unimeter.wire.frames import decode_item
 
 FAST = settings(max_examples=200, deadline=None)
 
+
+def part(batch: m.EventBatch, **kwargs: object) -> BatchPart:
+    fields: dict[str, object] = {
+        "producer_id": 0, "seq": 0, "batch": batch, "dropped": None, "n_duplicates": 0,
+        "rejected": (), "id_hashes": batch_id_keys(batch),
+    }  # fmt: skip
+    fields.update(kwargs)
+    return BatchPart(**fields)  # type: ignore[arg-type]
+
+
 # fmt: off
 ENTRIES: list[Entry] = [
     SchemaEntry(catalog_version=0, metrics=()),
     SchemaEntry(catalog_version=U64_MAX, metrics=(
         LiveMetric(generation=3, schema=SCHEMA), LiveMetric(generation=9, schema=SCHEMA_MIN))),
-    BatchEntry(producer_id=U64_MAX, seq=1, stamp_us=1_700_000_000_000_000, batch=full_batch(),
-               n_duplicates=2, n_rejected=1, rejected=((4, "unknown_metric"),)),
-    BatchEntry(producer_id=0, seq=0, stamp_us=-1, batch=minimal_batch(), n_duplicates=0,
-               n_rejected=0, rejected=()),
-    BatchEntry(producer_id=7, seq=U64_MAX, stamp_us=0, batch=empty_batch(), n_duplicates=3,
-               n_rejected=2, rejected=((0, "too_old"), (1, "too_far_in_the_future"))),
+    BatchEntry(stamp_us=1_700_000_000_000_000, parts=(
+        part(full_batch(), producer_id=U64_MAX, seq=1, n_duplicates=2,
+             dropped=np.array([1, 3], np.uint32), rejected=((1, "unknown_metric"),),
+             id_hashes=np.array([7, 2**64 - 1], np.uint64)),
+    )),
+    BatchEntry(stamp_us=-1, parts=(part(minimal_batch()),)),
+    BatchEntry(stamp_us=0, parts=(
+        part(empty_batch(), producer_id=7, seq=U64_MAX, n_duplicates=3),
+        part(minimal_batch(), producer_id=7, seq=U64_MAX - 1),
+        part(full_batch(), producer_id=8, seq=1),
+    )),
+    BatchEntry(stamp_us=5, parts=()),
 ]
 # fmt: on
 
@@ -48,18 +66,20 @@ def test_entries_round_trip(entry: Entry) -> None:
     assert got == entry
     if isinstance(entry, BatchEntry):
         assert isinstance(got, BatchEntry)
-        same_typecodes(got.batch, entry.batch)
+        for mine, theirs in zip(got.parts, entry.parts, strict=True):
+            same_typecodes(mine.batch, theirs.batch)
 
 
-def test_batch_encoding_is_the_wire_encoding() -> None:
-    """One implementation: the record carries exactly the INGEST request's batch map."""
+def test_batch_bytes_are_the_wire_bytes() -> None:
+    """The record carries exactly the bytes the INGEST request carried: no re-encoding."""
     entry = ENTRIES[2]
     assert isinstance(entry, BatchEntry)
     record = decode_item(encode_entry(entry))
     ingest = m.Ingest(
-        partition=0, producer_id=1, seq=1, sync=True, catalog_version=0, batch=entry.batch
-    )
-    assert cbor2.dumps(record[4]) == cbor2.dumps(encode_body(ingest)["b"])
+        partition=0, producer_id=1, seq=1, sync=True, catalog_version=0,
+        batch=entry.parts[0].batch,
+    )  # fmt: skip
+    assert record[2][0][2] == encode_body(ingest)["b"]
 
 
 def test_replay_ignores_todays_wire_limits() -> None:
@@ -71,20 +91,29 @@ def test_replay_ignores_todays_wire_limits() -> None:
         account_ids=array("Q", range(n)),
         values=array("q", [1] * n),
         properties=({"k" * 40: "v" * 100},) + (None,) * (n - 1),
-        event_ids=("x" * 100,) + (None,) * (n - 1),
     )
-    entry = BatchEntry(
-        producer_id=1, seq=1, stamp_us=0, batch=batch, n_duplicates=0, n_rejected=0, rejected=()
-    )
+    entry = BatchEntry(stamp_us=0, parts=(part(batch, producer_id=1, seq=1),))
     assert decode_entry(encode_entry(entry)) == entry
 
 
-def _batch_record(**changes: object) -> bytes:
+def test_the_layout_before_the_columnar_log_is_refused_by_name() -> None:
+    with pytest.raises(RecordError, match=r"layout 2 \(written by a version before the columnar"):
+        decode_entry(cbor2.dumps([2, 1, 1, 0, {}, 0, 0, []]))
+
+
+def _part_record(**changes: object) -> bytes:
     entry = ENTRIES[2]
     record = decode_item(encode_entry(entry))
-    record[4] = dict(record[4]) | changes
+    batch = cbor2.loads(record[2][0][2]) | changes
+    record[2][0][2] = cbor2.dumps(batch)
     return cbor2.dumps(record)
 
+
+def _with_part(*items: object) -> bytes:
+    return cbor2.dumps([3, 0, [list(items)]])
+
+
+_BATCH = empty_batch().raw
 
 # fmt: off
 BAD_RECORDS: list[tuple[str, bytes, str]] = [
@@ -94,23 +123,27 @@ BAD_RECORDS: list[tuple[str, bytes, str]] = [
     ("truncated", encode_entry(ENTRIES[2])[:-3], "invalid CBOR"),
     ("not an array", cbor2.dumps({"a": 1}), "expected an array starting with its layout"),
     ("empty array", cbor2.dumps([]), "expected an array starting with its layout"),
-    ("unknown layout", cbor2.dumps([3, 1, 2]), "unknown layout 3"),
-    ("short schema entry", cbor2.dumps([1, 0]), "SchemaEntry: expected a SchemaEntry as an array"),
-    ("bad schema", cbor2.dumps([1, 0, [[1, {"code": "x"}]]]), "SchemaEntry.metrics[0].schema"),
-    ("negative seq", cbor2.dumps([2, 1, -1, 0, {}, 0, 0, []]), "BatchEntry.seq"),
-    ("batch not a map", cbor2.dumps([2, 1, 1, 0, [], 0, 0, []]),
-     "BatchEntry.batch: expected a map"),
-    ("ragged column", _batch_record(v=cbor2.CBORTag(79, bytes(8))),
-     "BatchEntry.batch.values: 8 bytes, expected 32"),
-    ("index out of range", _batch_record(mi=cbor2.CBORTag(64, bytes([0, 0, 0, 5]))),
-     "BatchEntry.batch.metric_index: index 5"),
-    ("property map wrong type", _batch_record(p=[None, None, "x", None]),
-     "BatchEntry.batch.properties[2]: unexpected str"),
-    ("event id wrong type", _batch_record(e=[1, None, None, None]),
-     "BatchEntry.batch.event_ids[0]: unexpected int"),
-    ("rejected not pairs", cbor2.dumps([2, 1, 1, 0, encode_body(m.Ingest(
-        partition=0, producer_id=0, seq=1, sync=True, catalog_version=0,
-        batch=empty_batch()))["b"], 0, 0, [5]]), "BatchEntry.rejected[0]"),
+    ("unknown layout", cbor2.dumps([9, 1, 2]), "unknown layout 9"),
+    ("short schema entry", cbor2.dumps([1, 0]), "SchemaEntry: expected [1, catalog_version"),
+    ("bad schema", cbor2.dumps([1, 0, [[1, {"code": "x"}]]]), "SchemaEntry.metrics[0]"),
+    ("short batch entry", cbor2.dumps([3, 0]), "BatchEntry: expected [3, stamp_us, parts]"),
+    ("part not an array", cbor2.dumps([3, 0, [5]]), "BatchEntry.parts[0]: expected a 7-item"),
+    ("negative seq", _with_part(1, -1, _BATCH, 0, [], None, None), "BatchEntry.parts[0].seq"),
+    ("batch not bytes", _with_part(1, 1, {}, 0, [], None, None),
+     "BatchEntry.parts[0].batch: expected a byte string"),
+    ("ragged column", _part_record(v=cbor2.CBORTag(79, bytes(8))),
+     "BatchEntry.parts[0].batch.values: 8 bytes, expected 32"),
+    ("index out of range", _part_record(mi=cbor2.CBORTag(64, bytes([0, 0, 0, 5]))),
+     "BatchEntry.parts[0].batch.metric_index: index 5"),
+    ("rejected not pairs", _with_part(0, 1, _BATCH, 0, [5], None, None),
+     "BatchEntry.parts[0].rejected: expected [index, reason] pairs"),
+    ("dropped wrong tag", _with_part(0, 1, _BATCH, 0, [], cbor2.CBORTag(71, bytes(8)), None),
+     "BatchEntry.parts[0].dropped: expected null or tag 70"),
+    ("dropped beyond the batch", _with_part(0, 1, _BATCH, 0, [], cbor2.CBORTag(70, bytes(4)),
+                                             None),
+     "BatchEntry.parts[0].dropped: positions must rise and stay below 0"),
+    ("hashes ragged", _with_part(0, 1, _BATCH, 0, [], None, cbor2.CBORTag(71, bytes(5))),
+     "BatchEntry.parts[0].id_hashes: not a whole number of items"),
 ]
 # fmt: on
 

@@ -26,14 +26,10 @@ import pytest
 
 from tests.support.nodeproc import NodeProcess
 from unimeter import periods
+from unimeter.actors.admission import REJECT_TOO_OLD
 from unimeter.actors.effects import Effects
 from unimeter.actors.mailbox import Mailbox
-from unimeter.actors.partition import (
-    REJECT_TOO_OLD,
-    CatalogUpdate,
-    ClientRequest,
-    PartitionCore,
-)
+from unimeter.actors.partition import CatalogUpdate, ClientRequest, PartitionCore
 from unimeter.actors.runtime import FutureReply, recover_replica
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.config import RaftConfig

@@ -32,8 +32,14 @@ REJECT_TOO_OLD = "timestamp_too_old"
 REJECT_IN_FUTURE = "timestamp_in_future"
 REJECT_NEGATIVE_UNIQUE = "count_unique_value_negative"
 REJECT_OPERATION = "operation_type_requires_count_unique"
-_REASONS = ("", REJECT_UNKNOWN_METRIC, REJECT_TOO_OLD, REJECT_IN_FUTURE, REJECT_NEGATIVE_UNIQUE,
-            REJECT_OPERATION)  # fmt: skip
+_REASONS = (
+    "",
+    REJECT_UNKNOWN_METRIC,
+    REJECT_TOO_OLD,
+    REJECT_IN_FUTURE,
+    REJECT_NEGATIVE_UNIQUE,
+    REJECT_OPERATION,
+)
 U64 = np.dtype("<u8")
 
 
@@ -63,8 +69,15 @@ def admit(
         and (ops is None or not ops.any())
     ):
         # The common case: every event is stored as sent, stamped with the entry's stamp.
-        return BatchPart(producer_id=req.producer_id, seq=req.seq, batch=b, dropped=None,
-                         n_duplicates=0, rejected=(), id_hashes=None)  # fmt: skip
+        return BatchPart(
+            producer_id=req.producer_id,
+            seq=req.seq,
+            batch=b,
+            dropped=None,
+            n_duplicates=0,
+            rejected=(),
+            id_hashes=None,
+        )
     mi = b.metric_index
     reason = np.zeros(n, np.uint8)
     if not all(lm is not None for lm in known):

@@ -142,8 +142,11 @@ def may_cross(
     distinct, inverse = np.unique(total_rows, return_inverse=True)
     level = rows.next_level[distinct]
     if inst.unique:
-        added = np.bincount(inverse, weights=adds, minlength=len(distinct)) if adds is not None \
-            else np.bincount(inverse, minlength=len(distinct))  # fmt: skip
+        added = (
+            np.bincount(inverse, weights=adds, minlength=len(distinct))
+            if adds is not None
+            else np.bincount(inverse, minlength=len(distinct))
+        )
         bound = rows.count[distinct] + added.astype(I64)
     elif inst.agg == AggType.COUNT:
         bound = rows.count[distinct] + np.bincount(inverse, minlength=len(distinct))
@@ -151,17 +154,22 @@ def may_cross(
         # The running total never exceeds the old sum plus the batch's positive values.
         positive = np.bincount(inverse, weights=np.maximum(values, 0), minlength=len(distinct))
         old = rows.sum_hi[distinct].astype(np.float64) * 2.0**32 + rows.sum_lo[distinct]
-        big = np.array([rows.big_sums.get(r, 0) for r in distinct.tolist()], np.float64) \
-            if rows.big_sums else 0.0  # fmt: skip
+        big = (
+            np.array([rows.big_sums.get(r, 0) for r in distinct.tolist()], np.float64)
+            if rows.big_sums
+            else 0.0
+        )
         upper = old + big + positive
         # Floats are inexact: widen by a relative margin, never narrower than exact.
         return distinct[upper + np.abs(upper) * 1e-9 + 1.0 >= level]  # type: ignore[no-any-return]
     else:  # MAX and LATEST: never above the larger of the old value and the batch's largest
         batch_max = np.full(len(distinct), INT64_MIN, I64)
         np.maximum.at(batch_max, inverse, values)
-        old = rows.max[distinct] if inst.agg == AggType.MAX else np.where(
-            rows.count[distinct] > 0, rows.last_val[distinct], INT64_MIN
-        )  # fmt: skip
+        old = (
+            rows.max[distinct]
+            if inst.agg == AggType.MAX
+            else np.where(rows.count[distinct] > 0, rows.last_val[distinct], INT64_MIN)
+        )
         bound = np.maximum(old, batch_max)
     return distinct[bound >= level]  # type: ignore[no-any-return]
 

@@ -60,6 +60,7 @@ def apply(state: PartitionState, index: int, entry: BatchEntry) -> ApplyResult:
     alerts: list[StoredAlert] = []
     if g.n:
         if g.hashes is not None:
+            assert not state.ids.contains(g.hashes).any(), "an event id is already stored"
             state.ids.add(g.hashes, state.newest_day)
         state.events.append(g.cols, g.id_data)
         found = _fold(state, g, first)
@@ -182,14 +183,19 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     if numeric.all():
         tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset)
     elif numeric.any():
-        tabs.rows.accumulate(ev.rows[numeric], ev.value[numeric], ev.ts[numeric],
-                             ev.offset[numeric])  # fmt: skip
+        tabs.rows.accumulate(
+            ev.rows[numeric], ev.value[numeric], ev.ts[numeric], ev.offset[numeric]
+        )
     if ev.cell_rows is not None:
         has = ev.cell_rows >= 0
         plain_cells = has & numeric
         if plain_cells.any():
-            tabs.rows.accumulate(ev.cell_rows[plain_cells], ev.value[plain_cells],
-                                 ev.ts[plain_cells], ev.offset[plain_cells])  # fmt: skip
+            tabs.rows.accumulate(
+                ev.cell_rows[plain_cells],
+                ev.value[plain_cells],
+                ev.ts[plain_cells],
+                ev.offset[plain_cells],
+            )
     tabs.rows.settle(ev.rows)
     if ev.cell_rows is not None:
         tabs.rows.settle(ev.cell_rows[ev.cell_rows >= 0])
@@ -203,8 +209,19 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
 class _Events:
     """The counted events of a batch, as the fold sees them (parallel arrays)."""
 
-    __slots__ = ("account", "cell", "cell_rows", "mid", "offset", "op", "pos", "rows", "tables",
-                 "ts", "value")  # fmt: skip
+    __slots__ = (
+        "account",
+        "cell",
+        "cell_rows",
+        "mid",
+        "offset",
+        "op",
+        "pos",
+        "rows",
+        "tables",
+        "ts",
+        "value",
+    )
 
     def __init__(self, g: Gathered, positions: Array, first: int) -> None:
         whole = len(positions) == g.n
@@ -310,8 +327,9 @@ def _fold_unique(
                 tabs.rows.count[crow] = len(cell.present)
 
 
-def _one_by_one(state: PartitionState, ev: _Events, positions: list[int],
-                found: list[Found]) -> None:  # fmt: skip
+def _one_by_one(
+    state: PartitionState, ev: _Events, positions: list[int], found: list[Found]
+) -> None:
     """COUNT_UNIQUE events exactly as the semantics state them, in the given (log) order."""
     tabs = state.tables
     touched: dict[int, Instance] = {}
@@ -439,8 +457,9 @@ def recurring_set(state: PartitionState, inst: Instance, account: int, start: in
     return current
 
 
-def unique_total(state: PartitionState, inst: Instance, account: int, start: int,
-                 urow: UniqRow) -> int:  # fmt: skip
+def unique_total(
+    state: PartitionState, inst: Instance, account: int, start: int, urow: UniqRow
+) -> int:
     if inst.recurring:
         return len(recurring_set(state, inst, account, start))
     return len(urow.present)
@@ -455,9 +474,11 @@ def count_level(tabs: Any, inst: Instance, row: int) -> None:
 
 
 def _replay_numeric(
-    state: PartitionState, ev: _Events, candidates: dict[int, NumState | None],
+    state: PartitionState,
+    ev: _Events,
+    candidates: dict[int, NumState | None],
     found: list[Found],
-) -> None:  # fmt: skip
+) -> None:
     """Event by event, the crossings of the numeric rows that may cross (their state noted
     before the batch was folded in)."""
     tabs = state.tables
@@ -533,7 +554,8 @@ def drop_tables(state: PartitionState, inst: Instance, starts: list[int]) -> Non
 def expire_periods(state: PartitionState, inst: Instance, starts: list[int]) -> None:
     """Drop expired periods (oldest first), carrying into the bases what recurring reads need."""
     tabs = state.tables
-    if inst.live and inst.carries:
+    # Kept whatever the schema says now: a later update may make the metric recurring.
+    if inst.live and (inst.unique or inst.agg == AggType.LATEST):
         for start in starts:
             slots, rows = _rows_of_table(state, inst.periods[start][1])
             accounts = tabs.slot_accounts[slots].tolist()
@@ -565,11 +587,13 @@ def _fold_into_base(state: PartitionState, inst: Instance, account: int, row: in
         ubase.present |= urow.present
         if ubase.cells is not None:
             pairs = (
-                [(c, (tabs.uniq.get(r) or UniqRow()).present)
-                 for c, r in zip(cells[0].tolist(), cells[1].tolist(), strict=True)]
+                [
+                    (c, (tabs.uniq.get(r) or UniqRow()).present)
+                    for c, r in zip(cells[0].tolist(), cells[1].tolist(), strict=True)
+                ]
                 if cells is not None
                 else [(0, urow.present)]
-            )  # fmt: skip
+            )
             for cell, members in pairs:
                 if cell in ubase.cells:
                     ubase.cells[cell] |= members
@@ -588,11 +612,13 @@ def _fold_into_base(state: PartitionState, inst: Instance, account: int, row: in
     nbase.last = later(nbase.last, newest)
     if nbase.cells is not None:
         latests: list[tuple[int, Latest | None]] = (
-            [(c, tabs.rows.latest(r)) for c, r in zip(cells[0].tolist(), cells[1].tolist(),
-                                                      strict=True)]
+            [
+                (c, tabs.rows.latest(r))
+                for c, r in zip(cells[0].tolist(), cells[1].tolist(), strict=True)
+            ]
             if cells is not None
             else [(0, newest)]
-        )  # fmt: skip
+        )
         for cell, latest in latests:
             merged = later(nbase.cells.get(cell), latest)
             if merged is not None:
@@ -624,8 +650,21 @@ def _maybe_compact_rows(state: PartitionState) -> None:
 
 
 def compact_props(state: PartitionState) -> None:
-    """Keep only the property maps some stored event still references, renumbering them."""
-    columns = [c.cols["props"][: c.size] for c in state.events.chunks if "props" in c.cols]
+    """Keep only the property maps some visible stored event references, renumbering them.
+    Events no read can see any more (expired, in a chunk kept for newer ones) lose theirs."""
+    visible_from = state.visible_from()
+    columns = []
+    for chunk in state.events.chunks:
+        col = chunk.cols.get("props")
+        if col is None:
+            continue
+        mids = chunk.cols["mid"][: chunk.size]
+        lows = np.full(int(mids.max()) + 1, INT64_MAX, I64)
+        for mid, low in visible_from.items():
+            if mid < len(lows):
+                lows[mid] = low
+        col[: chunk.size][chunk.cols["ts"][: chunk.size] < lows[mids]] = 0
+        columns.append(col[: chunk.size])
     live = np.unique(np.concatenate([np.zeros(1, np.int32), *columns]))
     mapping = state.props.compact(live)
     for chunk in state.events.chunks:

@@ -56,6 +56,7 @@ class EventIdIndex:
         if not len(keys):
             return
         run = np.sort(keys)
+        assert not (run[1:] == run[:-1]).any(), "an event id is already stored (twice in a batch)"
         self.runs.append((run, np.full(len(run), day, I32)))
         self._merge()
 

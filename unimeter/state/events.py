@@ -29,10 +29,19 @@ CHUNK_EVENTS = 65536
 _INT64_MIN = -(2**63)
 
 # Column name -> dtype; the optional ones exist only once a batch brings a non-default value.
-REQUIRED: dict[str, np.dtype[Any]] = {"mid": np.dtype("<i4"), "account": np.dtype("<u8"), "ts": np.dtype("<i8"),
-            "value": np.dtype("<i8")}  # fmt: skip
-OPTIONAL: dict[str, np.dtype[Any]] = {"op": np.dtype("u1"), "cell": np.dtype("<i4"), "props": np.dtype("<i4"),
-            "id_start": np.dtype("<u4"), "id_len": np.dtype("u1")}  # fmt: skip
+REQUIRED: dict[str, np.dtype[Any]] = {
+    "mid": np.dtype("<i4"),
+    "account": np.dtype("<u8"),
+    "ts": np.dtype("<i8"),
+    "value": np.dtype("<i8"),
+}
+OPTIONAL: dict[str, np.dtype[Any]] = {
+    "op": np.dtype("u1"),
+    "cell": np.dtype("<i4"),
+    "props": np.dtype("<i4"),
+    "id_start": np.dtype("<u4"),
+    "id_len": np.dtype("u1"),
+}
 
 
 class Chunk:

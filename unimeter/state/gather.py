@@ -33,8 +33,9 @@ class Gathered:
 
     __slots__ = ("cols", "hashes", "id_data", "n")
 
-    def __init__(self, cols: dict[str, Array | None], id_data: bytes | None,
-                 hashes: Array | None) -> None:  # fmt: skip
+    def __init__(
+        self, cols: dict[str, Array | None], id_data: bytes | None, hashes: Array | None
+    ) -> None:
         self.cols = cols
         self.id_data = id_data
         self.hashes = hashes  # uint64 keys of the stored ids, in event order

@@ -103,5 +103,5 @@ class KeyIndex:
 
     def remap_values(self, mapping: Array) -> None:
         """Replace every value v by ``mapping[v]`` (after renumbering what they point at)."""
-        keys, vals = self.items()
+        _, vals = self.items()
         self._vals = mapping[vals].astype(I64, copy=False)

@@ -151,20 +151,22 @@ class PartitionState:
             return
         self.cutoff = cutoff
         self.alerts.expire(cutoff)
+        dropped = False
         for inst in list(self.instances.values()):
             expired = sorted(s for s, (end, _) in inst.periods.items() if end <= cutoff)
             if expired:
                 apply_batch.expire_periods(self, inst, expired)
+                dropped = True
         visible_from = self.visible_from()
         self.events.drop_while(
             lambda chunk: all(
                 ts < visible_from.get(mid, reads.NEVER) for mid, ts in chunk.max_ts.items()
-            )  # fmt: skip
+            )
         )
         for inst in [i for i in self.instances.values() if not i.live and not i.periods]:
             if not any(inst.mid in chunk.max_ts for chunk in self.events.chunks):
                 del self.instances[inst.mid]
-        if self.props.needs_gc():
+        if dropped and self.props.needs_gc():
             apply_batch.compact_props(self)
 
     def visible_from(self) -> dict[int, int]:

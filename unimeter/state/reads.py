@@ -74,8 +74,9 @@ class _Events:
 
     __slots__ = ("cell", "offset", "op", "ts", "value")
 
-    def __init__(self, state: PartitionState, inst: Instance, account: int, lo: int,
-                 hi: int) -> None:  # fmt: skip
+    def __init__(
+        self, state: PartitionState, inst: Instance, account: int, lo: int, hi: int
+    ) -> None:
         parts: dict[str, list[Array]] = {k: [] for k in self.__slots__}
         for chunk in state.events.readable():
             rows = chunk.rows_of(account, inst.mid)
@@ -209,13 +210,22 @@ def _scan_num(groups: dict[Group, _NumAcc], ev: _Events, view: CellView) -> None
             ts, values, offsets = ev.ts[mine], ev.value[mine], ev.offset[mine]
         best = int(np.lexsort((offsets, ts))[-1])
         _acc(groups, group).add(
-            len(ts), exact_sum(values), int(values.max()),
+            len(ts),
+            exact_sum(values),
+            int(values.max()),
             (int(ts[best]), int(offsets[best]), int(values[best])),
-        )  # fmt: skip
+        )
 
 
-def _lookback(state: PartitionState, inst: Instance, account: int, series: dict[int, int],
-              first: Piece, view: CellView, groups: dict[Group, _NumAcc]) -> None:  # fmt: skip
+def _lookback(
+    state: PartitionState,
+    inst: Instance,
+    account: int,
+    series: dict[int, int],
+    first: Piece,
+    view: CellView,
+    groups: dict[Group, _NumAcc],
+) -> None:
     """Recurring LATEST: merge in each group's latest event from before the range."""
     latest: dict[Group, Latest | None] = {}
     rows = state.tables.rows
@@ -247,8 +257,14 @@ def _lookback(state: PartitionState, inst: Instance, account: int, series: dict[
         acc.last = later(acc.last, found)
 
 
-def _read_num(state: PartitionState, inst: Instance, account: int, series: dict[int, int],
-              pieces: list[Piece], view: CellView) -> tuple[dict[Group, AggValue], int]:  # fmt: skip
+def _read_num(
+    state: PartitionState,
+    inst: Instance,
+    account: int,
+    series: dict[int, int],
+    pieces: list[Piece],
+    view: CellView,
+) -> tuple[dict[Group, AggValue], int]:
     groups: dict[Group, _NumAcc] = {}
     flags = 0
     fired = state.tables.rows.fired
@@ -329,8 +345,14 @@ def _union_into(groups: dict[Group, BitMap64], running: Running, view: CellView)
             groups[group] = members.copy()
 
 
-def _read_unique(state: PartitionState, inst: Instance, account: int, series: dict[int, int],
-                 pieces: list[Piece], view: CellView) -> tuple[dict[Group, AggValue], int]:  # fmt: skip
+def _read_unique(
+    state: PartitionState,
+    inst: Instance,
+    account: int,
+    series: dict[int, int],
+    pieces: list[Piece],
+    view: CellView,
+) -> tuple[dict[Group, AggValue], int]:
     groups: dict[Group, BitMap64] = {}
     flags = 0
     fired = state.tables.rows.fired
@@ -384,8 +406,9 @@ def _read_unique(state: PartitionState, inst: Instance, account: int, series: di
 # --------------------------------------------------------------------------- entry points
 
 
-def whole_period(state: PartitionState, inst: Instance, account: int, start: int,
-                 end: int) -> AggValue | None:  # fmt: skip
+def whole_period(
+    state: PartitionState, inst: Instance, account: int, start: int, end: int
+) -> AggValue | None:
     """The unfiltered total of exactly one stored period, read straight from its row: the
     common billing read. None when the range is anything else, or the metric carries state
     across periods; the general path then answers, with the same result where both apply."""
@@ -413,9 +436,15 @@ def whole_period(state: PartitionState, inst: Instance, account: int, start: int
     )
 
 
-def _read(state: PartitionState, code: str, account: int, start_us: int, end_us: int,
-          filters: tuple[tuple[str, str], ...],
-          group_by: tuple[str, ...]) -> tuple[dict[Group, AggValue], int]:  # fmt: skip
+def _read(
+    state: PartitionState,
+    code: str,
+    account: int,
+    start_us: int,
+    end_us: int,
+    filters: tuple[tuple[str, str], ...],
+    group_by: tuple[str, ...],
+) -> tuple[dict[Group, AggValue], int]:
     inst = _instance(state, code)
     for key, value in filters:
         allowed = inst.dim_values(key)
@@ -449,8 +478,14 @@ def _read(state: PartitionState, code: str, account: int, start_us: int, end_us:
     return _read_num(state, inst, account, series, pieces, view)
 
 
-def query(state: PartitionState, code: str, account: int, start_us: int, end_us: int,
-          filters: tuple[tuple[str, str], ...] = ()) -> AggValue:  # fmt: skip
+def query(
+    state: PartitionState,
+    code: str,
+    account: int,
+    start_us: int,
+    end_us: int,
+    filters: tuple[tuple[str, str], ...] = (),
+) -> AggValue:
     if not filters:
         inst = state.live.get(code)
         if inst is not None:
@@ -461,8 +496,9 @@ def query(state: PartitionState, code: str, account: int, start_us: int, end_us:
     return groups.get((), AggValue(alert_flags=flags))
 
 
-def query_realtime(state: PartitionState, code: str, account: int,
-                   now_us: int) -> tuple[AggValue, int, int]:  # fmt: skip
+def query_realtime(
+    state: PartitionState, code: str, account: int, now_us: int
+) -> tuple[AggValue, int, int]:
     inst = _instance(state, code)
     now_us = min(max(now_us, TS_MIN_US), TS_MAX_US)
     if inst.table >= 0 and inst.ps <= now_us < inst.pe:  # the period ingest is filling
@@ -472,9 +508,15 @@ def query_realtime(state: PartitionState, code: str, account: int,
     return query(state, code, account, start, end), start, end
 
 
-def breakdown(state: PartitionState, code: str, account: int, start_us: int, end_us: int,
-              group_by: tuple[str, ...], filters: tuple[tuple[str, str], ...] = (),
-              ) -> tuple[tuple[Group, AggValue], ...]:  # fmt: skip
+def breakdown(
+    state: PartitionState,
+    code: str,
+    account: int,
+    start_us: int,
+    end_us: int,
+    group_by: tuple[str, ...],
+    filters: tuple[tuple[str, str], ...] = (),
+) -> tuple[tuple[Group, AggValue], ...]:
     groups, _ = _read(state, code, account, start_us, end_us, filters, group_by)
     return tuple(
         (group, value)
@@ -483,8 +525,9 @@ def breakdown(state: PartitionState, code: str, account: int, start_us: int, end
     )
 
 
-def list_events(state: PartitionState, account: int, since_us: int, until_us: int,
-                after_offset: int, limit: int) -> tuple[tuple[StoredEvent, ...], int | None]:  # fmt: skip
+def list_events(
+    state: PartitionState, account: int, since_us: int, until_us: int, after_offset: int, limit: int
+) -> tuple[tuple[StoredEvent, ...], int | None]:
     """The account's visible events in offset order, one page (docs/semantics.md §10)."""
     visible_from = state.visible_from()
     out: list[StoredEvent] = []
@@ -533,4 +576,4 @@ __all__ = [
     "list_events",
     "query",
     "query_realtime",
-]  # fmt: skip
+]

@@ -38,8 +38,16 @@ _SHIFT32 = np.int64(32)
 _LIMB_MAX = 2**62
 
 COLUMNS = ("count", "sum_lo", "sum_hi", "max", "last_ts", "last_off", "last_val", "next_level")
-_FILL = {"count": 0, "sum_lo": 0, "sum_hi": 0, "max": INT64_MIN, "last_ts": INT64_MIN,
-         "last_off": INT64_MIN, "last_val": 0, "next_level": INT64_MAX}  # fmt: skip
+_FILL = {
+    "count": 0,
+    "sum_lo": 0,
+    "sum_hi": 0,
+    "max": INT64_MIN,
+    "last_ts": INT64_MIN,
+    "last_off": INT64_MIN,
+    "last_val": 0,
+    "next_level": INT64_MAX,
+}
 
 
 def exact_sum(values: Array) -> int:

@@ -180,17 +180,32 @@ def _dump_alerts(state: PartitionState) -> list[Any]:
     log = state.alerts
     return [
         log.next_cursor,
-        [[a.account_id, a.metric_code, a.threshold_code, a.value_at_cross, a.triggered_at_us,
-          a.cursor] for a in log.ordered],
-    ]  # fmt: skip
+        [
+            [
+                a.account_id,
+                a.metric_code,
+                a.threshold_code,
+                a.value_at_cross,
+                a.triggered_at_us,
+                a.cursor,
+            ]
+            for a in log.ordered
+        ],
+    ]
 
 
 def _load_alerts(state: PartitionState, row: list[Any]) -> None:
     log = state.alerts
     log.next_cursor = row[0]
     for account, metric, threshold, value, at_us, cursor in row[1]:
-        alert = StoredAlert(account_id=account, metric_code=metric, threshold_code=threshold,
-                            value_at_cross=value, triggered_at_us=at_us, cursor=cursor)  # fmt: skip
+        alert = StoredAlert(
+            account_id=account,
+            metric_code=metric,
+            threshold_code=threshold,
+            value_at_cross=value,
+            triggered_at_us=at_us,
+            cursor=cursor,
+        )
         log.ordered.append(alert)
         log.by_account.setdefault(account, []).append(alert)
 

@@ -33,7 +33,7 @@ the caller turns it into BadRequest, ProtocolError or RecordError as its side re
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from itertools import accumulate
+from itertools import accumulate, pairwise
 from typing import Any
 
 import cbor2
@@ -58,8 +58,13 @@ U16 = np.dtype("<u2")
 U32 = np.dtype("<u4")
 U64 = np.dtype("<u8")
 I64 = np.dtype("<i8")
-_DTYPE_OF_TAG: dict[int, np.dtype[Any]] = {TAG_UINT8: U8, TAG_UINT16_LE: U16, TAG_UINT32_LE: U32, TAG_UINT64_LE: U64,
-                 TAG_SINT64_LE: I64}  # fmt: skip
+_DTYPE_OF_TAG: dict[int, np.dtype[Any]] = {
+    TAG_UINT8: U8,
+    TAG_UINT16_LE: U16,
+    TAG_UINT32_LE: U32,
+    TAG_UINT64_LE: U64,
+    TAG_SINT64_LE: I64,
+}
 _KEYS = frozenset(("m", "mi", "a", "v", "t", "o", "p", "e", "eo"))
 _OPERATION_TYPE_MAX = max(model.OperationType)
 _EMPTY_U64 = np.zeros(0, U64)
@@ -146,12 +151,14 @@ class EventBatch:
         event_ids: Sequence[str | None] | None = None,
     ) -> None:
         codes = tuple(metric_codes)
-        index_type = U8 if len(codes) <= 256 else U16
+        index = np.asarray(metric_index)
+        if index.dtype not in (U8, U16):  # a given uint8/uint16 column is kept as it is
+            index = index.astype(U8 if len(codes) <= 256 else U16)
         accounts = np.asarray(account_ids, dtype=U64)
         n = len(accounts)
         self._set(
             codes,
-            np.asarray(metric_index, dtype=index_type),
+            index,
             accounts,
             np.asarray(values, dtype=I64),
             None if timestamps is None else np.asarray(timestamps, dtype=I64),
@@ -177,9 +184,16 @@ class EventBatch:
         """A batch from columns already in their packed form (not checked: see ``check``)."""
         batch = cls.__new__(cls)
         batch._set(
-            metric_codes, metric_index, account_ids, values, timestamps, operation_types,
-            property_columns, event_id_data, event_id_offsets,
-        )  # fmt: skip
+            metric_codes,
+            metric_index,
+            account_ids,
+            values,
+            timestamps,
+            operation_types,
+            property_columns,
+            event_id_data,
+            event_id_offsets,
+        )
         batch._raw = raw
         return batch
 
@@ -315,8 +329,9 @@ def pack_event_ids(event_ids: Sequence[str | None]) -> tuple[bytes | None, Array
     encoded = [b"" if eid is None else eid.encode() for eid in event_ids]
     if not any(encoded):
         return None, None
-    offsets = np.fromiter(accumulate(map(len, encoded), initial=0), dtype=U32,
-                          count=len(encoded) + 1)  # fmt: skip
+    offsets = np.fromiter(
+        accumulate(map(len, encoded), initial=0), dtype=U32, count=len(encoded) + 1
+    )
     return b"".join(encoded), offsets
 
 
@@ -324,9 +339,7 @@ def unpack_event_ids(data: bytes | None, offsets: Array | None) -> tuple[str | N
     if data is None or offsets is None:
         return None
     bounds = offsets.tolist()
-    return tuple(
-        data[a:b].decode() if b > a else None for a, b in zip(bounds, bounds[1:], strict=False)
-    )
+    return tuple(data[a:b].decode() if b > a else None for a, b in pairwise(bounds))
 
 
 # --------------------------------------------------------------------------- encode
@@ -512,8 +525,9 @@ def _event_ids(data: object, offsets_obj: object, path: str, n: int) -> tuple[by
     return data, offsets
 
 
-def decode_batch_map(obj: object, path: str, *, check_limits: bool = True,
-                     raw: bytes | None = None) -> EventBatch:  # fmt: skip
+def decode_batch_map(
+    obj: object, path: str, *, check_limits: bool = True, raw: bytes | None = None
+) -> EventBatch:
     """An ``EventBatch`` from its decoded map; ``ColumnError`` naming the bad column otherwise.
 
     ``check_limits=False`` is for the write-ahead log: a record accepted under older limits
@@ -524,8 +538,12 @@ def decode_batch_map(obj: object, path: str, *, check_limits: bool = True,
     unknown = obj.keys() - _KEYS
     if unknown:
         raise ColumnError(f"{path}: unknown key {sorted(map(str, unknown))[0]!r}")
-    for key, name in (("m", "metric_codes"), ("mi", "metric_index"), ("a", "account_ids"),
-                      ("v", "values")):  # fmt: skip
+    for key, name in (
+        ("m", "metric_codes"),
+        ("mi", "metric_index"),
+        ("a", "account_ids"),
+        ("v", "values"),
+    ):
         if key not in obj:
             raise ColumnError(f"{path}.{name}: missing (key {key!r})")
     accounts = _view(obj["a"], f"{path}.account_ids", (TAG_UINT64_LE,), None)
