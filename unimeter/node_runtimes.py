@@ -13,7 +13,7 @@ from unimeter import errors
 from unimeter.actors.alert_feed import AlertHub
 from unimeter.actors.catalog import CatalogCore, CatalogEffects, Publication
 from unimeter.actors.effects import Effects
-from unimeter.actors.partition import CatalogUpdate, PartitionCore
+from unimeter.actors.partition import CatalogUpdate, PartitionCore, group_ingests
 from unimeter.actors.runtime import FutureReply, ReplicaRuntime, deliver
 from unimeter.consensus.messages import Snapshot
 from unimeter.storage.snapshot import snapshot_indexes
@@ -35,6 +35,10 @@ class PartitionRuntime(ReplicaRuntime):
         self.snapshot_lock = threading.Lock()
         self.install_epoch = 0
         self.alert_hub = AlertHub(self.core.partition)  # live alert subscriptions (leader)
+
+    def _step_all(self, batch: list[Any]) -> None:
+        # Ingests drained together become one log entry (one proposal, one WAL record).
+        super()._step_all(group_ingests(batch))
 
     def _after(self, fx: Effects) -> None:
         if fx.appends and self.on_appended is not None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from unimeter.actors.catalog import CatalogCore
-from unimeter.actors.partition import ClientRequest
+from unimeter.actors.partition import ClientRequest, IngestGroup
 from unimeter.actors.replicated import PeerMessage
 from unimeter.consensus import codec as raft_codec
 from unimeter.consensus.codec import CATALOG_GROUP
@@ -132,7 +132,10 @@ class Replayer:
     def _note_accounts(self, group: int, msg: object) -> None:
         if group == CATALOG_GROUP:
             return
-        if isinstance(msg, ClientRequest) and isinstance(msg.request, m.Ingest):
+        if isinstance(msg, IngestGroup):
+            for request in msg.requests:
+                self._note_accounts(group, request)
+        elif isinstance(msg, ClientRequest) and isinstance(msg.request, m.Ingest):
             self.accounts.setdefault(group, set()).update(msg.request.batch.account_ids.tolist())
         elif isinstance(msg, PeerMessage) and isinstance(msg.message, AppendEntries):
             for e in msg.message.entries:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from unimeter.actors.catalog import CatalogCore, CatalogRequest, CatalogState
-from unimeter.actors.partition import CatalogUpdate, ClientRequest, PartitionCore
+from unimeter.actors.partition import CatalogUpdate, ClientRequest, IngestGroup, PartitionCore
 from unimeter.actors.replicated import DiskState, PeerMessage, Persisted, RaftTick, Recovered
 from unimeter.consensus import codec as raft_codec
 from unimeter.consensus.codec import CATALOG_GROUP
@@ -183,6 +183,8 @@ def encode_message(msg: object, token: Callable[[object], int]) -> list[Any]:
     if isinstance(msg, ClientRequest):
         req = msg.request
         return ["client", token(msg.token), int(req.KIND), encode_body(req)]
+    if isinstance(msg, IngestGroup):
+        return ["ingests", [encode_message(r, token)[1:] for r in msg.requests]]
     if isinstance(msg, CatalogRequest):
         creq = msg.request
         return ["catalog_request", token(msg.token), int(creq.KIND), encode_body(creq)]
@@ -205,6 +207,8 @@ def decode_message(item: list[Any]) -> object:
     if tag == "client":
         req = decode_request(m.Kind(item[2]), item[3])
         return ClientRequest(item[1], cast(m.Ingest, req))
+    if tag == "ingests":
+        return IngestGroup(tuple(decode_message(["client", *r]) for r in item[1]))  # type: ignore[misc]
     if tag == "catalog_request":
         creq = decode_request(m.Kind(item[2]), item[3])
         return CatalogRequest(item[1], cast(m.MetricCreate, creq))
@@ -247,6 +251,8 @@ def describe(msg: object) -> str:
         return f"{type(req).__name__}#{msg.token} " + " ".join(parts)
     if isinstance(msg, CatalogUpdate):
         return f"CatalogUpdate version={msg.version} metrics={len(msg.metrics)} token={msg.token}"
+    if isinstance(msg, IngestGroup):
+        return f"IngestGroup of {len(msg.requests)}: " + "; ".join(map(describe, msg.requests))
     return repr(msg)
 
 

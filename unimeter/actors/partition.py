@@ -28,6 +28,7 @@ Theory of operation. Each partition replica is a member of the partition's Raft 
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seco
 from unimeter.consensus.config import ProposalRejected, RaftConfig
 from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.periods import US_PER_DAY
-from unimeter.state.entries import BatchEntry, Entry, LiveMetric, SchemaEntry
+from unimeter.state.entries import BatchEntry, BatchPart, Entry, LiveMetric, SchemaEntry
 from unimeter.state.partition_state import PartitionState
 from unimeter.state.records import decode_entry, encode_entry
 from unimeter.wire import messages as m
@@ -59,6 +60,32 @@ _PARKED_MAX = 4096
 class ClientRequest:
     token: object
     request: m.Ingest | PartitionRead
+
+
+@dataclass(frozen=True, slots=True)
+class IngestGroup:
+    """INGEST requests that reached the partition in the same loop iteration: admitted
+    together and, where they store anything, logged as one entry (``runtime`` makes these)."""
+
+    requests: tuple[ClientRequest, ...]
+
+
+def group_ingests(messages: list[object]) -> list[object]:
+    """The same messages, with every run of two or more INGEST requests made one
+    ``IngestGroup`` (order kept): a runtime calls this on what it drained from the mailbox."""
+    out: list[object] = []
+    run: list[ClientRequest] = []
+    for msg in messages:
+        if isinstance(msg, ClientRequest) and isinstance(msg.request, m.Ingest):
+            run.append(msg)
+            continue
+        if run:
+            out.append(run[0] if len(run) == 1 else IngestGroup(tuple(run)))
+            run = []
+        out.append(msg)
+    if run:
+        out.append(run[0] if len(run) == 1 else IngestGroup(tuple(run)))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,10 +135,9 @@ class PartitionCore(ReplicatedCore):
         # Claims of entries proposed but not yet applied (cleared as each one applies): the
         # event-id keys each entry stores, by log index, and the producer sequences.
         self._pending_keys: dict[int, Array] = {}
-        self._pending_seqs: dict[tuple[int, int], int] = {}
+        self._pending_seqs: dict[tuple[int, int], tuple[int, m.IngestReply]] = {}
         # Replies released when the entry at their index is applied.
         self._on_apply: dict[int, list[tuple[object, m.IngestReply | None]]] = {}
-        self._entry_replies: dict[int, m.IngestReply] = {}
         self._parked_reads: list[tuple[int, int, ClientRequest]] = []
         self._parked_ingests: list[ClientRequest] = []  # waiting for a catalog version
         self._parked_leader: list[ClientRequest] = []  # waiting for leader_ready
@@ -122,6 +148,8 @@ class PartitionCore(ReplicatedCore):
         fx = Effects()
         if isinstance(msg, ClientRequest):
             self._on_request(msg, now_us, fx)
+        elif isinstance(msg, IngestGroup):
+            self._on_group(msg, now_us, fx)
         elif isinstance(msg, CatalogUpdate):
             self._on_catalog(msg, now_us, fx)
         elif not self.step_common(msg, now_us, fx):
@@ -153,9 +181,17 @@ class PartitionCore(ReplicatedCore):
             return
         self._refresh_view()
         if isinstance(msg.request, m.Ingest):
-            self._on_ingest(msg, now_us, fx)
+            self._on_ingests((msg,), now_us, fx)
         else:
             self._on_read(msg, now_us, fx)
+
+    def _on_group(self, group: IngestGroup, now_us: int, fx: Effects) -> None:
+        if not self.leader_ready:
+            for msg in group.requests:
+                self._on_request(msg, now_us, fx)
+            return
+        self._refresh_view()
+        self._on_ingests(group.requests, now_us, fx)
 
     def _refresh_view(self) -> None:
         """On the first request of a new term, rebuild the proposal view from applied state
@@ -195,14 +231,45 @@ class PartitionCore(ReplicatedCore):
         self._catalog_version = version
         self._metrics = {lm.schema.code: lm for lm in metrics}
         parked, self._parked_ingests = self._parked_ingests, []
-        for req in parked:
-            self._on_ingest(req, now_us, fx)
+        if parked:
+            self._on_ingests(parked, now_us, fx)
 
     # ------------------------------------------------------------------ ingest
 
-    def _on_ingest(self, msg: ClientRequest, now_us: int, fx: Effects) -> None:
-        req = msg.request
-        assert isinstance(req, m.Ingest)
+    def _on_ingests(self, msgs: Sequence[ClientRequest], now_us: int, fx: Effects) -> None:
+        """Admit the INGEST requests that arrived together and log those that store anything
+        as one entry (one part each): one Raft proposal and one WAL record for all of them."""
+        accepted: list[tuple[ClientRequest, BatchPart]] = []
+        group_keys: list[Array] = []
+        group_seqs: dict[tuple[int, int], int] = {}  # a retry within the group: its first part
+        for msg in msgs:
+            req = msg.request
+            assert isinstance(req, m.Ingest)
+            if not self._ingest_may_proceed(msg, req, fx):
+                continue
+            key = (req.producer_id, req.seq)
+            if req.producer_id != 0 and key in group_seqs:
+                accepted.append((msg, accepted[group_seqs[key]][1]))
+                continue
+            part = admit(req, now_us, self._metrics, self.retention_us,
+                         lambda keys: self._seen_keys(keys, group_keys))  # fmt: skip
+            if part.n_stored == 0 and req.producer_id == 0:
+                reply = m.IngestReply(
+                    n_stored=0, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
+                    rejected=part.rejected, last_offset=None, log_index=self.state.applied_index,
+                )  # fmt: skip
+                fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
+                continue
+            if part.id_hashes is not None:
+                group_keys.append(part.id_hashes)
+            if req.producer_id != 0:
+                group_seqs[key] = len(accepted)
+            accepted.append((msg, part))
+        if accepted:
+            self._log_parts(accepted, now_us, fx)
+
+    def _ingest_may_proceed(self, msg: ClientRequest, req: m.Ingest, fx: Effects) -> bool:
+        """False when the request is answered, parked or waiting already (no new part)."""
         if req.catalog_version > self._catalog_version:
             if len(self._parked_ingests) >= _PARKED_MAX:
                 fx.replies.append(
@@ -214,26 +281,24 @@ class PartitionCore(ReplicatedCore):
                 )
             else:
                 self._parked_ingests.append(msg)
-            return
-        key = (req.producer_id, req.seq)
+            return False
         if req.producer_id != 0 and not testing_switches.SKIP_PRODUCER_CHECK:
             outcome = self.state.producer_outcome(req.producer_id, req.seq)
             if isinstance(outcome, m.IngestReply):
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, outcome))
-                return
+                return False
             if outcome is not None:  # applied long ago; its answer is no longer cached
                 reply = m.IngestReply(
                     n_stored=0, n_duplicates=len(req.batch), n_rejected=0, rejected=(),
                     last_offset=None, log_index=self.state.applied_index,
                 )  # fmt: skip
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
-                return
-            in_flight = self._pending_seqs.get(key)
+                return False
+            in_flight = self._pending_seqs.get((req.producer_id, req.seq))
             if in_flight is not None:
-                self._on_apply.setdefault(in_flight, []).append(
-                    (msg.token, self._entry_replies[in_flight])
-                )
-                return
+                index, reply = in_flight
+                self._on_apply.setdefault(index, []).append((msg.token, reply))
+                return False
         if not self.writable:
             fx.replies.append(
                 _error(
@@ -243,48 +308,57 @@ class PartitionCore(ReplicatedCore):
                     "writes resume when space returns",
                 )
             )
-            return
-        part = admit(req, now_us, self._metrics, self.retention_us, self._seen_keys)
-        n_stored = part.n_stored
-        if n_stored == 0 and req.producer_id == 0:
-            reply = m.IngestReply(
-                n_stored=0, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
-                rejected=part.rejected, last_offset=None, log_index=self.state.applied_index,
-            )  # fmt: skip
-            fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
-            return
-        entry = BatchEntry(stamp_us=now_us, parts=(part,))
+            return False
+        return True
+
+    def _log_parts(self, accepted: list[tuple[ClientRequest, BatchPart]], now_us: int,
+                   fx: Effects) -> None:  # fmt: skip
+        parts: list[BatchPart] = []
+        for _, part in accepted:
+            if not parts or parts[-1] is not part:
+                if all(p is not part for p in parts):
+                    parts.append(part)
+        entry = BatchEntry(stamp_us=now_us, parts=tuple(parts))
         index = self._append(entry, now_us, fx)
         if index is None:
-            fx.replies.append(self.not_leader(msg.token))
+            for msg, _ in accepted:
+                fx.replies.append(self.not_leader(msg.token))
             return
-        if part.id_hashes is not None and len(part.id_hashes):
-            self._pending_keys[index] = part.id_hashes
-        last_offset = None
-        if n_stored:
-            last_offset = self._next_offset + n_stored - 1
-            self._next_offset += n_stored
-        reply = m.IngestReply(
-            n_stored=n_stored, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
-            rejected=part.rejected, last_offset=last_offset, log_index=index,
-        )  # fmt: skip
-        self._entry_replies[index] = reply
-        if req.producer_id != 0:
-            self._pending_seqs[key] = index
-        if req.sync and not testing_switches.SYNC_ACK_BEFORE_COMMIT:
-            self._on_apply.setdefault(index, []).append((msg.token, reply))
-        else:
-            fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
+        keys = [p.id_hashes for p in parts if p.id_hashes is not None]
+        if keys:
+            self._pending_keys[index] = keys[0] if len(keys) == 1 else np.concatenate(keys)
+        replies: dict[int, m.IngestReply] = {}
+        for part in parts:
+            n_stored = part.n_stored
+            last_offset = None
+            if n_stored:
+                last_offset = self._next_offset + n_stored - 1
+                self._next_offset += n_stored
+            reply = replies[id(part)] = m.IngestReply(
+                n_stored=n_stored, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
+                rejected=part.rejected, last_offset=last_offset, log_index=index,
+            )  # fmt: skip
+            if part.producer_id != 0:
+                self._pending_seqs[(part.producer_id, part.seq)] = (index, reply)
+        for msg, part in accepted:
+            req = msg.request
+            assert isinstance(req, m.Ingest)
+            reply = replies[id(part)]
+            if req.sync and not testing_switches.SYNC_ACK_BEFORE_COMMIT:
+                self._on_apply.setdefault(index, []).append((msg.token, reply))
+            else:
+                fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
 
-    def _seen_keys(self, keys: Array) -> Array:
-        """Which event-id keys are already stored or claimed by an entry in flight."""
+    def _seen_keys(self, keys: Array, group_keys: list[Array]) -> Array:
+        """Which event-id keys are already stored, claimed by an entry in flight, or by an
+        earlier part of the entry being built."""
         if testing_switches.SKIP_EVENT_ID_DEDUP:
             seen = np.zeros(len(keys), dtype=bool)
         else:
             seen = self.state.event_keys_seen(keys)
-        if self._pending_keys:
-            claimed = np.concatenate(list(self._pending_keys.values()))
-            seen |= np.isin(keys, claimed)
+        claimed = [*self._pending_keys.values(), *group_keys]
+        if claimed:
+            seen |= np.isin(keys, claimed[0] if len(claimed) == 1 else np.concatenate(claimed))
         return seen
 
     # ------------------------------------------------------------------ log
@@ -320,7 +394,6 @@ class PartitionCore(ReplicatedCore):
     def _answer_applied(self, index: int, fx: Effects) -> None:
         for token, reply in self._on_apply.pop(index, ()):
             fx.replies.append(Outgoing(token, errors.Status.OK, reply or _applied(index)))
-        self._entry_replies.pop(index, None)
 
     def _release_claims(self, index: int, entry: BatchEntry) -> None:
         for part in entry.parts:
@@ -343,7 +416,6 @@ class PartitionCore(ReplicatedCore):
         for token in tokens:
             fx.replies.append(self.not_leader(token))
         self._on_apply.clear()
-        self._entry_replies.clear()
         self._parked_reads.clear()
         self._parked_ingests.clear()
         self._parked_leader.clear()

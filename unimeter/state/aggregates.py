@@ -41,6 +41,10 @@ _S16 = np.uint64(16)
 _S32 = np.uint64(32)
 
 
+_DENSE_MIN = 1 << 16  # ids below this always use the dense table
+_DENSE_SPREAD = 64  # beyond it, only while the largest id < this many times the accounts
+
+
 class UniqRow:
     """The sets of one COUNT_UNIQUE row: ``present`` = values whose last operation in the
     period was ADD/NONE; ``removed`` = values REMOVEd at any moment of the period (a later ADD
@@ -56,10 +60,14 @@ class UniqRow:
 class Tables:
     """The rows of a partition and the indexes that find them."""
 
-    __slots__ = ("accounts", "cells", "rows", "slot_accounts", "totals", "uniq")
+    __slots__ = ("accounts", "cells", "dense_slots", "rows", "slot_accounts", "totals", "uniq")
 
     def __init__(self) -> None:
         self.accounts = KeyIndex()  # account id -> slot
+        # account id -> slot + 1 (0: none) for ids below its length: one gather instead of a
+        # binary search when ids are small numbers, as they usually are; grown while the ids
+        # seen stay dense enough (``_DENSE_SPREAD``).
+        self.dense_slots = np.zeros(0, np.int32)
         self.slot_accounts = np.zeros(0, U64)  # slot -> account id
         self.totals = KeyIndex()  # slot << 32 | table -> total row
         self.cells = KeyIndex()  # total row << 16 | cell -> cell row
@@ -70,7 +78,11 @@ class Tables:
 
     def slots(self, accounts: Array) -> Array:
         """Each account's slot, numbering new accounts as they come."""
-        found = self.accounts.get(accounts)
+        dense = self._dense_for(int(accounts.max())) if len(accounts) else None
+        if dense is not None:
+            found = dense[accounts].astype(I64) - 1
+        else:
+            found = self.accounts.get(accounts)
         missing = found == MISSING
         if missing.any():
             fresh = np.unique(accounts[missing])
@@ -78,10 +90,28 @@ class Tables:
             numbers = np.arange(first, first + len(fresh), dtype=I64)
             self.accounts.add(fresh, numbers)
             self.slot_accounts = np.concatenate([self.slot_accounts, fresh])
+            small = fresh < len(self.dense_slots)
+            self.dense_slots[fresh[small]] = numbers[small] + 1
             found[missing] = self.accounts.get(accounts[missing])
         return found
 
+    def _dense_for(self, top: int) -> Array | None:
+        """The dense slot table if it covers ``top`` (growing it when that stays dense)."""
+        dense = self.dense_slots
+        if top < len(dense):
+            return dense
+        if top >= max(_DENSE_MIN, _DENSE_SPREAD * len(self.slot_accounts)):
+            return None
+        grown = np.zeros(max(top + 1, 2 * len(dense)), np.int32)
+        keys, vals = self.accounts.items()
+        small = keys < len(grown)
+        grown[keys[small]] = vals[small] + 1
+        self.dense_slots = grown
+        return grown
+
     def slot_of(self, account: int) -> int:
+        if account < len(self.dense_slots):
+            return int(self.dense_slots[account]) - 1
         return self.accounts.get1(account)
 
     def total_row(self, slot: int, table: int) -> int:
@@ -96,29 +126,25 @@ class Tables:
             return None
         return (keys & np.uint64(0xFFFF)).astype(I64), rows
 
-    def _rows_for(self, index: KeyIndex, keys: Array, level_of_new: Array | int) -> Array:
-        """The row of each key, making rows for missing keys (``level_of_new`` per key)."""
+    def _rows_for(self, index: KeyIndex, keys: Array, level_of: Any) -> Array:
+        """The row of each key, making rows for missing keys; ``level_of(positions)`` gives
+        the first threshold level of the new rows made for the keys at those positions."""
         found = index.get(keys)
         missing = found == MISSING
         if missing.any():
             fresh, first = np.unique(keys[missing], return_index=True)
-            levels = (
-                level_of_new
-                if isinstance(level_of_new, int)
-                else level_of_new[np.flatnonzero(missing)[first]]
-            )
-            ids = self.rows.allocate(len(fresh), levels)
+            ids = self.rows.allocate(len(fresh), level_of(np.flatnonzero(missing)[first]))
             index.add(fresh, ids)
             found[missing] = index.get(keys[missing])
         return found
 
-    def total_rows(self, slots: Array, tables: Array, levels: Array) -> Array:
+    def total_rows(self, slots: Array, tables: Array, mids: Array, level_of_mid: Array) -> Array:
         keys = slots.astype(U64) << _S32 | tables.astype(U64)
-        return self._rows_for(self.totals, keys, levels)
+        return self._rows_for(self.totals, keys, lambda at: level_of_mid[mids[at]])
 
     def cell_rows_for(self, totals: Array, cells: Array) -> Array:
         keys = totals.astype(U64) << _S16 | cells.astype(U64)
-        return self._rows_for(self.cells, keys, INT64_MAX)
+        return self._rows_for(self.cells, keys, lambda at: INT64_MAX)
 
 
 # --------------------------------------------------------------------------- thresholds

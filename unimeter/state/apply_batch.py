@@ -131,79 +131,78 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     n = g.n
     mids = g.col("mid")
     stamps = g.col("ts")
-    distinct = [int(mids[0])] if bool((mids == mids[0]).all()) else np.unique(mids).tolist()
-    tables = np.empty(n, I64)
-    level_of = np.empty(n, I64)
-    insts: list[Instance] = []
-    for mid in distinct:
-        inst = state.instances[mid]
-        insts.append(inst)
-        if len(distinct) == 1:
-            tables[:] = _tables_of(state, inst, stamps)
-            level_of[:] = inst.first_level(None)
-        else:
-            sel = mids == mid
-            tables[sel] = _tables_of(state, inst, stamps[sel])
-            level_of[sel] = inst.first_level(None)
-    positions = np.arange(n, dtype=I64)
+    present = np.flatnonzero(np.bincount(mids)).tolist()
+    insts = [state.instances[mid] for mid in present]
+    table_of = np.full(present[-1] + 1, -1, I64)  # by mid, when each has one table
+    level_of = np.full(present[-1] + 1, INT64_MAX, I64)  # a new row's first level, by mid
+    tables: Array | None = None
+    for inst in insts:
+        level_of[inst.mid] = inst.first_level(None)
+        if g.stamp is not None:
+            table_of[inst.mid] = _tables_of(state, inst, stamps[:1])[0]
+            continue
+        if tables is None:
+            tables = np.empty(n, I64)
+        mine = mids == inst.mid if len(insts) > 1 else slice(None)
+        tables[mine] = _tables_of(state, inst, stamps[mine])
+    if tables is None:
+        tables = table_of[mids]
     counted = tables >= 0
-    if not counted.all():
-        positions = positions[counted]
+    if counted.all():
+        ev = _Events(g, None, first)
+    else:
+        positions = np.flatnonzero(counted)
         if not len(positions):
             return []
-    ev = _Events(g, positions, first)
-    ev.tables = tables[positions] if len(positions) < n else tables
+        ev = _Events(g, positions, first)
+        tables = tables[positions]
+    ev.tables = tables
     tabs = state.tables
-    slots = tabs.slots(ev.account)
-    ev.rows = tabs.total_rows(
-        slots, ev.tables, level_of[positions] if len(positions) < n else level_of
-    )
-    unique = np.zeros(len(positions), dtype=bool)
+    ev.rows = tabs.total_rows(tabs.slots(ev.account), tables, ev.mid, level_of)
+    unique: Array | None = None
     if any(i.unique for i in insts):
-        unique_mids = [i.mid for i in insts if i.unique]
-        unique = np.isin(ev.mid, unique_mids)
+        unique = np.isin(ev.mid, [i.mid for i in insts if i.unique])
     found: list[Found] = []
     # Rows whose total may reach a threshold: noted before anything changes.
     candidates: dict[int, NumState | None] = {}
     for inst in insts:
-        if not inst.thresholds:
-            continue
-        sel = ev.mid == inst.mid
-        if inst.unique and inst.recurring:
-            # The total is the carried set's size, not the row's: replay every such row.
-            candidates.update(dict.fromkeys(np.unique(ev.rows[sel]).tolist()))
-            continue
-        adds = None
-        if inst.unique and ev.op is not None:
-            adds = (ev.op[sel] != REMOVE).astype(np.float64)
-        for row in may_cross(inst, tabs.rows, ev.rows[sel], ev.value[sel], adds).tolist():
-            candidates[row] = None if inst.unique else NumState(tabs.rows, row)
+        if inst.thresholds:
+            _note_candidates(state, inst, ev, candidates)
     _seed_cells(state, ev)
-    numeric = ~unique
-    if numeric.all():
-        tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset)
-    elif numeric.any():
-        tabs.rows.accumulate(
-            ev.rows[numeric], ev.value[numeric], ev.ts[numeric], ev.offset[numeric]
-        )
+    if unique is None:
+        tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset, stamp=g.stamp)
+    elif not unique.all():
+        numeric = ~unique
+        tabs.rows.accumulate(ev.rows[numeric], ev.value[numeric], ev.ts[numeric],
+                             ev.offset[numeric], stamp=g.stamp)  # fmt: skip
     if ev.cell_rows is not None:
-        has = ev.cell_rows >= 0
-        plain_cells = has & numeric
-        if plain_cells.any():
-            tabs.rows.accumulate(
-                ev.cell_rows[plain_cells],
-                ev.value[plain_cells],
-                ev.ts[plain_cells],
-                ev.offset[plain_cells],
-            )
-    tabs.rows.settle(ev.rows)
-    if ev.cell_rows is not None:
-        tabs.rows.settle(ev.cell_rows[ev.cell_rows >= 0])
-    if unique.any():
+        with_cell = ev.cell_rows >= 0
+        if unique is not None:
+            with_cell &= ~unique
+        if with_cell.any():
+            tabs.rows.accumulate(ev.cell_rows[with_cell], ev.value[with_cell],
+                                 ev.ts[with_cell], ev.offset[with_cell], stamp=g.stamp)  # fmt: skip
+    if unique is not None and unique.any():
         _fold_unique(state, ev, np.flatnonzero(unique), candidates, found)
     if candidates:
         _replay_numeric(state, ev, candidates, found)
     return found
+
+
+def _note_candidates(state: PartitionState, inst: Instance, ev: _Events,
+                     candidates: dict[int, NumState | None]) -> None:  # fmt: skip
+    """Note the rows of ``inst`` whose total may reach its next threshold in this batch."""
+    tabs = state.tables
+    sel = ev.mid == inst.mid
+    if inst.unique and inst.recurring:
+        # The total is the carried set's size, not the row's: replay every such row.
+        candidates.update(dict.fromkeys(np.unique(ev.rows[sel]).tolist()))
+        return
+    adds = None
+    if inst.unique and ev.op is not None:
+        adds = (ev.op[sel] != REMOVE).astype(np.float64)
+    for row in may_cross(inst, tabs.rows, ev.rows[sel], ev.value[sel], adds).tolist():
+        candidates[row] = None if inst.unique else NumState(tabs.rows, row)
 
 
 class _Events:
@@ -223,15 +222,17 @@ class _Events:
         "value",
     )
 
-    def __init__(self, g: Gathered, positions: Array, first: int) -> None:
-        whole = len(positions) == g.n
+    def __init__(self, g: Gathered, positions: Array | None, first: int) -> None:
+        """The events at ``positions`` of ``g`` (None: all of them)."""
 
         def pick(name: str) -> Array | None:
             col = g.cols[name]
             if col is None:
                 return None
-            return col if whole else col[positions]
+            return col if positions is None else col[positions]
 
+        if positions is None:
+            positions = np.arange(g.n, dtype=I64)
         self.pos = positions
         self.mid: Array = pick("mid")  # type: ignore[assignment]
         self.account: Array = pick("account")  # type: ignore[assignment]
@@ -251,18 +252,20 @@ def _seed_cells(state: PartitionState, ev: _Events) -> None:
     tabs = state.tables
     if ev.cell is None and not len(tabs.cells):
         return
-    cell = ev.cell if ev.cell is not None else np.zeros(len(ev.rows), np.int32)
-    need = cell != 0
-    if len(tabs.cells):
-        need |= tabs.cells.get(ev.rows.astype(U64) << np.uint64(16)) != MISSING
+    has_cells = tabs.rows.has_cells
+    need = has_cells[ev.rows] != 0
+    if ev.cell is not None:
+        new_rows = np.unique(ev.rows[(ev.cell != 0) & ~need])
+        if len(new_rows):
+            # Every event of a row with cells updates a cell row (cell 0 for none),
+            # including the batch's events before the one that gave it its first cells.
+            has_cells[new_rows] = 1
+            need = has_cells[ev.rows] != 0
+    else:
+        new_rows = ev.rows[:0]
     if not need.any():
         return
-    fresh = np.unique(ev.rows[need])
-    # Every event of a row with cells updates a cell row (cell 0 for none), including the
-    # batch's events before the one that gave the row its first cells.
-    need = np.isin(ev.rows, fresh)
-    zero_keys = fresh.astype(U64) << np.uint64(16)
-    new_rows = fresh[tabs.cells.get(zero_keys) == MISSING]
+    cell = ev.cell if ev.cell is not None else np.zeros(len(ev.rows), np.int32)
     if len(new_rows):
         seeds = tabs.cell_rows_for(new_rows, np.zeros(len(new_rows), I64))
         rows = tabs.rows
@@ -303,28 +306,42 @@ def _fold_unique(
     if in_order.any():
         _one_by_one(state, ev, which[in_order].tolist(), found)
         which = which[~in_order]
-    rows = ev.rows[which]
-    order = np.argsort(rows, kind="stable")
-    bounds = np.flatnonzero(np.diff(rows[order])) + 1
-    for members in np.split(which[order], bounds) if len(which) else ():
-        row = int(ev.rows[members[0]])
-        ops = ev.op[members] if ev.op is not None else None
-        if row in candidates or (ops is not None and bool((ops == REMOVE).any())):
-            _one_by_one(state, ev, members.tolist(), found)
+    if not len(which):
+        return
+    # Plain Python over lists from here: the rows are few and numpy scalars cost more.
+    rows = ev.rows[which].tolist()
+    values = ev.value[which].tolist()
+    positions = which.tolist()
+    cells = ev.cell_rows[which].tolist() if ev.cell_rows is not None else None
+    removing = set()
+    if ev.op is not None:
+        removing = set(ev.rows[which][ev.op[which] == REMOVE].tolist())
+    by_row: dict[int, list[int]] = {}
+    for k, row in enumerate(rows):
+        found_k = by_row.get(row)
+        if found_k is None:
+            by_row[row] = [k]
+        else:
+            found_k.append(k)
+    count = tabs.rows.count
+    mids = ev.mid[which].tolist()
+    accounts = ev.account[which].tolist()
+    for row, ks in by_row.items():
+        if row in candidates or row in removing:
+            _one_by_one(state, ev, [positions[k] for k in ks], found)
             continue
-        inst = state.instances[int(ev.mid[members[0]])]
+        inst = state.instances[mids[ks[0]]]
         if inst.recurring:
-            inst.ucache.pop(int(ev.account[members[0]]), None)
+            inst.ucache.pop(accounts[ks[0]], None)
         urow = _uniq(tabs.uniq, row)
-        values = ev.value[members]
-        urow.present.update(values.astype(U64))
-        tabs.rows.count[row] = len(urow.present)
-        cell_rows = ev.cell_rows[members] if ev.cell_rows is not None else None
-        if cell_rows is not None and bool((cell_rows >= 0).any()):
-            for crow in np.unique(cell_rows[cell_rows >= 0]).tolist():
-                cell = _uniq(tabs.uniq, crow)
-                cell.present.update(values[cell_rows == crow].astype(U64))
-                tabs.rows.count[crow] = len(cell.present)
+        urow.present.update([values[k] for k in ks])  # one C call per distinct row
+        count[row] = len(urow.present)
+        if cells is not None:
+            for k in ks:
+                if cells[k] >= 0:
+                    cell = _uniq(tabs.uniq, cells[k])
+                    cell.present.add(values[k])
+                    count[cells[k]] = len(cell.present)
 
 
 def _one_by_one(

@@ -45,14 +45,14 @@ OPTIONAL: dict[str, np.dtype[Any]] = {
 
 
 class Chunk:
-    __slots__ = ("cols", "first_offset", "id_data", "max_ts", "pos", "size")
+    __slots__ = ("_max_ts", "cols", "first_offset", "id_data", "pos", "size")
 
     def __init__(self, first_offset: int, capacity: int = 1024) -> None:
         self.first_offset = first_offset
         self.size = 0
         self.cols: dict[str, Array] = {name: np.zeros(capacity, t) for name, t in REQUIRED.items()}
         self.id_data = bytearray()
-        self.max_ts: dict[int, int] = {}  # mid -> newest timestamp stored here
+        self._max_ts: dict[int, int] | None = None  # once sealed: mid -> newest timestamp
         self.pos: Array | None = None  # set once sorted: each row's position in log order
 
     @property
@@ -72,8 +72,7 @@ class Chunk:
         ``id_data``) to this open chunk, growing it as needed."""
         assert self.pos is None
         mids = columns["mid"]
-        stamps = columns["ts"]
-        assert mids is not None and stamps is not None
+        assert mids is not None
         at = self.size
         end = at + len(mids)
         if end > self.capacity:
@@ -96,15 +95,27 @@ class Chunk:
         if id_data is not None:
             self.id_data += id_data
         self.size = end
-        for mid in np.unique(mids).tolist():
-            newest = int(stamps[mids == mid].max())
-            if newest > self.max_ts.get(mid, _INT64_MIN):
-                self.max_ts[mid] = newest
 
     def seal(self) -> None:
         """No more appends: give back the unused capacity."""
         for name, col in self.cols.items():
             self.cols[name] = col[: self.size].copy()
+        self._max_ts = self._newest()
+
+    def max_ts(self) -> dict[int, int]:
+        """Per metric instance, the newest timestamp of its events here (retention's view)."""
+        return self._max_ts if self._max_ts is not None else self._newest()
+
+    def _newest(self) -> dict[int, int]:
+        n = self.size
+        mids = self.cols["mid"][:n]
+        stamps = self.cols["ts"][:n]
+        if not n:
+            return {}
+        order = np.lexsort((stamps, mids))
+        sorted_mids = mids[order]
+        last = np.flatnonzero(np.append(sorted_mids[1:] != sorted_mids[:-1], True))
+        return dict(zip(sorted_mids[last].tolist(), stamps[order][last].tolist(), strict=True))
 
     def sort(self) -> None:
         """Order the rows by (account, mid, ts, position) for binary searches (sealed only)."""

@@ -31,14 +31,19 @@ NAMES = ("mid", "account", "ts", "value", "op", "cell", "props", "id_start", "id
 class Gathered:
     """The stored events of one entry: ``cols`` by name (optional ones None when unused)."""
 
-    __slots__ = ("cols", "hashes", "id_data", "n")
+    __slots__ = ("cols", "hashes", "id_data", "n", "stamp")
 
     def __init__(
-        self, cols: dict[str, Array | None], id_data: bytes | None, hashes: Array | None
+        self,
+        cols: dict[str, Array | None],
+        id_data: bytes | None,
+        hashes: Array | None,
+        stamp: int | None,
     ) -> None:
         self.cols = cols
         self.id_data = id_data
         self.hashes = hashes  # uint64 keys of the stored ids, in event order
+        self.stamp = stamp  # every event's timestamp, when they all have the entry's stamp
         mids = cols["mid"]
         assert mids is not None
         self.n = len(mids)
@@ -115,8 +120,9 @@ def gather(
     parts = [_part(p, entry.stamp_us, live, props, cells) for p in entry.parts]
     hashes = [p.id_hashes for p in entry.parts if p.id_hashes is not None and len(p.id_hashes)]
     all_hashes = None if not hashes else hashes[0] if len(hashes) == 1 else np.concatenate(hashes)
+    stamp = entry.stamp_us if all(p.batch.timestamps is None for p in entry.parts) else None
     if len(parts) == 1:
-        return Gathered(parts[0][0], parts[0][1], all_hashes)
+        return Gathered(parts[0][0], parts[0][1], all_hashes, stamp)
     cols: dict[str, Array | None] = {}
     lengths = [len(p[0]["mid"]) for p in parts]  # type: ignore[arg-type]
     id_base = 0
@@ -139,4 +145,4 @@ def gather(
             filled.append(column)
             del part_cols
         cols[name] = np.concatenate(filled)
-    return Gathered(cols, b"".join(id_bufs) if id_bufs else None, all_hashes)
+    return Gathered(cols, b"".join(id_bufs) if id_bufs else None, all_hashes, stamp)

@@ -160,11 +160,11 @@ class PartitionState:
         visible_from = self.visible_from()
         self.events.drop_while(
             lambda chunk: all(
-                ts < visible_from.get(mid, reads.NEVER) for mid, ts in chunk.max_ts.items()
+                ts < visible_from.get(mid, reads.NEVER) for mid, ts in chunk.max_ts().items()
             )
         )
         for inst in [i for i in self.instances.values() if not i.live and not i.periods]:
-            if not any(inst.mid in chunk.max_ts for chunk in self.events.chunks):
+            if not any(inst.mid in chunk.max_ts() for chunk in self.events.chunks):
                 del self.instances[inst.mid]
         if dropped and self.props.needs_gc():
             apply_batch.compact_props(self)

@@ -35,7 +35,10 @@ INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
 _LOW32 = np.int64(0xFFFFFFFF)
 _SHIFT32 = np.int64(32)
-_LIMB_MAX = 2**62
+_LIMB_MAX = 2**61
+# Events folded between two checks of every row's sum limbs: a limb moves by less than 2**32
+# per event, so after this many it is still below 2**61 + 2**60 < 2**63.
+_SETTLE_EVENTS = 2**28
 
 COLUMNS = ("count", "sum_lo", "sum_hi", "max", "last_ts", "last_off", "last_val", "next_level")
 _FILL = {
@@ -60,13 +63,16 @@ def exact_sum(values: Array) -> int:
 
 
 class RowStore:
-    __slots__ = ("big_sums", "cols", "fired", "size")
+    __slots__ = ("big_sums", "cols", "fired", "has_cells", "since_settle", "size")
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = 0
+        self.since_settle = 0
         self.cols: dict[str, Array] = {
             name: np.full(capacity, _FILL[name], I64) for name in COLUMNS
         }
+        # 1 for a total row that has cell rows (derived from the cell index, not written).
+        self.has_cells = np.zeros(capacity, np.uint8)
         self.big_sums: dict[int, int] = {}  # row -> exact sum, once the limbs grew large
         self.fired: dict[int, dict[str, int]] = {}  # row -> threshold code -> multiple fired
 
@@ -87,6 +93,9 @@ class RowStore:
                 grown = np.full(new_capacity, _FILL[name], I64)
                 grown[:first] = col[:first]
                 self.cols[name] = grown
+            flags = np.zeros(new_capacity, np.uint8)
+            flags[:first] = self.has_cells[:first]
+            self.has_cells = flags
         self.size = need
         ids = np.arange(first, need, dtype=I64)
         self.cols["next_level"][first:need] = next_level
@@ -95,11 +104,19 @@ class RowStore:
     # ------------------------------------------------------------------ batch updates
 
     def accumulate(
-        self, rows: Array, values: Array, stamps: Array, offsets: Array, *, counts: bool = True
+        self,
+        rows: Array,
+        values: Array,
+        stamps: Array,
+        offsets: Array,
+        *,
+        counts: bool = True,
+        stamp: int | None = None,
     ) -> None:
         """Fold events (parallel columns, in log order) into ``rows`` (one per event).
 
-        ``counts=False`` leaves count to the caller (COUNT_UNIQUE rows count set members).
+        ``stamp`` says every event has that timestamp (a leader-stamped batch); ``counts=False``
+        leaves count to the caller (COUNT_UNIQUE rows count set members).
         """
         cols = self.cols
         if counts:
@@ -109,26 +126,33 @@ class RowStore:
         if high.any():
             np.add.at(cols["sum_hi"], rows, high)
         np.maximum.at(cols["max"], rows, values)
-        self._latest(rows, values, stamps, offsets)
+        if stamp is not None and not (cols["last_ts"][rows] > stamp).any():
+            # One timestamp, never older than what the rows hold: the latest event of a row is
+            # its last one in the log, i.e. the one with the largest offset.
+            np.maximum.at(cols["last_off"], rows, offsets)
+            winners = cols["last_off"][rows] == offsets
+            cols["last_ts"][rows[winners]] = stamp
+            cols["last_val"][rows[winners]] = values[winners]
+        else:
+            self._latest(rows, values, stamps, offsets)
+        self.since_settle += len(rows)
+        if self.since_settle >= _SETTLE_EVENTS:
+            self.settle(np.arange(self.size))
+            self.since_settle = 0
 
     def _latest(self, rows: Array, values: Array, stamps: Array, offsets: Array) -> None:
         """Per row, the batch's latest event replaces the stored one unless that is later."""
         n = len(rows)
-        if n == 1:
-            winners = np.zeros(1, np.intp)
-            targets = rows
-        else:
+        low = int(stamps.min())
+        if (int(stamps.max()) - low) < (INT64_MAX // max(n, 1)):
             # One sortable key per event: (timestamp, position) -- later wins, ties to later.
-            low = int(stamps.min())
-            if (int(stamps.max()) - low) < (INT64_MAX // max(n, 1)):
-                key = (stamps - low) * n + np.arange(n)
-                order = np.lexsort((key, rows))
-            else:
-                order = np.lexsort((np.arange(n), stamps, rows))
-            sorted_rows = rows[order]
-            last = np.flatnonzero(np.append(sorted_rows[1:] != sorted_rows[:-1], True))
-            winners = order[last]
-            targets = sorted_rows[last]
+            order = np.lexsort(((stamps - low) * n + np.arange(n), rows))
+        else:
+            order = np.lexsort((np.arange(n), stamps, rows))
+        sorted_rows = rows[order]
+        last = np.flatnonzero(np.append(sorted_rows[1:] != sorted_rows[:-1], True))
+        winners = order[last]
+        targets = sorted_rows[last]
         cols = self.cols
         ts = stamps[winners]
         take = ts >= cols["last_ts"][targets]
@@ -139,7 +163,8 @@ class RowStore:
         cols["last_val"][targets] = values[winners]
 
     def settle(self, rows: Array) -> None:
-        """Carry or move sums whose limbs grew large (rare: checked per batch)."""
+        """Carry or move sums whose limbs grew large. A limb moves by less than 2**32 per
+        event, so checking every ``_SETTLE_EVENTS`` events keeps each far from overflow."""
         lo = self.cols["sum_lo"][rows]
         hi = self.cols["sum_hi"][rows]
         risky = (lo >= _LIMB_MAX) | (lo <= -_LIMB_MAX) | (hi >= _LIMB_MAX) | (hi <= -_LIMB_MAX)
@@ -177,6 +202,9 @@ class RowStore:
             grown = np.full(max(len(live), 1024), _FILL[name], I64)
             grown[: len(live)] = kept
             self.cols[name] = grown
+        flags = np.zeros(max(len(live), 1024), np.uint8)
+        flags[: len(live)] = self.has_cells[live]
+        self.has_cells = flags
         self.size = len(live)
         old_to_new = mapping.tolist()
         self.big_sums = {old_to_new[r]: s for r, s in self.big_sums.items() if old_to_new[r] >= 0}

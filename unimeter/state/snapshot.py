@@ -162,17 +162,15 @@ def _dump_chunk(chunk: Chunk, blobs: _Blobs) -> list[Any]:
         n,
         {name: blobs.add(col) for name, col in sorted(cols.items())},
         bytes(chunk.id_data),
-        [[mid, ts] for mid, ts in chunk.max_ts.items()],
     ]
 
 
 def _load_chunk(row: list[Any], blobs: memoryview) -> Chunk:
-    first_offset, n, cols, id_data, max_ts = row
+    first_offset, n, cols, id_data = row
     chunk = Chunk(first_offset, capacity=1)
     chunk.cols = {name: _array(blobs, ref) for name, ref in cols.items()}
     chunk.size = n
     chunk.id_data = bytearray(id_data)
-    chunk.max_ts = {mid: ts for mid, ts in max_ts}
     return chunk
 
 
@@ -216,17 +214,19 @@ def _dump_rows(rows: RowStore, blobs: _Blobs) -> list[Any]:
         {name: blobs.add(rows.cols[name][: rows.size]) for name in COLUMNS},
         sorted([row, total] for row, total in rows.big_sums.items()),
         sorted([row, dict(fired)] for row, fired in rows.fired.items()),
+        rows.since_settle,
     ]
 
 
 def _load_rows(row: list[Any], blobs: memoryview) -> RowStore:
-    size, cols, big_sums, fired = row
+    size, cols, big_sums, fired, since_settle = row
     rows = RowStore(capacity=max(size, 1))
     for name, ref in cols.items():
         rows.cols[name][:size] = _array(blobs, ref)
     rows.size = size
     rows.big_sums = {r: total for r, total in big_sums}
     rows.fired = {r: f for r, f in fired}
+    rows.since_settle = since_settle
     return rows
 
 
@@ -322,6 +322,8 @@ def decode(data: bytes) -> PartitionState:
         tabs.totals = _load_index(body["totals"], blobs)
         tabs.cells = _load_index(body["cell_index"], blobs)
         tabs.rows = _load_rows(body["rows"], blobs)
+        cell_keys, _ = tabs.cells.items()
+        tabs.rows.has_cells[(cell_keys >> np.uint64(16)).astype(np.int64)] = 1
         for row, present, removed in body["uniq"]:
             urow = tabs.uniq[row] = UniqRow(BitMap64.deserialize(present))
             urow.removed = None if removed is None else BitMap64.deserialize(removed)
