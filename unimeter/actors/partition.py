@@ -315,9 +315,8 @@ class PartitionCore(ReplicatedCore):
                    fx: Effects) -> None:  # fmt: skip
         parts: list[BatchPart] = []
         for _, part in accepted:
-            if not parts or parts[-1] is not part:
-                if all(p is not part for p in parts):
-                    parts.append(part)
+            if all(p is not part for p in parts):  # a retry within the group shares its part
+                parts.append(part)
         entry = BatchEntry(stamp_us=now_us, parts=tuple(parts))
         index = self._append(entry, now_us, fx)
         if index is None:
