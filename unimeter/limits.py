@@ -59,6 +59,14 @@ wal_segment_bytes_min = 4096
 # reads too slowly costs the node at most this, then catches up from its cursor by paging.
 alert_push_buffer_bytes_max = 256 * 1024
 
+# --- HTTP API ---
+http_port_offset = 79  # the default HTTP port is the binary port + 79: 7001 -> 7080
+http_body_bytes_max = 32 * 1024 * 1024
+http_events_per_request_max = 100_000
+http_request_timeout_s = 10.0  # forwarded requests and their retries, per HTTP request
+http_alert_streams_max = 256  # live Server-Sent-Event alert streams per node
+http_sse_keepalive_s = 15.0  # a comment line this often keeps idle streams (and proxies) open
+
 # --- client ---
 request_timeout_s_default = 30.0
 map_refresh_s = 30.0
