@@ -40,17 +40,33 @@ class NodeProcess:
         port: int | None = None,
         partitions: int = 4,
         extra_args: tuple[str, ...] = (),
+        http_port: int | None = None,
+        default_http: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.partitions = partitions
         self.extra_args = extra_args
+        # The HTTP API: on a free port of its own (the node's default, port + 79, could be
+        # taken by another test's node), unless the test wants the default or passes --http.
+        self.http_port: int | None
+        if "--http" in extra_args:
+            self.http_port = None
+        elif default_http:
+            self.http_port = self.port + 79
+        else:
+            self.http_port = http_port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-node.log"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port is not None, "this node's HTTP port is not known here"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout_s: float = 30.0) -> NodeProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -68,6 +84,7 @@ class NodeProcess:
             str(self.partitions),
             "--disk-reserve-bytes",
             "0",
+            *self._http_args(),
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(
@@ -75,17 +92,29 @@ class NodeProcess:
         )
         log.close()
         deadline = time.monotonic() + timeout_s
+        # The binary port opens first, the HTTP port right after it.
+        ports = [self.port] if self.http_port is None else [self.port, self.http_port]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                socket.create_connection(("127.0.0.1", ports[0]), timeout=0.2),
             ):
-                return self
+                ports.pop(0)
+                if not ports:
+                    return self
+                continue
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"node did not listen within {timeout_s}s:\n{self.log()}")
+
+    def _http_args(self) -> tuple[str, ...]:
+        if "--http" in self.extra_args or self.http_port is None:
+            return ()
+        if self.http_port == self.port + 79:
+            return ()  # the node's own default
+        return ("--http", f"127.0.0.1:{self.http_port}")
 
     def log(self) -> str:
         try:
