@@ -104,11 +104,12 @@ class Api:
         group_by = params.group_by(query)
         partition = self._partition(account)
         session = self.dispatcher.session
+        period_start, period_end = _bounds_text(start_us, end_us)
         out: dict[str, Any] = {
             "account_id": account,
             "metric_code": code,
-            "period_start": time_text(start_us),
-            "period_end": time_text(end_us),
+            "period_start": period_start,
+            "period_end": period_end,
         }
         if group_by:
             reply = await self._read(
@@ -242,6 +243,20 @@ class Api:
                 ],
             }
         )
+
+
+_bounds_cache: dict[tuple[int, int], tuple[str, str]] = {}
+
+
+def _bounds_text(start_us: int, end_us: int) -> tuple[str, str]:
+    """A period's bounds as text; most requests ask about the same few periods."""
+    key = (start_us, end_us)
+    texts = _bounds_cache.get(key)
+    if texts is None:
+        if len(_bounds_cache) >= 256:
+            _bounds_cache.clear()
+        texts = _bounds_cache[key] = (time_text(start_us), time_text(end_us))
+    return texts
 
 
 async def _json_body(request: web.Request) -> object:

@@ -8,6 +8,7 @@ refuse the same things.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -34,6 +35,9 @@ BILLING_PERIODS: dict[str, Callable[[int], Period]] = {
 }
 
 Query = MultiMapping[str]
+
+_named_cache: dict[tuple[str, int, int], Period] = {}
+_NAMED_CACHE_MAX = 64
 
 
 def one(query: Query, name: str) -> str | None:
@@ -87,16 +91,27 @@ def period(query: Query) -> Period:
             raise InvalidRequestError(f"to ({end}) must be after from ({start})")
         return Period(since, until)
     name = named or "current_month"
+    day = integer(query, "billing_cycle_day", 1) if name in BILLING_PERIODS else 0
+    key = (name, day, time.time_ns() // 1000 // periods.US_PER_DAY)
+    cached = _named_cache.get(key)
+    if cached is not None:
+        return cached
     if name in NAMED_PERIODS:
-        return NAMED_PERIODS[name]()
-    if name in BILLING_PERIODS:
-        day = integer(query, "billing_cycle_day", 1)
+        found = NAMED_PERIODS[name]()
+    elif name in BILLING_PERIODS:
         try:
-            return BILLING_PERIODS[name](day)
+            found = BILLING_PERIODS[name](day)
         except ValueError as exc:
             raise InvalidRequestError(f"billing_cycle_day: {exc}") from None
-    names = ", ".join([*NAMED_PERIODS, *BILLING_PERIODS])
-    raise InvalidRequestError(f"period must be one of {names}; got {name!r}")
+    else:
+        names = ", ".join([*NAMED_PERIODS, *BILLING_PERIODS])
+        raise InvalidRequestError(f"period must be one of {names}; got {name!r}")
+    if len(_named_cache) >= _NAMED_CACHE_MAX:
+        _named_cache.clear()
+    # Every named period starts and ends at midnight UTC, so it is the same all day: computing
+    # it (calendar arithmetic, microseconds per request) once per name and day is enough.
+    _named_cache[key] = found
+    return found
 
 
 def filters(query: Query) -> tuple[tuple[str, str], ...]:
