@@ -440,6 +440,7 @@ class Node:
         return m.ClusterStatusReply(
             node_id=self.node_id, cluster_id=self.cluster_id, nodes=dict(self.addresses),
             partitions=tuple(infos), catalog_version=self.catalog.core.version,
+            disk_free_bytes=max(0, self.disk.free_bytes), disk_ok=self.disk_ok,
         )  # fmt: skip
 
     def check_ingest(self, msg: m.Ingest) -> tuple[errors.Status, str] | None:
