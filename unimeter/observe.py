@@ -128,7 +128,7 @@ class IngestStats:
         event_id = batch.event_ids[index] if batch.event_ids is not None else None
         log.warning(
             "event=ingest_rejected metric=%s reason=%s account=%d event_id=%s "
-            "rejections_since_last_line=%d",
+            "count=%d",
             key[0], key[1], batch.account_ids[index], event_id, count,
         )  # fmt: skip
         if len(self._next_log) >= REJECT_LABELS_MAX:
