@@ -22,15 +22,15 @@ async def send(http: Http, account: int, count: int) -> None:
     assert result["n_stored"] == count
 
 
-async def test_stream_resumes_after_a_node_restart(node: NodeProcess) -> None:
-    async with Http(node.http_url) as http:
+async def test_stream_resumes_after_a_node_restart(http_node: NodeProcess) -> None:
+    async with Http(http_node.http_url) as http:
         await http.ok("POST", "/v1/metrics", json=METRIC)
         await send(http, 3, 3)
         await send(http, 4, 1)  # another account, maybe another partition
 
     async with (
         aiohttp.ClientSession(timeout=TIMEOUT) as session,
-        session.get(node.http_url + "/v1/alerts/stream") as response,
+        session.get(http_node.http_url + "/v1/alerts/stream") as response,
     ):
         assert response.status == 200
         assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -50,20 +50,22 @@ async def test_stream_resumes_after_a_node_restart(node: NodeProcess) -> None:
         (a["account_id"], a["value_at_cross"]) for _, _, a in received[position + 1 :]
     }
 
-    assert node.terminate() == 0
-    node.start()
-    async with Http(node.http_url) as http:
+    assert http_node.terminate() == 0
+    http_node.start()
+    async with Http(http_node.http_url) as http:
         await send(http, 3, 2)  # alerts at 4 and 5, made after the restart
 
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
         headers = {"Last-Event-ID": resume_id}
-        async with session.get(node.http_url + "/v1/alerts/stream", headers=headers) as response:
+        async with session.get(
+            http_node.http_url + "/v1/alerts/stream", headers=headers
+        ) as response:
             assert response.status == 200
             wanted = len(expected_after) + 2
             resumed = [(a["account_id"], a["value_at_cross"])
                        async for _, _, a in sse_events(response, wanted)]  # fmt: skip
             # One more alert, sent now, is the very next event: nothing was repeated.
-            async with Http(node.http_url) as http:
+            async with Http(http_node.http_url) as http:
                 await send(http, 3, 1)
             last = [a async for _, _, a in sse_events(response, 1)]
     assert set(resumed) == expected_after | {(3, 4), (3, 5)}
@@ -71,13 +73,13 @@ async def test_stream_resumes_after_a_node_restart(node: NodeProcess) -> None:
     assert [(a["account_id"], a["value_at_cross"]) for a in last] == [(3, 6)]
 
 
-async def test_account_stream_is_live_and_takes_since(node: NodeProcess) -> None:
-    async with Http(node.http_url) as http:
+async def test_account_stream_is_live_and_takes_since(http_node: NodeProcess) -> None:
+    async with Http(http_node.http_url) as http:
         await http.ok("POST", "/v1/metrics", json=METRIC)
         await send(http, 8, 2)
         await send(http, 9, 1)  # not this stream's account
         async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-            url = node.http_url + "/v1/alerts/stream"
+            url = http_node.http_url + "/v1/alerts/stream"
             async with session.get(url, params={"account_id": 8}) as response:
                 first = [item async for item in sse_events(response, 2)]
                 await send(http, 8, 1)  # pushed live

@@ -14,14 +14,14 @@ from tests.support.nodeproc import NodeProcess
 from unimeter import AsyncClient, current_month
 
 
-async def test_metrics_crud(node: NodeProcess) -> None:
+async def test_metrics_crud(http_node: NodeProcess) -> None:
     schema = {
         "code": "compute_seconds",
         "agg_type": "sum",
         "filters": [{"key": "provider", "values": ["aws", "gcp"]}],
         "thresholds": [{"code": "free_tier", "value": 10_000}],
     }
-    async with Http(node.http_url) as http:
+    async with Http(http_node.http_url) as http:
         created = await http.post("/v1/metrics", json=schema)
         assert created.status == 201, created
         assert created.body["agg_type"] == "sum"
@@ -42,7 +42,7 @@ async def test_metrics_crud(node: NodeProcess) -> None:
         listed = await http.ok("GET", "/v1/metrics")
         assert [m["code"] for m in listed["metrics"]] == ["compute_seconds"]
 
-        async with AsyncClient([node.address]) as client:  # the binary view agrees
+        async with AsyncClient([http_node.address]) as client:  # the binary view agrees
             same = await client.metrics.get("compute_seconds")
             assert [t.code for t in same.thresholds] == ["big"]
 
@@ -56,8 +56,8 @@ async def test_metrics_crud(node: NodeProcess) -> None:
         assert mismatch.problem_code == "INVALID_REQUEST" and "differs" in mismatch.body["detail"]
 
 
-async def test_ingest_and_usage_agree_with_the_binary_protocol(node: NodeProcess) -> None:
-    async with Http(node.http_url) as http:
+async def test_ingest_and_usage_agree_with_the_binary_protocol(http_node: NodeProcess) -> None:
+    async with Http(http_node.http_url) as http:
         await http.ok("POST", "/v1/metrics", json={"code": "api_calls", "agg_type": "count"})
         await http.ok(
             "POST",
@@ -132,7 +132,7 @@ async def test_ingest_and_usage_agree_with_the_binary_protocol(node: NodeProcess
         )
         assert realtime["value"]["count"] == 3
 
-        async with AsyncClient([node.address]) as client:
+        async with AsyncClient([http_node.address]) as client:
             for account in range(20):
                 total = await client.query(account, "api_calls", current_month())
                 over_http = await http.ok(
@@ -146,8 +146,8 @@ async def test_ingest_and_usage_agree_with_the_binary_protocol(node: NodeProcess
             }
 
 
-async def test_events_and_alerts_listing(node: NodeProcess) -> None:
-    async with Http(node.http_url) as http:
+async def test_events_and_alerts_listing(http_node: NodeProcess) -> None:
+    async with Http(http_node.http_url) as http:
         await http.ok(
             "POST",
             "/v1/metrics",
@@ -178,13 +178,13 @@ async def test_events_and_alerts_listing(node: NodeProcess) -> None:
         first = alerts["alerts"][0]["cursor"]
         later = await http.ok("GET", "/v1/alerts", params={"account_id": 5, "after": first})
         assert [a["value_at_cross"] for a in later["alerts"]] == [4]
-        async with AsyncClient([node.address]) as client:
+        async with AsyncClient([http_node.address]) as client:
             records = await client.list_alerts(5)
             assert [r.cursor for r in records] == [a["cursor"] for a in alerts["alerts"]]
 
 
-async def test_bad_requests_get_problems_and_the_node_keeps_serving(node: NodeProcess) -> None:
-    async with Http(node.http_url) as http:
+async def test_bad_requests_get_problems_and_the_node_keeps_serving(http_node: NodeProcess) -> None:
+    async with Http(http_node.http_url) as http:
         await http.ok("POST", "/v1/metrics", json={"code": "calls", "agg_type": "count"})
         cases = [
             ("POST", "/v1/events", {"body": b"[{"}, 400, "INVALID_REQUEST", "not valid JSON"),
@@ -238,14 +238,14 @@ async def test_bad_requests_get_problems_and_the_node_keeps_serving(node: NodePr
         assert health["status"] == "ok"
 
 
-async def test_metrics_endpoint_counts_ingest_outcomes(node: NodeProcess) -> None:
-    async with Http(node.http_url) as http:
+async def test_metrics_endpoint_counts_ingest_outcomes(http_node: NodeProcess) -> None:
+    async with Http(http_node.http_url) as http:
         await http.ok("POST", "/v1/metrics", json={"code": "calls", "agg_type": "count"})
         batch = [{"account_id": a, "metric_code": "calls", "event_id": f"x{a}"} for a in range(4)]
         batch.append({"account_id": 9, "metric_code": "typo"})
         await http.ok("POST", "/v1/events", json=batch)
         await http.ok("POST", "/v1/events", json=batch[:2])  # two duplicates
-        async with AsyncClient([node.address]) as client:  # and through the binary protocol
+        async with AsyncClient([http_node.address]) as client:  # and through the binary protocol
             from unimeter import Event
 
             await client.ingest([Event(account_id=1, metric_code="typo")] * 2)
@@ -271,4 +271,4 @@ async def test_metrics_endpoint_counts_ingest_outcomes(node: NodeProcess) -> Non
     assert float(samples['unimeter_fsync_duration_seconds_count{group="0"}']) >= 1
     assert 'unimeter_mailbox_depth{partition="0"}' in samples
     assert float(samples['unimeter_recovery_duration_seconds{actor="node"}']) > 0
-    assert "event=ingest_rejected metric=typo reason=unknown_metric" in node.log()
+    assert "event=ingest_rejected metric=typo reason=unknown_metric" in http_node.log()

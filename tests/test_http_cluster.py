@@ -23,7 +23,7 @@ ACCOUNTS = 36
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[ClusterProcesses]:
-    procs = ClusterProcesses(tmp_path, nodes=3, partitions=PARTITIONS).start()
+    procs = ClusterProcesses(tmp_path, nodes=3, partitions=PARTITIONS, http=True).start()
     try:
         yield procs
     finally:
@@ -49,7 +49,8 @@ async def test_any_node_answers_and_totals_agree(cluster: ClusterProcesses) -> N
         # Node 2 is asked about every partition: some of them another node leads.
         assert set(leaders.values()) != {2}, f"node 2 leads every partition: {leaders}"
         # Schemas are cluster-wide, whichever node is asked (node 3 forwards to the catalog
-        # leader when it is not the leader itself).
+        # leader when it is not the leader itself), and events for a metric made a moment ago
+        # through another node are stored, not refused as unknown.
         created = await http.post(
             "/v1/metrics", json={"code": "calls", "agg_type": "sum"}, base=urls[3]
         )
@@ -81,3 +82,14 @@ async def test_any_node_answers_and_totals_agree(cluster: ClusterProcesses) -> N
             assert [e["event_id"] for e in page["events"]] == ["a0"]
             listed = await http.ok("GET", "/v1/metrics", base=url)
             assert [m["code"] for m in listed["metrics"]] == ["calls"]
+
+        # A metric made through one node is readable through another at once (that node's
+        # catalog replica may not have it yet: the catalog leader is asked).
+        for maker, reader in ((1, 3), (3, 2), (2, 1)):
+            code = f"fresh_{maker}"
+            await http.ok("POST", "/v1/metrics", json={"code": code, "agg_type": "count"},
+                          base=urls[maker])  # fmt: skip
+            usage = await http.ok(
+                "GET", "/v1/usage", params={"account_id": 5, "metric": code}, base=urls[reader]
+            )
+            assert usage["value"]["count"] == 0

@@ -61,7 +61,7 @@ def events(draw: st.DrawFn) -> dict[str, Any]:
     return event
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(events(), st.just([1])), min_size=1, max_size=3))
 def test_fast_path_agrees_with_the_event_path(items: list[Any]) -> None:
     try:

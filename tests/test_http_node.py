@@ -31,8 +31,8 @@ def ports_with_http_default() -> int:
     raise AssertionError("no free pair of ports")
 
 
-async def test_openapi_document_validates_and_covers_every_route(node: NodeProcess) -> None:
-    status, body = fetch(node.http_url + "/v1/openapi.json")
+async def test_openapi_document_validates_and_covers_every_route(http_node: NodeProcess) -> None:
+    status, body = fetch(http_node.http_url + "/v1/openapi.json")
     assert status == 200
     document = json.loads(body)
     validate(document)  # raises on any violation of the OpenAPI 3.1 specification
@@ -42,7 +42,7 @@ async def test_openapi_document_validates_and_covers_every_route(node: NodeProce
         for method in item
         if method != "parameters"
     }
-    app = HttpServer(Node(NodeConfig(data_dir=str(node.data_dir)))).app()
+    app = HttpServer(Node(NodeConfig(data_dir=str(http_node.data_dir)))).app()
     served = {
         (route.method, route.resource.canonical)
         for route in app.router.routes()
@@ -68,7 +68,7 @@ def test_http_listens_beside_the_binary_port_by_default(tmp_path: Path) -> None:
 
 
 def test_json_logs(tmp_path: Path) -> None:
-    node = NodeProcess(tmp_path / "data", extra_args=("--log-format", "json")).start()
+    node = NodeProcess(tmp_path / "data", http=True, extra_args=("--log-format", "json")).start()
     try:
         status, _ = fetch(node.http_url + "/health")
         assert status == 200

@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 
@@ -44,7 +44,6 @@ from unimeter.observe import NodeStats
 from unimeter.peer import PeerLinks
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
-from unimeter.server.http import HttpServer
 from unimeter.server.logs import configure_logging
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
@@ -54,6 +53,9 @@ from unimeter.storage.walformat import CorruptLogError
 from unimeter.tracefile import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
+
+if TYPE_CHECKING:
+    from unimeter.server.http import HttpServer
 
 log = logging.getLogger("unimeter.node")
 
@@ -137,7 +139,7 @@ class Node:
             self.tracer = TraceWriter.open(config.trace, {"source": "node", "node": self.node_id})
         self._server: asyncio.Server | None = None
         self.stats = NodeStats()
-        self.http: HttpServer | None = None
+        self.http: HttpServer | None = None  # set while the HTTP API serves
         self._tasks: list[asyncio.Task[None]] = []
         self.checkpoints = Checkpoints(
             SnapshotPolicy(entries=config.snapshot_entries, bytes=config.snapshot_bytes),
@@ -191,6 +193,10 @@ class Node:
         address = self.config.http_address()
         if address is None:
             return "off"
+        # Imported here: aiohttp takes a third of a second to import, which a node started
+        # with --http off (the test suite's, a benchmark's) does not need to pay.
+        from unimeter.server.http import HttpServer
+
         server = HttpServer(self)
         try:
             await server.start(*address)

@@ -43,22 +43,23 @@ class NodeProcess:
         port: int | None = None,
         partitions: int = 4,
         extra_args: tuple[str, ...] = (),
-        http_port: int | None = None,
+        http: bool = False,
         default_http: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.partitions = partitions
         self.extra_args = extra_args
-        # The HTTP API: on a free port of its own (the node's default, port + 79, could be
-        # taken by another test's node), unless the test wants the default or passes --http.
-        self.http_port: int | None
+        # The HTTP API only for tests that use it: it costs every node start the import of
+        # aiohttp. On a free port of its own (the node's default, port + 79, could be taken
+        # by another test's node), or on the default when the test is about the default.
+        self.http_port: int | None = None
         if "--http" in extra_args:
-            self.http_port = None
+            pass
         elif default_http:
             self.http_port = self.port + 79
-        else:
-            self.http_port = http_port or free_port()
+        elif http:
+            self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-node.log"
 
@@ -113,8 +114,10 @@ class NodeProcess:
         raise RuntimeError(f"node did not listen within {timeout_s}s:\n{self.log()}")
 
     def _http_args(self) -> tuple[str, ...]:
-        if "--http" in self.extra_args or self.http_port is None:
+        if "--http" in self.extra_args:
             return ()
+        if self.http_port is None:
+            return ("--http", "off")
         if self.http_port == self.port + 79:
             return ()  # the node's own default
         return ("--http", f"127.0.0.1:{self.http_port}")
@@ -158,6 +161,7 @@ class ClusterProcesses:
         partitions: int = 6,
         election_timeout_ms: int = 400,
         replication_factor: int = 3,
+        http: bool = False,
     ) -> None:
         ports = [free_port() for _ in range(nodes)]
         peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(ports))
@@ -166,6 +170,7 @@ class ClusterProcesses:
                 root / f"node{i + 1}",
                 port=port,
                 partitions=partitions,
+                http=http,
                 extra_args=(
                     "--node-id",
                     str(i + 1),

@@ -27,8 +27,6 @@ import orjson
 from aiohttp import web
 
 from unimeter import limits
-from unimeter.client import AsyncClient
-from unimeter.client.alerts import AlertSubscription
 from unimeter.errors import BackpressureError, InvalidRequestError, Status, UnimeterError
 from unimeter.json_model import alert_record_json
 from unimeter.model import AlertRecord
@@ -38,6 +36,8 @@ from . import params
 from .problems import TITLES
 
 if TYPE_CHECKING:
+    from unimeter.client import AsyncClient
+    from unimeter.client.alerts import AlertSubscription
     from unimeter.node import Node
 
 log = logging.getLogger("unimeter.http")
@@ -55,6 +55,8 @@ class AlertStreams:
     async def _subscriber(self) -> AsyncClient:
         async with self._client_lock:
             if self._client is None:
+                from unimeter.client import AsyncClient  # only nodes that stream alerts need it
+
                 own = self.node.advertised()
                 others = [a for a in self.node.addresses.values() if a != own]
                 client = AsyncClient(

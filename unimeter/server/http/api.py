@@ -7,6 +7,7 @@ problem details, so each handler only says what it does when things go right.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ from aiohttp import web
 
 from unimeter import limits
 from unimeter.client import convert
-from unimeter.errors import InvalidRequestError
+from unimeter.errors import InvalidRequestError, UnknownMetricError
 from unimeter.json_model import (
     agg_value_json,
     schema_from_json,
@@ -112,13 +113,13 @@ class Api:
             "period_end": period_end,
         }
         if group_by:
-            reply = await self._read(
+            reply = await self._read_metric(
                 partition,
-                m.QueryBreakdown(
+                code,
+                lambda catalog_version: m.QueryBreakdown(
                     partition=partition, account_id=account, metric_code=code,
                     start_us=start_us, end_us=end_us, group_by=group_by, filters=filters,
-                    min_index=session.min_index(partition),
-                    catalog_version=session.catalog_version,
+                    min_index=session.min_index(partition), catalog_version=catalog_version,
                 ),
             )  # fmt: skip
             assert isinstance(reply, m.BreakdownReply)
@@ -127,13 +128,13 @@ class Api:
                 for cell, value in sorted(reply.cells)
             ]
         else:
-            reply = await self._read(
+            reply = await self._read_metric(
                 partition,
-                m.Query(
+                code,
+                lambda catalog_version: m.Query(
                     partition=partition, account_id=account, metric_code=code,
                     start_us=start_us, end_us=end_us, filters=filters,
-                    min_index=session.min_index(partition),
-                    catalog_version=session.catalog_version,
+                    min_index=session.min_index(partition), catalog_version=catalog_version,
                 ),
             )  # fmt: skip
             assert isinstance(reply, m.AggReply)
@@ -145,11 +146,12 @@ class Api:
         account = params.account_id(query)
         code = params.metric_code(query)
         partition = self._partition(account)
-        reply = await self._read(
+        reply = await self._read_metric(
             partition,
-            m.QueryRealtime(
+            code,
+            lambda catalog_version: m.QueryRealtime(
                 partition=partition, account_id=account, metric_code=code,
-                catalog_version=self.dispatcher.session.catalog_version,
+                catalog_version=catalog_version,
             ),
         )  # fmt: skip
         assert isinstance(reply, m.AggReply)
@@ -166,6 +168,19 @@ class Api:
     async def _read(self, partition: int, request: m.Request) -> m.Reply:
         dispatcher = self.dispatcher
         return await dispatcher.call(partition, request, dispatcher.deadline())
+
+    async def _read_metric(
+        self, partition: int, code: str, request: Callable[[int], m.Request]
+    ) -> m.Reply:
+        """A read of one metric, made with the catalog version this node's requests carry;
+        made again with a newer one if the metric was just created through another node."""
+        session = self.dispatcher.session
+        try:
+            return await self._read(partition, request(session.catalog_version))
+        except UnknownMetricError:
+            if not await self.dispatcher.catch_up_catalog([code]):
+                raise
+        return await self._read(partition, request(session.catalog_version))
 
     # ------------------------------------------------------------------ metrics
 

@@ -25,8 +25,9 @@ same node, as a binary client does through its own connection.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING
 
 from unimeter import errors, limits
@@ -40,6 +41,8 @@ from unimeter.client.retry import Backoff, retry_until
 from unimeter.client.session import Session
 from unimeter.errors import BackpressureError, NotLeaderError, UnavailableError, UnimeterError
 from unimeter.wire import messages as m
+
+log = logging.getLogger("unimeter.http")
 
 if TYPE_CHECKING:
     from unimeter.node import Node
@@ -87,6 +90,41 @@ class Dispatcher:
         if isinstance(version, int):
             self.session.note_catalog(version)
         return reply
+
+    async def catch_up_catalog(self, codes: Iterable[str]) -> bool:
+        """Whether the catalog leader knows one of ``codes`` in a catalog version this node's
+        requests did not carry yet (it then carries it from now on).
+
+        Reads and ingests carry the catalog version this node has seen, so a partition leader
+        first learns of every metric this node knows. A metric just created through another
+        node may not have reached this node's catalog replica yet: its events come back
+        ``unknown_metric`` (a read: UNKNOWN_METRIC). Asking the catalog leader, which answered
+        that create, tells whether sending again with its version will find the metric."""
+        node = self.node
+        catalog = node.catalog
+        leader = None if catalog is None else catalog.core.raft.leader_id
+        if leader is None:
+            return False
+        sent = self.session.catalog_version
+        deadline = self.deadline()
+        for code in codes:
+            request = m.MetricGet(code=code)
+            try:
+                if leader == node.node_id:
+                    reply = await _answer(self._post_local(CATALOG, request), deadline)
+                else:
+                    reply = await self._forward(node.addresses[leader], request, deadline)
+            except UnimeterError:
+                continue  # no such metric, or the leader moved: the first answer stands
+            if isinstance(reply, m.SchemaReply):
+                self.session.note_catalog(reply.catalog_version)
+        if self.session.catalog_version <= sent:
+            return False
+        log.info(
+            "event=catalog_caught_up from_version=%d to_version=%d",
+            sent, self.session.catalog_version,
+        )  # fmt: skip
+        return True
 
     async def call(
         self,

@@ -34,6 +34,8 @@ from unimeter.model import IngestResult
 from .dispatch import Dispatcher
 from .json_columns import json_columns
 
+_UNKNOWN_METRIC = "unknown_metric"  # a reject reason of the protocol (docs/protocol.md §6)
+
 
 def parse_events(body: bytes) -> list[Any]:
     """The JSON objects of a request body (not checked as events yet)."""
@@ -109,20 +111,47 @@ class Ingester:
     async def ingest(self, items: list[Any], *, sync: bool) -> IngestResult:
         """Store the parsed JSON events ``items``; ``InvalidRequestError`` names a bad one."""
         dispatcher = self.dispatcher
+        catalog = dispatcher.node.catalog
+        if catalog is not None:
+            # Partitions (here or elsewhere) first learn every metric this node knows of.
+            dispatcher.session.note_catalog(catalog.core.version)
+        result = await self._send(items, sync=sync)
+        unknown = [i for i, reason in result.rejected if reason == _UNKNOWN_METRIC]
+        if not unknown:
+            return result
+        codes = sorted({items[i]["metric_code"] for i in unknown})
+        if not await dispatcher.catch_up_catalog(codes):
+            return result  # unknown indeed
+        # Refused events were not stored: sending them again cannot count them twice.
+        again = await self._send([items[i] for i in unknown], sync=sync)
+        return _merged(result, again, unknown)
+
+    async def _send(self, items: list[Any], *, sync: bool) -> IngestResult:
+        dispatcher = self.dispatcher
         columns = json_columns(items)
         if columns is not None:
             groups = split_columns(columns, self._route)
         else:  # something unusual: each event is read and checked on its own
             events = [event_from_json(item, index) for index, item in enumerate(items)]
             groups = build_groups(events, self._route)
-        session = dispatcher.session
-        catalog = dispatcher.node.catalog
-        if catalog is not None:
-            # Partitions (here or elsewhere) first learn every metric this node knows of.
-            session.note_catalog(catalog.core.version)
         return await send_groups(
-            groups, session, dispatcher, sync=sync, deadline=dispatcher.deadline()
+            groups, dispatcher.session, dispatcher, sync=sync, deadline=dispatcher.deadline()
         )
+
+
+def _merged(first: IngestResult, again: IngestResult, resent: list[int]) -> IngestResult:
+    """``first`` with the events at ``resent`` replaced by what ``again`` made of them."""
+    taken = set(resent)
+    rejected = [(i, r) for i, r in first.rejected if i not in taken]
+    rejected += [(resent[i], r) for i, r in again.rejected]
+    offsets = [o for o in (first.last_offset, again.last_offset) if o is not None]
+    return IngestResult(
+        n_stored=first.n_stored + again.n_stored,
+        n_duplicates=first.n_duplicates + again.n_duplicates,
+        n_rejected=len(rejected),
+        rejected=sorted(rejected),
+        last_offset=max(offsets) if offsets else None,
+    )
 
 
 def result_json(result: IngestResult, items: list[dict[str, Any]]) -> dict[str, Any]:
