@@ -6,6 +6,7 @@ data, so both protocols are seen to mean the same thing.
 
 from __future__ import annotations
 
+import asyncio
 import io
 from datetime import UTC, datetime, timedelta
 
@@ -227,6 +228,12 @@ async def test_bad_requests_get_problems_and_the_node_keeps_serving(http_node: N
             assert (answer.status, answer.problem_code) == (status, code), (path, answer)
             assert words in answer.body["detail"], (path, answer)
             assert answer.body["type"] == f"urn:unimeter:error:{code.lower()}"
+        # Bytes that are not HTTP at all: that connection is answered 400 and closed.
+        reader, writer = await asyncio.open_connection("127.0.0.1", http_node.http_port)
+        writer.write(b"\x00\xffGARBAGE / HTTP/9\r\n" + bytes(range(256)) + b"\r\n\r\n")
+        answer = await asyncio.wait_for(reader.read(), 10)
+        assert answer.split(b" ", 2)[1] == b"400", answer[:100]
+        writer.close()
         # Nothing of the refused requests was stored; the node still serves.
         stored = await http.ok(
             "POST", "/v1/events", json=[{"account_id": 1, "metric_code": "calls"}]
