@@ -1,4 +1,4 @@
-"""Periodic snapshots of a node's partitions while it runs (DESIGN §3.3), and what follows them.
+"""Periodic snapshots of a node's partitions while it runs, and what follows (operations.md §1).
 
 Theory of operation
 -------------------

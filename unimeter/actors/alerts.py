@@ -1,4 +1,4 @@
-"""Threshold crossings and the partition's alert log (DESIGN §2.5).
+"""Threshold crossings and the partition's alert log (docs/semantics.md §7).
 
 A threshold is checked against its period's *total* after every event applied to that period,
 in log order. Fired state is kept per record keyed by threshold code (value: 1 for a fired

@@ -1,4 +1,4 @@
-"""Exactly-once state: event-id hashes per day and the idempotent-producer table (DESIGN §2.6).
+"""Exactly-once state: event-id hashes per day and the idempotent-producer table (semantics.md §8).
 
 Both expire by *log time*: the day of the newest BatchEntry stamp seen, never the wall clock,
 so every replica and every replay drops the same things at the same entry.

@@ -1,4 +1,4 @@
-"""Exact reads of one metric instance over any ``[start, end)`` (DESIGN §2.3, §2.4).
+"""Exact reads of one metric instance over any ``[start, end)`` (docs/semantics.md §4, §5).
 
 A range is cut into *pieces*, one per period it overlaps: the first period F and the last
 period L may be partial (edges), every period between them is whole. Whole periods are served

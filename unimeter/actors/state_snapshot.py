@@ -1,4 +1,4 @@
-"""The partition's applied state as bytes, and back (DESIGN §3.3 snapshots).
+"""The partition's applied state as bytes, and back (docs/operations.md §1).
 
 Format 3, little-endian: ``b"UMPS" | u16 version | u64 n | n bytes: one CBOR map | blobs``.
 A node refuses any other version (``SnapshotFormatError``) rather than guess.

@@ -1,4 +1,4 @@
-"""``AsyncClient``: the public face of the client library (DESIGN §1.1).
+"""``AsyncClient``: the public face of the client library (docs/client.md).
 
 Theory of operation. ``connect`` asks the seeds, in order, for the partition map; from then on
 every request goes to the node that leads its partition (catalog and status requests go to any
