@@ -246,6 +246,8 @@ class Api:
                 "cluster_id": status.cluster_id,
                 "nodes": {str(i): address for i, address in sorted(status.nodes.items())},
                 "catalog_version": status.catalog_version,
+                "disk_free_bytes": status.disk_free_bytes,
+                "disk_ok": status.disk_ok,
                 "partitions": [
                     {
                         "partition": p.partition,
