@@ -135,6 +135,15 @@ class Dispatcher:
     ) -> m.Reply:
         """Send ``request`` to whoever serves ``target``, retrying retriable failures until
         ``deadline`` (``failed``: a retriable error of an attempt already made)."""
+        if failed is None:
+            # The common case without the retry machinery's allocations: a first attempt that
+            # succeeds (or fails for good). Anything retriable takes the general path.
+            try:
+                return await self._attempt(target, request, deadline)
+            except UnimeterError as exc:
+                if not exc.retriable:
+                    raise
+                failed = exc
 
         def before_retry(exc: UnimeterError) -> None:
             if isinstance(exc, NotLeaderError) and exc.leader is not None:
