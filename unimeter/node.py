@@ -170,12 +170,15 @@ class Node:
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
         self.peers.start(self.leadership)
         self._publish_catalog_locally()
+        # HTTP first: once the binary port accepts, everything serves (the HTTP API's start,
+        # an import of aiohttp, takes a third of a second; a client that connected during it
+        # would have been told the node is still starting).
+        http = await self._start_http()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True
         )
-        http = await self._start_http()
         self.serving = True
         recovery_s = time.monotonic() - started
         self.stats.recovery_seconds["node"] = recovery_s
