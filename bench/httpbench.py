@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import random
 import resource
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -187,6 +188,7 @@ def metrics_cost_per_batch_us(rounds: int = 20_000) -> float:
 def http(res: Results, work: Path, s: Settings) -> None:
     if res.value("limit.rtt.p50") is None:
         limits.loopback(res, work, s)
+    aiohttp_floor(res, work, s)
     with http_node(work, "http") as (node, http_port):
         _ingest(res, s, node, http_port)
         scenarios.settle(node.child.address)
@@ -280,3 +282,20 @@ def _usage(res: Results, s: Settings, node: scenarios.RunningNode, http_port: in
         limit_key="limit.rtt",
         notes={"p50": f"bar: <= {TARGET_USAGE_RTT} x limit.rtt.p50", "p99": ""},
     )
+
+
+def aiohttp_floor(res: Results, work: Path, s: Settings) -> None:
+    """The same client against an aiohttp server that answers a fixed body at once."""
+    port = procs.free_port()
+    argv = [sys.executable, "-m", "bench.httpfloor", "--listen", f"{procs.HOST}:{port}"]
+    server = procs.Child("aiohttp floor", argv, port, work / f"httpfloor-{port}.out")
+    server.start()
+    try:
+        lat = procs.call_in_process(usage_in_process, port, s.query_samples, timeout_s=300)
+    finally:
+        server.kill()
+    res.detail("http.floor", lat)
+    res.add_latency(
+        "http.floor", "limit: aiohttp round trip, empty handler, one connection", lat,
+        limit_key="limit.rtt",
+    )  # fmt: skip
