@@ -159,6 +159,9 @@ def node(
         "0",
         "--log-level",
         "info",
+        # The HTTP API only where a section asks for it (its import would lengthen every
+        # start, which the recovery section times; its default port could clash).
+        *(() if "--http" in extra else ("--http", "off")),
         *extra,
     ]
     log = log_path or data_dir.parent / f"{data_dir.name}.log"

@@ -1,4 +1,4 @@
-"""Where the node's time goes under ASYNC load, batch 500 (the DESIGN bar) and batch 1.
+"""Where the node's time goes under ASYNC load, batch 500 (the figure with a target) and batch 1.
 
 With py-spy (``pip install py-spy``) the node runs normally and is sampled from outside
 (``py-spy record --pid``, 250 Hz, per thread, native frames included, no line numbers); the
@@ -159,7 +159,7 @@ def _load(node: Any, s: Settings, batch: int) -> list[loadgen.LoadSpec]:
 
 
 def profile(res: Results, work: Path, s: Settings, tool: str) -> None:
-    """ASYNC batch 500 (the figure DESIGN §4 sets a bar for), then batch 1 (per-request
+    """ASYNC batch 500 (the figure with a speed target), then batch 1 (per-request
     overhead), each on a fresh node."""
     exe = shutil.which("py-spy")
     if tool == "py-spy" and exe is None:

@@ -3,7 +3,7 @@
 A ``Figure`` is one number with its unit. Most name a limit figure measured earlier in the same
 run (``limit_key``); ``ratio`` is always ``value / limit``, so for throughput it is the share of
 the ceiling reached (1.0 is the ceiling) and for latency or memory how many times the floor it
-costs (1.0 is the floor). ``target`` is the DESIGN §4 bar, where there is one. A figure may also
+costs (1.0 is the floor). ``target`` is the speed target, where there is one. A figure may also
 name a *baseline*, another figure of the same run it is a variant of (a 3-node cluster's figure
 names the single node's): ``baseline_ratio`` is ``value / baseline`` and the tables show it in
 two more columns when any figure has one.

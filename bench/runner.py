@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import (
     clientbench,
     cluster,
+    httpbench,
     inprocess,
     limits,
     procs,
@@ -50,6 +51,7 @@ SECTIONS: dict[str, Section] = {
     "server-queries": lambda r, w, s, a: inprocess.server_query_figures(r, s),
     "apply": lambda r, w, s, a: inprocess.apply_figures(r, s),
     "client": lambda r, w, s, a: clientbench.client_ingest(r, w, s),
+    "http": lambda r, w, s, a: httpbench.http(r, w, s),
     "memory": lambda r, w, s, a: inprocess.memory_figures(r, s),
     "recovery": lambda r, w, s, a: recovery.recovery(r, w, s),
     "profile": lambda r, w, s, a: profiling.profile(r, w, s, a.profiler),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# The workload of DESIGN §4: 10,000 accounts, 5 SUM metrics, random values.
+# The benchmark workload: 10,000 accounts, 5 SUM metrics, random values.
 ACCOUNTS = 10_000
 METRIC_CODES = ("bench.m0", "bench.m1", "bench.m2", "bench.m3", "bench.m4")
 VALUE_MAX = 1_000

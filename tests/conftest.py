@@ -34,3 +34,13 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         yield proc
     finally:
         proc.kill()
+
+
+@pytest.fixture
+def http_node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A node serving its HTTP API too (``http_url``)."""
+    proc = NodeProcess(tmp_path / "data", http=True).start()
+    try:
+        yield proc
+    finally:
+        proc.kill()

@@ -1,4 +1,4 @@
-"""The whole client surface against a real node: every call of DESIGN §1.1 a single node serves."""
+"""The whole client surface against a real node: every call of docs/client.md one node serves."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A real node on a real, small filesystem that fills up (DESIGN §2.8).
+"""A real node on a real, small filesystem that fills up (docs/operations.md §6).
 
 The node's ``--data-dir`` lives on a filesystem of a few MiB mounted for this test: an ext4
 image on a loop device (journal, delayed allocation, blocks freed only when the journal

@@ -1,4 +1,7 @@
-"""Every code example of the SDK page (../shared/seed-python-sdk.txt) runs as written.
+"""Every code example of the Python client's page (docs/client.md) runs as written.
+
+They are the examples of the SDK page this client keeps compatible with; ``tests/test_docs.py``
+checks that the page shows each of them exactly as it is run here.
 
 Each example runs against a fresh node started exactly as the README starts it (default
 address 127.0.0.1:7001, which the page's ``localhost:7001`` reaches), after a setup step that

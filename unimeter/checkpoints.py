@@ -1,4 +1,4 @@
-"""Periodic snapshots of a node's partitions while it runs (DESIGN §3.3), and what follows them.
+"""Periodic snapshots of a node's partitions while it runs, and what follows (operations.md §1).
 
 Theory of operation
 -------------------
@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING
 import cbor2
 
 from unimeter import limits
+from unimeter.observe import SLOW_BUCKETS_S, Histogram
 from unimeter.state import snapshot as state_snapshot  # noqa: F401 - imported before any fork uses it
 from unimeter.storage.forksnap import EXIT_OK, ForkedWrite, SnapshotJob, fork_snapshots
 from unimeter.storage.snapshot import (
@@ -142,6 +143,7 @@ class Checkpoints:
         self._stopped = False
         self.completed = 0
         self.failed = 0
+        self.seconds = Histogram(SLOW_BUCKETS_S)  # each completed snapshot's child run time
 
     def track(self, runtime: PartitionRuntime) -> None:
         tracked = _Tracked(runtime)
@@ -337,6 +339,7 @@ class Checkpoints:
             p.tracked.last_child_s = child_s
             p.tracked.snapshots += 1
             self.completed += 1
+            self.seconds.observe(child_s)
             log.info(
                 "event=snapshot actor=%s index=%d older=%s fork_ms=%.1f child_s=%.3f "
                 "grown_entries=%d grown_bytes=%d",

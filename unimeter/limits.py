@@ -6,7 +6,7 @@ validates the same limits before it sends, so a bad event fails fast and locally
 
 from __future__ import annotations
 
-# --- event shape (DESIGN §2.1) ---
+# --- event shape (docs/client.md, Send events) ---
 account_id_max = 2**64 - 1
 value_min = -(2**63)
 value_max = 2**63 - 1
@@ -17,7 +17,7 @@ property_key_bytes_max = 32
 property_value_bytes_max = 64
 future_skew_us_max = 5 * 60 * 1_000_000  # events more than 5 minutes ahead are rejected
 
-# --- metric schemas (DESIGN §2.4, §2.5) ---
+# --- metric schemas (docs/semantics.md §4, §7) ---
 dimensions_per_metric_max = 4
 dimension_values_max = 8
 thresholds_per_metric_max = 8
@@ -26,7 +26,7 @@ billing_cycle_day_max = 28
 period_seconds_default = 30 * 24 * 3600
 period_seconds_min = 1
 
-# --- wire (DESIGN §1.3) ---
+# --- wire (docs/protocol.md §10) ---
 frame_bytes_max = 4 * 1024 * 1024
 events_per_batch_max = 10_000
 property_keys_per_batch_max = 256  # distinct property keys in one batch
@@ -59,6 +59,14 @@ wal_segment_bytes_min = 4096
 # this many bytes waiting in its send buffer (beyond what the kernel holds): a subscriber that
 # reads too slowly costs the node at most this, then catches up from its cursor by paging.
 alert_push_buffer_bytes_max = 256 * 1024
+
+# --- HTTP API ---
+http_port_offset = 79  # the default HTTP port is the binary port + 79: 7001 -> 7080
+http_body_bytes_max = 32 * 1024 * 1024
+http_events_per_request_max = 100_000
+http_request_timeout_s = 10.0  # forwarded requests and their retries, per HTTP request
+http_alert_streams_max = 256  # live Server-Sent-Event alert streams per node
+http_sse_keepalive_s = 15.0  # a comment line this often keeps idle streams (and proxies) open
 
 # --- client ---
 request_timeout_s_default = 30.0

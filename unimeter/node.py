@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cbor2
 import numpy as np
@@ -35,14 +35,15 @@ from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
 from unimeter.actors.replicated import DiskState, PeerMessage, Recovered
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
-from unimeter.admin_http import AdminServer
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import RaftConfig
 from unimeter.node_runtimes import CatalogRuntime, PartitionRuntime
+from unimeter.observe import NodeStats
 from unimeter.peer import PeerLinks
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
+from unimeter.server.logs import configure_logging
 from unimeter.state.hashing import partitions_of
 from unimeter.state.partition_state import PartitionState
 from unimeter.state.snapshot import SnapshotFormatError
@@ -54,6 +55,9 @@ from unimeter.storage.walformat import CorruptLogError
 from unimeter.tracefile import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
+
+if TYPE_CHECKING:
+    from unimeter.server.http import HttpServer
 
 log = logging.getLogger("unimeter.node")
 
@@ -70,7 +74,8 @@ class NodeConfig:
     disk_reserve_bytes: int = 64 * 1024 * 1024
     retention_days: int = limits.retention_days_default
     log_level: str = "info"
-    http: str | None = None
+    log_format: str = "text"  # or "json": one JSON object per line
+    http: str | None = None  # HOST:PORT; None: the --listen host, port + 79; "off": none
     election_timeout_ms: int = 1000
     snapshot_entries: int = limits.snapshot_entries_default
     snapshot_bytes: int = limits.snapshot_bytes_default
@@ -80,6 +85,17 @@ class NodeConfig:
     @property
     def host_port(self) -> tuple[str, int]:
         return split_address(self.listen)
+
+    def http_address(self) -> tuple[str, int] | None:
+        """Where the HTTP API listens; None when it is off."""
+        if self.http == "off":
+            return None
+        if self.http is not None:
+            return split_address(self.http)
+        host, port = self.host_port
+        if port + limits.http_port_offset > 65535:
+            return None
+        return host, port + limits.http_port_offset
 
 
 def split_address(address: str) -> tuple[str, int]:
@@ -119,7 +135,8 @@ class Node:
         if config.trace:
             self.tracer = TraceWriter.open(config.trace, {"source": "node", "node": self.node_id})
         self._server: asyncio.Server | None = None
-        self._admin: asyncio.Server | None = None
+        self.stats = NodeStats()
+        self.http: HttpServer | None = None  # set while the HTTP API serves
         self._tasks: list[asyncio.Task[None]] = []
         self.checkpoints = Checkpoints(
             SnapshotPolicy(entries=config.snapshot_entries, bytes=config.snapshot_bytes),
@@ -150,21 +167,50 @@ class Node:
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
         self.peers.start(self.leadership)
         self._publish_catalog_locally()
+        # HTTP first: once the binary port accepts, everything serves (the HTTP API's start,
+        # an import of aiohttp, takes a third of a second; a client that connected during it
+        # would have been told the node is still starting).
+        http = await self._start_http()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True
         )
-        if self.config.http:
-            admin_host, admin_port = split_address(self.config.http)
-            self._admin = await AdminServer(self).start(admin_host, admin_port)
         self.serving = True
+        recovery_s = time.monotonic() - started
+        self.stats.recovery_seconds["node"] = recovery_s
         log.info(
-            "event=serving node=%d listen=%s:%d members=%s partitions=%d hosted=%d "
+            "event=serving node=%d listen=%s:%d http=%s members=%s partitions=%d hosted=%d "
             "data_dir=%s recovery_s=%.3f",
-            self.node_id, host, port, list(self.members), self.partition_count,
-            len(self.partitions), self.data_dir, time.monotonic() - started,
+            self.node_id, host, port, http, list(self.members), self.partition_count,
+            len(self.partitions), self.data_dir, recovery_s,
         )  # fmt: skip
+
+    async def _start_http(self) -> str:
+        """Start the HTTP API; its address, or "off". A port given with --http that cannot be
+        bound stops the start; the default one only costs a warning (another program may
+        hold it, and the binary protocol serves all the same)."""
+        address = self.config.http_address()
+        if address is None:
+            return "off"
+        # Imported here: aiohttp takes a third of a second to import, which a node started
+        # with --http off (the test suite's, a benchmark's) does not need to pay.
+        from unimeter.server.http import HttpServer
+
+        server = HttpServer(self)
+        try:
+            await server.start(*address)
+        except OSError as exc:
+            await server.stop()
+            if self.config.http is not None:
+                raise SystemExit(f"cannot serve HTTP on {self.config.http}: {exc}") from None
+            log.warning(
+                "event=http_unavailable address=%s:%d error=%r hint=use_--http_HOST:PORT",
+                *address, str(exc),
+            )  # fmt: skip
+            return "off"
+        self.http = server
+        return f"{address[0]}:{address[1]}"
 
     def _load_cluster_identity(self) -> None:
         path = self.data_dir / "cluster.cbor"
@@ -251,11 +297,13 @@ class Node:
             now_us=created, retention_days=self.config.retention_days,
             preferred=members[0],
         )  # fmt: skip
+        elapsed = time.monotonic() - started
+        self.stats.recovery_seconds[f"partition-{p}"] = elapsed
         log.info(
             "event=recovered actor=partition-%d snapshot_index=%s log_entries=%d commit=%d "
             "elapsed_s=%.3f",
             p, recovered.snapshot.index if recovered.snapshot else None,
-            len(recovered.entries), recovered.hard_state.commit, time.monotonic() - started,
+            len(recovered.entries), recovered.hard_state.commit, elapsed,
         )  # fmt: skip
         runtime = PartitionRuntime(
             f"partition-{p}",
@@ -398,6 +446,7 @@ class Node:
         return m.ClusterStatusReply(
             node_id=self.node_id, cluster_id=self.cluster_id, nodes=dict(self.addresses),
             partitions=tuple(infos), catalog_version=self.catalog.core.version,
+            disk_free_bytes=max(0, self.disk.free_bytes), disk_ok=self.disk_ok,
         )  # fmt: skip
 
     def check_ingest(self, msg: m.Ingest) -> tuple[errors.Status, str] | None:
@@ -426,8 +475,9 @@ class Node:
         self.serving = False
         if self._server is not None:
             self._server.close()
-        if self._admin is not None:
-            self._admin.close()
+        if self.http is not None:
+            # Its requests in flight finish first: the partitions still run.
+            await self.http.stop()
         # Let queued work drain: every mailbox empty and every log durable.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
@@ -517,7 +567,9 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
     p.add_argument(
         "--http",
         default=_env("http", "") or None,
-        help="HOST:PORT for /health and /metrics (off by default)",
+        metavar="HOST:PORT|off",
+        help="the HTTP/JSON API, /health and /metrics (default: the --listen host, its port "
+        f"+ {limits.http_port_offset}: 7080 for 7001)",
     )
     p.add_argument(
         "--election-timeout-ms",
@@ -554,6 +606,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         default=_env("log-level", d.log_level),
         choices=["debug", "info", "warning", "error"],
     )
+    p.add_argument(
+        "--log-format",
+        default=_env("log-format", d.log_format),
+        choices=["text", "json"],
+        help="text: key=value lines; json: one JSON object per line",
+    )
     a = p.parse_args(argv)
     if not 1 <= a.partitions <= limits.partitions_max:
         p.error(f"--partitions must be 1-{limits.partitions_max}")
@@ -563,7 +621,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         p.error(f"--wal-segment-bytes must be >= {limits.wal_segment_bytes_min}")
     try:
         split_address(a.listen)
-        if a.http:
+        if a.http and a.http != "off":
             split_address(a.http)
         parse_peers(a.peers)
     except ValueError as exc:
@@ -579,6 +637,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         disk_reserve_bytes=a.disk_reserve_bytes,
         retention_days=a.retention_days,
         log_level=a.log_level,
+        log_format=a.log_format,
         http=a.http,
         election_timeout_ms=a.election_timeout_ms,
         snapshot_entries=a.snapshot_entries,
@@ -619,11 +678,7 @@ async def serve(config: NodeConfig) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     config = parse_args(argv)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format, sys.stderr)
     try:
         try:
             import uvloop

@@ -9,7 +9,7 @@ that the simulator finds real bugs, not only that the code passes it. Nothing el
 from __future__ import annotations
 
 # PartitionCore answers a SYNC ingest as soon as the leader appended it, like ASYNC, instead of
-# once the entry is committed (DESIGN §2.7).
+# once the entry is committed (docs/architecture.md §2).
 SYNC_ACK_BEFORE_COMMIT = False
 
 # The Raft leader counts its own durable log as a quorum: entries commit without replication.

@@ -1,4 +1,4 @@
-"""Replay traces of the pure cores offline, and summarise them (DESIGN §3.5).
+"""Replay traces of the pure cores offline, and summarise them (docs/architecture.md §1).
 
 A core is a pure function of where it started and of the messages it was stepped with (with
 their ``now``), so a trace holding exactly that replays to the same state, step for step. The

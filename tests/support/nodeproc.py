@@ -24,7 +24,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int) -> bool:
+    """Whether a node could listen on ``port`` (it binds with SO_REUSEADDR, so connections
+    of an earlier node still in TIME_WAIT do not count)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -40,17 +43,34 @@ class NodeProcess:
         port: int | None = None,
         partitions: int = 4,
         extra_args: tuple[str, ...] = (),
+        http: bool = False,
+        default_http: bool = False,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.partitions = partitions
         self.extra_args = extra_args
+        # The HTTP API only for tests that use it: it costs every node start the import of
+        # aiohttp. On a free port of its own (the node's default, port + 79, could be taken
+        # by another test's node), or on the default when the test is about the default.
+        self.http_port: int | None = None
+        if "--http" in extra_args:
+            pass
+        elif default_http:
+            self.http_port = self.port + 79
+        elif http:
+            self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-node.log"
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port is not None, "this node's HTTP port is not known here"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def start(self, timeout_s: float = 30.0) -> NodeProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
@@ -68,6 +88,7 @@ class NodeProcess:
             str(self.partitions),
             "--disk-reserve-bytes",
             "0",
+            *self._http_args(),
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(
@@ -75,17 +96,31 @@ class NodeProcess:
         )
         log.close()
         deadline = time.monotonic() + timeout_s
+        # The binary port opens first, the HTTP port right after it.
+        ports = [self.port] if self.http_port is None else [self.port, self.http_port]
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+                socket.create_connection(("127.0.0.1", ports[0]), timeout=0.2),
             ):
-                return self
+                ports.pop(0)
+                if not ports:
+                    return self
+                continue
             time.sleep(0.02)
         self.kill()
         raise RuntimeError(f"node did not listen within {timeout_s}s:\n{self.log()}")
+
+    def _http_args(self) -> tuple[str, ...]:
+        if "--http" in self.extra_args:
+            return ()
+        if self.http_port is None:
+            return ("--http", "off")
+        if self.http_port == self.port + 79:
+            return ()  # the node's own default
+        return ("--http", f"127.0.0.1:{self.http_port}")
 
     def log(self) -> str:
         try:
@@ -126,6 +161,7 @@ class ClusterProcesses:
         partitions: int = 6,
         election_timeout_ms: int = 400,
         replication_factor: int = 3,
+        http: bool = False,
     ) -> None:
         ports = [free_port() for _ in range(nodes)]
         peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(ports))
@@ -134,6 +170,7 @@ class ClusterProcesses:
                 root / f"node{i + 1}",
                 port=port,
                 partitions=partitions,
+                http=http,
                 extra_args=(
                     "--node-id",
                     str(i + 1),

@@ -1,4 +1,4 @@
-"""Live alert subscriptions, node side (DESIGN §2.5): committed alerts pushed to connections.
+"""Live alert subscriptions, node side (protocol.md §12): committed alerts pushed to connections.
 
 Theory of operation. A SUBSCRIBE_ALERTS request travels to the partition actor like any read,
 so the partition answers it in log order: one page of the alerts after the client's cursor

@@ -5,7 +5,7 @@ its log; once committed it is applied on every node, and each node *publishes* t
 set to its local partition replicas (a partition leader then logs it as a ``SchemaEntry``).
 The leader answers the requester after the change is committed and its own node's partitions
 have taken it in; ``Ingest`` carries the catalog version the client saw, so a partition leader
-elsewhere waits until its node has applied that version (DESIGN §2.1b).
+elsewhere waits until its node has applied that version (docs/semantics.md §2).
 
 Rules (one table, checked in ``_decide``):
     create, code absent                   -> new generation (= the new catalog version)

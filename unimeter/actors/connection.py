@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from unimeter import errors, limits
@@ -23,6 +24,7 @@ from unimeter.actors.catalog import CatalogRequest
 from unimeter.actors.mailbox import MailboxClosed, MailboxFull
 from unimeter.actors.partition import ClientRequest
 from unimeter.consensus.codec import PeerMessageError, decode_message
+from unimeter.observe import RequestStats
 from unimeter.peer import GOSSIP_TAG
 from unimeter.wire import messages as m
 from unimeter.wire.codec import BadRequest, ServerCodec
@@ -44,16 +46,29 @@ _CATALOG_KINDS = (m.MetricCreate, m.MetricUpdate, m.MetricGet, m.MetricList, m.M
 
 
 class Reply:
-    """The token a core carries for one request: answering it writes the response frame."""
+    """The token a core carries for one request: answering it writes the response frame, and
+    counts the request's latency and outcome (per request, never per event: ``observe.py``)."""
 
-    __slots__ = ("conn", "request_id")
+    __slots__ = ("batch", "conn", "request_id", "started", "stats")
 
-    def __init__(self, conn: ClientConnection, request_id: int) -> None:
+    def __init__(
+        self,
+        conn: ClientConnection,
+        request_id: int,
+        stats: RequestStats,
+        batch: m.EventBatch | None = None,
+    ) -> None:
         self.conn = conn
         self.request_id = request_id
+        self.stats = stats
+        self.batch = batch  # an Ingest's events, to count what became of them
+        self.started = perf_counter()
 
     def send(self, status: int, message: m.Reply) -> None:
         self.conn.respond(self.request_id, status, message)
+        self.stats.done(status, perf_counter() - self.started)
+        if self.batch is not None and type(message) is m.IngestReply:
+            self.conn.node.stats.ingest.note(self.batch, message)
 
 
 class ClientConnection(asyncio.Protocol):
@@ -179,7 +194,8 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(msg, _PARTITION_KINDS):
             self._to_partition(rid, msg)
         elif isinstance(msg, _CATALOG_KINDS):
-            self._send(rid, node.catalog_mailbox, CatalogRequest(Reply(self, rid), msg))
+            reply = Reply(self, rid, node.stats.binary(msg))
+            self._send(node.catalog_mailbox, CatalogRequest(reply, msg))
         elif isinstance(msg, m.GetPartitionMap):
             self.respond(rid, errors.Status.OK, node.partition_map())
         elif isinstance(msg, m.ClusterStatus):
@@ -234,21 +250,27 @@ class ClientConnection(asyncio.Protocol):
                 f"{node.route(msg.account_id)}, not {part}",
             )
             return
-        request = ClientRequest(Reply(self, rid), msg)
-        if not isinstance(msg, m.Ingest) and runtime.tracer is None:
+        batch = msg.batch if isinstance(msg, m.Ingest) else None
+        reply = Reply(self, rid, node.stats.binary(msg), batch)
+        request = ClientRequest(reply, msg)
+        if batch is None and runtime.tracer is None:
             # A read that needs no waiting is answered here, in this callback: the partition's
             # state is this thread's, and the mailbox hop would only add a task switch. (With
             # --trace every request goes through the mailbox, so the trace shows it.)
             answer = runtime.core.read_now(request, runtime.now())
             if answer is not None:
-                self.respond(rid, answer.status, answer.message)
+                reply.send(answer.status, answer.message)
                 return
-        self._send(rid, runtime.mailbox, request)
+        self._send(runtime.mailbox, request)
 
-    def _send(self, rid: int, mailbox: object, item: object) -> None:
+    def _send(self, mailbox: object, item: ClientRequest | CatalogRequest) -> None:
+        # Refusals go through the request's token, so they are counted like any answer.
+        reply: Reply = item.token  # type: ignore[assignment]
         try:
             mailbox.try_send(item)  # type: ignore[attr-defined]
         except MailboxFull:
-            self._refuse(rid, errors.Status.BACKPRESSURE, "the node is busy; retry shortly")
+            reply.send(
+                errors.Status.BACKPRESSURE, m.ErrorReply(message="the node is busy; retry shortly")
+            )
         except MailboxClosed:
-            self._refuse(rid, errors.Status.UNAVAILABLE, "the node is stopping")
+            reply.send(errors.Status.UNAVAILABLE, m.ErrorReply(message="the node is stopping"))

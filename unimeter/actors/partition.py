@@ -14,7 +14,7 @@ Theory of operation. Each partition replica is a member of the partition's Raft 
   producer's ``(producer_id, seq)`` is checked against applied *and* proposed batches, so a
   retry is never proposed twice; a retry of a batch still in flight waits for its answer.
   The dedup claims (event ids, producer seq) live only in the entry itself: if the entry is
-  never committed, nothing was claimed (DESIGN §2.6).
+  never committed, nothing was claimed (docs/semantics.md §8).
 - *Commit* applies entries in log order to ``PartitionState``, the deterministic applied state,
   on every replica alike. Reads are served by the leader from applied state only, once
   ``min_index`` is applied (read-your-writes, also across a leader change: indexes are the

@@ -31,6 +31,7 @@ from unimeter.actors.effects import Effects, Outgoing, Send
 from unimeter.actors.mailbox import Mailbox, MailboxClosed
 from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
 from unimeter.consensus.messages import HardState, LogEntry, Snapshot, SnapshotMeta
+from unimeter.observe import FSYNC_BUCKETS_S, Histogram
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
 from unimeter.storage.wal import (
@@ -172,6 +173,10 @@ class ReplicaRuntime:
         self.disk_full = False
         self.steps = 0
         self.fsyncs = 0
+        # For /metrics: fsync durations, and leadership changes seen after each drained batch.
+        self.fsync_seconds = Histogram(FSYNC_BUCKETS_S)
+        self.leader_changes = 0
+        self._seen_leader: int | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -217,6 +222,9 @@ class ReplicaRuntime:
         except (DiskFullError, LogFailedError, OSError) as exc:
             self._fail_stop(exc)
         self.steps += len(batch)
+        if core.raft.leader_id != self._seen_leader:
+            self._seen_leader = core.raft.leader_id
+            self.leader_changes += 1
         if self._sync_wanted and not self._syncing and not self._unwritten:
             self._start_sync()
         self._arm_timer()
@@ -324,16 +332,19 @@ class ReplicaRuntime:
         of the loop, instead of the executor future's two hops plus a mailbox task switch:
         on a lone SYNC request every hop is latency."""
         error: BaseException | None = None
+        started = time.perf_counter()
         try:
             self.wal.sync()
         except BaseException as exc:  # handed to the loop thread, which decides
             error = exc
+        elapsed = time.perf_counter() - started
         with contextlib.suppress(RuntimeError):  # the loop closed while this fsync ran
-            loop.call_soon_threadsafe(self._sync_done, number, error)
+            loop.call_soon_threadsafe(self._sync_done, number, error, elapsed)
 
-    def _sync_done(self, number: int, error: BaseException | None) -> None:
+    def _sync_done(self, number: int, error: BaseException | None, elapsed_s: float) -> None:
         self._syncing = False
         self.fsyncs += 1
+        self.fsync_seconds.observe(elapsed_s)
         if error is not None:
             if isinstance(error, DiskFullError):
                 # The WAL keeps what it could not sync and rewrites it on the next sync.

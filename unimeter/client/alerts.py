@@ -1,4 +1,4 @@
-"""``client.alerts``: live alert subscriptions (DESIGN §1.1, §2.5).
+"""``client.alerts``: live alert subscriptions (docs/client.md, docs/protocol.md §12).
 
 ::
 

@@ -75,8 +75,30 @@ def build_groups(
     Groups come out ordered by partition, then by the position of their first event, so the
     order (and so the sequence numbers they receive) is deterministic for a given input.
     """
-    assert events_per_batch_max >= 1
     columns = columns_of(events, ranges=False)
+    try:
+        return split_columns(
+            columns,
+            route,
+            events_per_batch_max=events_per_batch_max,
+            frame_bytes_max=frame_bytes_max,
+        )
+    except OverflowError:
+        validate_each(events)  # raises, naming the event out of range
+        raise AssertionError("a column overflowed its array but every event is valid") from None
+
+
+def split_columns(
+    columns: Columns,
+    route: Route,
+    *,
+    events_per_batch_max: int = limits.events_per_batch_max,
+    frame_bytes_max: int = limits.frame_bytes_max,
+) -> list[Group]:
+    """``build_groups`` for events already taken apart (by ``columns_of``, or by a reader of
+    another format, such as the HTTP API's JSON). OverflowError if an account id or a value
+    does not fit its column (only possible for columns made with ``ranges=False``)."""
+    assert events_per_batch_max >= 1
     n = len(columns)
     if n == 0:
         return []
@@ -99,15 +121,11 @@ def build_groups(
         pairs = enumerate(buckets) if isinstance(buckets, list) else sorted(buckets.items())
         by_partition = [(partition, indices) for partition, indices in pairs if indices]
     bytes_budget = frame_bytes_max // 2
-    try:
-        return [
-            _group(partition, columns, chunk)
-            for partition, indices in by_partition
-            for chunk in _chunks(columns, indices, events_per_batch_max, bytes_budget)
-        ]
-    except OverflowError:
-        validate_each(events)  # raises, naming the event out of range
-        raise AssertionError("a column overflowed its array but every event is valid") from None
+    return [
+        _group(partition, columns, chunk)
+        for partition, indices in by_partition
+        for chunk in _chunks(columns, indices, events_per_batch_max, bytes_budget)
+    ]
 
 
 def _chunks(

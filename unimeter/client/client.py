@@ -1,4 +1,4 @@
-"""``AsyncClient``: the public face of the client library (DESIGN §1.1).
+"""``AsyncClient``: the public face of the client library (docs/client.md).
 
 Theory of operation. ``connect`` asks the seeds, in order, for the partition map; from then on
 every request goes to the node that leads its partition (catalog and status requests go to any
@@ -292,11 +292,14 @@ class AsyncClient:
         return convert.breakdown(convert.expect(reply, BreakdownReply))
 
     def list_events(
-        self, account_id: int, since: datetime, until: datetime
+        self, account_id: int, since: datetime, until: datetime, *, after_offset: int | None = None
     ) -> AsyncIterator[EventRecord]:
-        """The account's stored events with timestamps in ``[since, until)``, fetched in pages."""
+        """The account's stored events with timestamps in ``[since, until)``, fetched in pages,
+        in offset order; with ``after_offset`` (the ``offset`` of a record seen before) only
+        those stored after it (to follow an account's new events)."""
         account = convert.account_id(account_id)
         since_us, until_us = convert.time_range_us(since, until)
+        start = convert.cursor(after_offset, "after_offset")
 
         async def fetch(after: int) -> tuple[list[EventRecord], int | None]:
             partition = await self._partition_of(account)
@@ -314,7 +317,7 @@ class AsyncClient:
             )
             return [convert.event_record(e) for e in page.events], page.next_offset
 
-        return Pages(fetch)
+        return Pages(fetch, start)
 
     async def list_alerts(self, account_id: int, since: int | None = None) -> list[AlertRecord]:
         """The account's alerts after the cursor ``since`` (all of them when None)."""

@@ -1,7 +1,7 @@
 """What one client instance remembers between calls: its producer identity and sequence numbers,
 the log index it was acknowledged per partition, and the newest catalog version it has seen.
 
-Theory of operation (DESIGN §2.6, §2.7):
+Theory of operation (docs/protocol.md §8):
 - Exactly once. The client draws a random nonzero 64-bit producer id once. Every ``Ingest`` to a
   partition takes the next sequence number of that partition's ``SeqWindow`` (1, 2, 3, ...) and
   keeps it for every retry of that message, so a retry that reaches the partition after the

@@ -1,4 +1,4 @@
-"""Free-space watch feeding write backpressure (DESIGN §2.8).
+"""Free-space watch feeding write backpressure (docs/operations.md §6).
 
 The runtime calls :meth:`DiskSpaceWatch.check` every ~100 ms; it is one ``statvfs`` call
 (about a microsecond). Below the reserve, writes are answered BACKPRESSURE before they reach the

@@ -11,7 +11,7 @@ Two facts drive everything here:
   (:func:`atomic_write`), so the final name never points at a partial file.
 
 Disk-full errors (ENOSPC, and EDQUOT for quotas) become :class:`DiskFullError` so callers can
-answer BACKPRESSURE (DESIGN §2.8) instead of treating them as I/O failures.
+answer BACKPRESSURE (docs/operations.md §6) instead of treating them as I/O failures.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Snapshot files: one applied state per file, written atomically (DESIGN §3.3).
+"""Snapshot files: one applied state per file, written atomically (docs/operations.md §1).
 
 ``snapshot-{index:016d}.snap`` holds a 36-byte header, all little-endian::
 

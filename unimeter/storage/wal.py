@@ -1,4 +1,4 @@
-"""Segmented write-ahead log: append, group-commit fsync, crash recovery (DESIGN §3.3).
+"""Segmented write-ahead log: append, group-commit fsync, crash recovery (docs/operations.md §1-2).
 
 Theory of operation (the byte format and the torn-tail rule are in ``walformat``):
 
@@ -32,7 +32,7 @@ the log is exactly as before the call. After a failed fsync, Linux may have drop
 pages and will report success next time, so the bytes after the last durable point are cut
 from the file at once (no one, not even a reopen, may take them for durable) and their batches
 kept in memory; appends get ``DiskFullError`` and the next ``sync`` rewrites and fsyncs them.
-Writes resume by themselves when space returns (DESIGN §2.8) and no appended record is dropped.
+Writes resume by themselves when space returns (operations.md §6); no appended record is dropped.
 Any other I/O error fails the log for good (:class:`LogFailedError`): stop the node; a restart
 recovers from the disk.
 """

@@ -266,6 +266,8 @@ REPLIES: dict[type[Any], MapSpec] = {
             Field("nodes", "nodes", NODES),
             Field("partitions", "parts", array_of(PARTITION_INFO)),
             _CATALOG_VERSION,
+            Field("disk_free_bytes", "dfree", U64, None),
+            Field("disk_ok", "dok", BOOL, None),
         ),
         MapSpec(
             m.Subscribed,

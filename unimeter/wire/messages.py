@@ -349,6 +349,8 @@ class ClusterStatusReply:
     nodes: dict[int, str]
     partitions: tuple[PartitionInfo, ...]
     catalog_version: int
+    disk_free_bytes: int | None = None  # on the data directory's filesystem, last measured
+    disk_ok: bool | None = None  # free space above the reserve (writes accepted)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

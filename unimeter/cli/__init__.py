@@ -1,0 +1,1 @@
+"""The ``unimeter`` command (``main.py``); ``python -m unimeter.cli`` runs it too."""

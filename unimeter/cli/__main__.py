@@ -1,0 +1,3 @@
+from unimeter.cli.main import main
+
+main()

@@ -1,0 +1,283 @@
+"""The ``/v1`` handlers: each reads its parameters, builds the binary protocol's request
+message, hands it to the dispatcher and writes the reply as JSON (``docs/http.md``).
+
+Handlers raise typed errors (``unimeter.errors``); the server's middleware answers them as
+problem details, so each handler only says what it does when things go right.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from unimeter import limits
+from unimeter.client import convert
+from unimeter.errors import InvalidRequestError, UnknownMetricError
+from unimeter.json_model import (
+    agg_value_json,
+    schema_from_json,
+    schema_json,
+    stored_alert_json,
+    stored_event_json,
+    time_text,
+)
+from unimeter.routing import partition_of
+from unimeter.wire import messages as m
+
+from . import params
+from .dispatch import Dispatcher
+from .ingest import Ingester, delivery_is_sync, parse_events, result_json
+
+
+def json_response(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+class Api:
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
+        self.node = dispatcher.node
+        self.ingester = Ingester(dispatcher)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/events", self.post_events, name="ingest"),
+            web.get("/v1/events", self.list_events, name="list_events"),
+            web.get("/v1/usage", self.usage, name="usage"),
+            web.get("/v1/usage/realtime", self.usage_realtime, name="usage_realtime"),
+            web.get("/v1/metrics", self.list_metrics, name="metric_list"),
+            web.post("/v1/metrics", self.create_metric, name="metric_create"),
+            web.get("/v1/metrics/{code}", self.get_metric, name="metric_get"),
+            web.put("/v1/metrics/{code}", self.update_metric, name="metric_update"),
+            web.delete("/v1/metrics/{code}", self.delete_metric, name="metric_delete"),
+            web.get("/v1/alerts", self.list_alerts, name="list_alerts"),
+            web.get("/v1/cluster", self.cluster, name="cluster_status"),
+        ]
+
+    def _partition(self, account: int) -> int:
+        return partition_of(account, self.node.partition_count)
+
+    # ------------------------------------------------------------------ events
+
+    async def post_events(self, request: web.Request) -> web.Response:
+        sync = delivery_is_sync(params.one(request.query, "delivery"))
+        events = parse_events(await request.read())
+        if not events:
+            return json_response(
+                {"n_stored": 0, "n_duplicates": 0, "n_rejected": 0, "rejected": [],
+                 "last_offset": None}
+            )  # fmt: skip
+        result = await self.ingester.ingest(events, sync=sync)
+        return json_response(result_json(result, events))
+
+    async def list_events(self, request: web.Request) -> web.Response:
+        query = request.query
+        account = params.account_id(query)
+        since_us, until_us = params.time_range(query)
+        limit = params.integer(query, "limit", limits.list_page_events_max)
+        if not 1 <= limit <= limits.list_page_events_max:
+            raise InvalidRequestError(f"limit must be 1-{limits.list_page_events_max}")
+        partition = self._partition(account)
+        page = await self._read(
+            partition,
+            m.ListEvents(
+                partition=partition, account_id=account, since_us=since_us, until_us=until_us,
+                after_offset=params.cursor(query, "after"), limit=limit,
+                min_index=self.dispatcher.session.min_index(partition),
+            ),
+        )  # fmt: skip
+        assert isinstance(page, m.EventsPage)
+        return json_response(
+            {"events": [stored_event_json(e) for e in page.events], "next_after": page.next_offset}
+        )
+
+    # ------------------------------------------------------------------ usage
+
+    async def usage(self, request: web.Request) -> web.Response:
+        query = request.query
+        account = params.account_id(query)
+        code = params.metric_code(query)
+        start_us, end_us = convert.period_us(params.period(query))
+        filters = params.filters(query)
+        group_by = params.group_by(query)
+        partition = self._partition(account)
+        session = self.dispatcher.session
+        period_start, period_end = _bounds_text(start_us, end_us)
+        out: dict[str, Any] = {
+            "account_id": account,
+            "metric_code": code,
+            "period_start": period_start,
+            "period_end": period_end,
+        }
+        if group_by:
+            reply = await self._read_metric(
+                partition,
+                code,
+                lambda catalog_version: m.QueryBreakdown(
+                    partition=partition, account_id=account, metric_code=code,
+                    start_us=start_us, end_us=end_us, group_by=group_by, filters=filters,
+                    min_index=session.min_index(partition), catalog_version=catalog_version,
+                ),
+            )  # fmt: skip
+            assert isinstance(reply, m.BreakdownReply)
+            out["groups"] = [
+                {"group": dict(cell), "value": agg_value_json(value)}
+                for cell, value in sorted(reply.cells)
+            ]
+        else:
+            reply = await self._read_metric(
+                partition,
+                code,
+                lambda catalog_version: m.Query(
+                    partition=partition, account_id=account, metric_code=code,
+                    start_us=start_us, end_us=end_us, filters=filters,
+                    min_index=session.min_index(partition), catalog_version=catalog_version,
+                ),
+            )  # fmt: skip
+            assert isinstance(reply, m.AggReply)
+            out["value"] = agg_value_json(reply.value)
+        return json_response(out)
+
+    async def usage_realtime(self, request: web.Request) -> web.Response:
+        query = request.query
+        account = params.account_id(query)
+        code = params.metric_code(query)
+        partition = self._partition(account)
+        reply = await self._read_metric(
+            partition,
+            code,
+            lambda catalog_version: m.QueryRealtime(
+                partition=partition, account_id=account, metric_code=code,
+                catalog_version=catalog_version,
+            ),
+        )  # fmt: skip
+        assert isinstance(reply, m.AggReply)
+        return json_response(
+            {
+                "account_id": account,
+                "metric_code": code,
+                "period_start": time_text(reply.period_start_us),
+                "period_end": time_text(reply.period_end_us),
+                "value": agg_value_json(reply.value),
+            }
+        )
+
+    async def _read(self, partition: int, request: m.Request) -> m.Reply:
+        dispatcher = self.dispatcher
+        return await dispatcher.call(partition, request, dispatcher.deadline())
+
+    async def _read_metric(
+        self, partition: int, code: str, request: Callable[[int], m.Request]
+    ) -> m.Reply:
+        """A read of one metric, made with the catalog version this node's requests carry;
+        made again with a newer one if the metric was just created through another node."""
+        session = self.dispatcher.session
+        try:
+            return await self._read(partition, request(session.catalog_version))
+        except UnknownMetricError:
+            if not await self.dispatcher.catch_up_catalog([code]):
+                raise
+        return await self._read(partition, request(session.catalog_version))
+
+    # ------------------------------------------------------------------ metrics
+
+    async def list_metrics(self, request: web.Request) -> web.Response:
+        reply = await self.dispatcher.catalog(m.MetricList())
+        assert isinstance(reply, m.SchemaList)
+        return json_response(
+            {"metrics": [schema_json(s) for s in reply.schemas],
+             "catalog_version": reply.catalog_version}
+        )  # fmt: skip
+
+    async def get_metric(self, request: web.Request) -> web.Response:
+        code = convert.metric_code(request.match_info["code"])
+        reply = await self.dispatcher.catalog(m.MetricGet(code=code))
+        assert isinstance(reply, m.SchemaReply)
+        return json_response(schema_json(reply.schema))
+
+    async def create_metric(self, request: web.Request) -> web.Response:
+        schema = schema_from_json(await _json_body(request))
+        reply = await self.dispatcher.catalog(m.MetricCreate(schema=schema))
+        assert isinstance(reply, m.SchemaReply)
+        return json_response(schema_json(reply.schema), status=201)
+
+    async def update_metric(self, request: web.Request) -> web.Response:
+        code = convert.metric_code(request.match_info["code"])
+        schema = schema_from_json(await _json_body(request), code=code)
+        reply = await self.dispatcher.catalog(m.MetricUpdate(schema=schema))
+        assert isinstance(reply, m.SchemaReply)
+        return json_response(schema_json(reply.schema))
+
+    async def delete_metric(self, request: web.Request) -> web.Response:
+        code = convert.metric_code(request.match_info["code"])
+        reply = await self.dispatcher.catalog(m.MetricDelete(code=code))
+        assert isinstance(reply, m.Deleted)
+        return json_response({"deleted": code, "catalog_version": reply.catalog_version})
+
+    # ------------------------------------------------------------------ alerts, cluster
+
+    async def list_alerts(self, request: web.Request) -> web.Response:
+        query = request.query
+        account = params.account_id(query)
+        limit = params.integer(query, "limit", limits.list_page_alerts_max)
+        if not 1 <= limit <= limits.list_page_alerts_max:
+            raise InvalidRequestError(f"limit must be 1-{limits.list_page_alerts_max}")
+        partition = self._partition(account)
+        page = await self._read(
+            partition,
+            m.ListAlerts(
+                partition=partition, account_id=account, after_cursor=params.cursor(query, "after"),
+                limit=limit, min_index=self.dispatcher.session.min_index(partition),
+            ),
+        )  # fmt: skip
+        assert isinstance(page, m.AlertsPage)
+        return json_response(
+            {"alerts": [stored_alert_json(a) for a in page.alerts], "next_after": page.next_cursor}
+        )
+
+    async def cluster(self, request: web.Request) -> web.Response:
+        status = self.node.cluster_status()
+        return json_response(
+            {
+                "node_id": status.node_id,
+                "cluster_id": status.cluster_id,
+                "nodes": {str(i): address for i, address in sorted(status.nodes.items())},
+                "catalog_version": status.catalog_version,
+                "disk_free_bytes": status.disk_free_bytes,
+                "disk_ok": status.disk_ok,
+                "partitions": [
+                    {
+                        "partition": p.partition,
+                        "leader": None if p.leader < 0 else p.leader,
+                        "term": p.term,
+                        "commit_index": p.commit_index,
+                        "applied_index": p.applied_index,
+                    }
+                    for p in status.partitions
+                ],
+            }
+        )
+
+
+_bounds_cache: dict[tuple[int, int], tuple[str, str]] = {}
+
+
+def _bounds_text(start_us: int, end_us: int) -> tuple[str, str]:
+    """A period's bounds as text; most requests ask about the same few periods."""
+    key = (start_us, end_us)
+    texts = _bounds_cache.get(key)
+    if texts is None:
+        if len(_bounds_cache) >= 256:
+            _bounds_cache.clear()
+        texts = _bounds_cache[key] = (time_text(start_us), time_text(end_us))
+    return texts
+
+
+async def _json_body(request: web.Request) -> object:
+    try:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the body is not valid JSON: {exc}") from None

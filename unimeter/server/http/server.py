@@ -1,0 +1,124 @@
+"""The node's HTTP/JSON API on the node's own event loop (aiohttp, orjson).
+
+``HttpServer(node).start(host, port)`` serves ``/v1`` (``api.py``: events, usage, metrics,
+alerts, cluster status), the live alert stream (``alert_stream.py``), ``/health``,
+``/metrics`` (``prometheus.py``) and ``/v1/openapi.json`` (``openapi.py``). One middleware
+times every request for ``/metrics`` and turns every error into a problem-details answer
+(``problems.py``): typed errors with their status names, aiohttp's own refusals (no such path,
+wrong method, body too large) and, for bugs, a plain INTERNAL problem (the traceback goes to
+the log, not to the client). The node keeps serving everyone else whatever one request does.
+
+``stop`` ends the alert streams, lets in-flight requests finish (bounded), closes the listening
+socket and the forwarding connections.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from unimeter import limits
+from unimeter.errors import Status, UnavailableError, UnimeterError
+
+from . import problems
+from .alert_stream import AlertStreams
+from .api import Api, json_response
+from .dispatch import Dispatcher
+from .openapi import openapi_document
+from .prometheus import CONTENT_TYPE, registry_for, render
+
+if TYPE_CHECKING:
+    from aiohttp.typedefs import Handler
+
+    from unimeter.node import Node
+
+log = logging.getLogger("unimeter.http")
+
+_SHUTDOWN_S = 2.0  # in-flight requests get this long to finish when the node stops
+
+
+class HttpServer:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.dispatcher = Dispatcher(node)
+        self.streams = AlertStreams(node)
+        self._api = Api(self.dispatcher)
+        self._registry = registry_for(node, self.streams)
+        self._openapi = orjson.dumps(openapi_document())
+        self._runner: web.AppRunner | None = None
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._guard], client_max_size=limits.http_body_bytes_max)
+        app.add_routes(
+            [
+                web.get("/health", self.health, name="health"),
+                web.get("/metrics", self.metrics, name="metrics"),
+                web.get("/v1/openapi.json", self.openapi, name="openapi"),
+                web.get("/v1/alerts/stream", self.streams.handle, name="alert_stream"),
+                *self._api.routes(),
+            ]
+        )
+        app.on_shutdown.append(self._end_streams)
+        return app
+
+    async def start(self, host: str, port: int) -> None:
+        runner = web.AppRunner(
+            self.app(), access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_S
+        )
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.streams.close()
+        await self.dispatcher.close()
+
+    async def _end_streams(self, app: web.Application) -> None:
+        await self.streams.close()
+
+    # ------------------------------------------------------------------ every request
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        started = perf_counter()
+        name = request.match_info.route.name or "unmatched"
+        try:
+            response = await handler(request)
+        except UnimeterError as exc:
+            response = problems.from_error(exc)
+        except web.HTTPException as exc:
+            response = problems.from_http(exc)
+        except Exception:
+            log.exception("event=http_handler_failed path=%s", request.path)
+            response = problems.problem(Status.INTERNAL, "the node failed this request")
+        if name != "alert_stream":  # a stream's lifetime is not a latency
+            status = response.get(problems.STATUS_KEY, Status.OK)
+            self.node.stats.request("http", name).done(status, perf_counter() - started)
+        return response
+
+    # ------------------------------------------------------------------ operations
+
+    async def health(self, request: web.Request) -> web.Response:
+        node = self.node
+        if not node.serving:
+            raise UnavailableError("the node is starting or stopping")
+        return json_response({"status": "ok", "node_id": node.node_id, "disk_ok": node.disk_ok})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        response = web.Response(body=render(self._registry))
+        response.headers["Content-Type"] = CONTENT_TYPE
+        return response
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=self._openapi, content_type="application/json")
