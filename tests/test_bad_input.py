@@ -86,6 +86,20 @@ def raw_frame(item: object) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
+async def test_a_client_of_another_protocol_version_is_told_at_hello(node: NodeProcess) -> None:
+    conn = await RawConnection.open(node, hello=False)
+    old = await conn.call(m.Hello(version=1, client_name="old"))
+    assert old.status == errors.Status.INVALID_REQUEST
+    assert isinstance(old.message, m.ErrorReply)
+    assert "protocol version 1 is not spoken here" in old.message.message
+    refused = await conn.call(m.GetPartitionMap())  # not greeted: still refused
+    assert refused.status == errors.Status.INVALID_REQUEST
+    welcome = await conn.call(m.Hello(version=m.PROTOCOL_VERSION, client_name="new"))
+    assert welcome.status == errors.Status.OK
+    conn.close()
+    assert await still_serves(node) == 1
+
+
 async def test_oversized_length_prefix_is_refused_and_node_keeps_serving(
     node: NodeProcess,
 ) -> None:

@@ -147,3 +147,17 @@ def test_the_node_refuses_a_snapshot_version_it_does_not_know(tmp_path: Path) ->
     assert "event=unreadable_snapshot" in log
     assert str(snapshot_indexes(directory)[index]) in log
     assert "version 999; this node reads only version" in log
+
+
+def test_the_node_refuses_a_data_directory_of_an_older_data_format(tmp_path: Path) -> None:
+    node = NodeProcess(tmp_path / "node", partitions=1).start()
+    assert node.terminate() == 0
+    identity = tmp_path / "node" / "cluster.cbor"
+    meta = cbor2.loads(identity.read_bytes())
+    assert meta["data_format"] == 2
+    del meta["data_format"]  # as directories written before the columnar layout are
+    identity.write_bytes(cbor2.dumps(meta))
+    with pytest.raises(RuntimeError, match="node exited with"):
+        node.start()
+    assert "event=unreadable_data_dir" in node.log()
+    assert "holds data format 1" in node.log()

@@ -61,6 +61,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("unimeter.node")
 
+# What the files of a data directory look like: 2 = log records of layout 3 (the received
+# batch bytes plus the leader's verdict) and partition snapshots of format 4 (columns).
+DATA_FORMAT = 2
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
@@ -216,6 +220,18 @@ class Node:
         path = self.data_dir / "cluster.cbor"
         if path.exists():
             meta = cbor2.loads(path.read_bytes())
+            found = meta.get("data_format", 1)
+            if found != DATA_FORMAT:
+                log.critical(
+                    "event=unreadable_data_dir dir=%s data_format=%s reads=%s "
+                    "action=refusing_to_start",
+                    self.data_dir, found, DATA_FORMAT,
+                )  # fmt: skip
+                raise SystemExit(
+                    f"{self.data_dir} holds data format {found} (format 1: the log and "
+                    f"snapshots before the columnar layout); this version reads data format "
+                    f"{DATA_FORMAT} only. See docs/operations.md, 'A corrupt file'."
+                )
             if meta["partitions"] != self.partition_count:
                 raise SystemExit(
                     f"{self.data_dir} was created with --partitions {meta['partitions']}; "
@@ -239,6 +255,7 @@ class Node:
             "unimeter:" + ",".join(f"{i}={a}" for i, a in sorted(self.addresses.items())),
         ).hex
         identity = {
+            "data_format": DATA_FORMAT,
             "cluster_id": self.cluster_id,
             "partitions": self.partition_count,
             "retention_days": self.config.retention_days,

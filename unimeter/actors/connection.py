@@ -173,6 +173,14 @@ class ClientConnection(asyncio.Protocol):
         rid = frame.request_id
         node = self.node
         if isinstance(msg, m.Hello):
+            if msg.version != m.PROTOCOL_VERSION:
+                self._refuse(
+                    rid,
+                    errors.Status.INVALID_REQUEST,
+                    f"protocol version {msg.version} is not spoken here; this node speaks "
+                    f"version {m.PROTOCOL_VERSION} (upgrade the client)",
+                )
+                return
             self.greeted = True
             self.peer_node_id = msg.peer_node_id
             self.respond(rid, errors.Status.OK, node.welcome())
