@@ -67,6 +67,9 @@ class FakeConnection:
     def respond(self, request_id: int, status: int, message: m.Reply) -> None:
         self.replies.append((request_id, status, message))
 
+    def flush(self) -> None:
+        """Replies are recorded at once here: nothing waits to be written."""
+
     def pushes(self) -> list[m.PushFrame]:
         assert self.transport is not None
         codec = ClientCodec()

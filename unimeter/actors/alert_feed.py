@@ -204,6 +204,7 @@ class ConnectionFeeds:
         ]
         if not picked:
             return
+        self.conn.flush()  # replies first: a push never overtakes the reply it follows
         transport = self.conn.transport
         if transport is None or transport.is_closing():
             return  # connection_lost drops the subscription
@@ -233,6 +234,7 @@ class ConnectionFeeds:
             sub.hub.discard(sub)
         if self.subs.get(sub.sid) is sub:
             del self.subs[sub.sid]
+        self.conn.flush()  # replies first: a push never overtakes the reply it follows
         transport = self.conn.transport
         if transport is None or transport.is_closing():
             return

@@ -81,12 +81,17 @@ class ClientConnection(asyncio.Protocol):
         self.in_flight = 0
         self.peer = "?"
         self.feeds: ConnectionFeeds | None = None  # live alert subscriptions, made on demand
+        # Reply frames of this loop iteration, written together by ``flush`` (one syscall for
+        # all the replies an iteration produces, instead of one each).
+        self._out: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ------------------------------------------------------------------ transport
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement the interface without subclassing asyncio.Transport.
         self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
         self.peer = str(transport.get_extra_info("peername"))
         self.node.connections.add(self)
 
@@ -111,9 +116,27 @@ class ClientConnection(asyncio.Protocol):
             frame = self.codec.encode_response(
                 request_id, errors.Status.INTERNAL, m.ErrorReply(message=exc.message)
             )
-        transport.write(frame)
+        out = self._out
+        out.append(frame)
+        if len(out) == 1 and self._loop is not None:
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the replies waiting since the last flush, in order (before any push)."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
 
     def close(self) -> None:
+        self.flush()
         if self.transport is not None:
             self.transport.close()
 
@@ -128,7 +151,7 @@ class ClientConnection(asyncio.Protocol):
                 if self.transport is not None:
                     self.in_flight += 1
                     self.respond(0, errors.Status.PROTOCOL, m.ErrorReply(message=exc.message))
-                    self.transport.close()
+                    self.close()
                 return
             if frame is None:
                 return

@@ -47,7 +47,9 @@ OPTIONAL: dict[str, np.dtype[Any]] = {
 class Chunk:
     __slots__ = ("_max_ts", "cols", "first_offset", "id_data", "pos", "size")
 
-    def __init__(self, first_offset: int, capacity: int = 1024) -> None:
+    def __init__(self, first_offset: int, capacity: int = CHUNK_EVENTS) -> None:
+        # Allocated whole: ``np.zeros`` maps zero pages lazily, so an open chunk costs memory
+        # only for the rows it holds, and appends never copy what came before.
         self.first_offset = first_offset
         self.size = 0
         self.cols: dict[str, Array] = {name: np.zeros(capacity, t) for name, t in REQUIRED.items()}
@@ -97,9 +99,7 @@ class Chunk:
         self.size = end
 
     def seal(self) -> None:
-        """No more appends: give back the unused capacity."""
-        for name, col in self.cols.items():
-            self.cols[name] = col[: self.size].copy()
+        """No more appends (the unused tail was never touched, so it holds no memory)."""
         self._max_ts = self._newest()
 
     def max_ts(self) -> dict[int, int]:
@@ -108,14 +108,13 @@ class Chunk:
 
     def _newest(self) -> dict[int, int]:
         n = self.size
-        mids = self.cols["mid"][:n]
-        stamps = self.cols["ts"][:n]
         if not n:
             return {}
-        order = np.lexsort((stamps, mids))
-        sorted_mids = mids[order]
-        last = np.flatnonzero(np.append(sorted_mids[1:] != sorted_mids[:-1], True))
-        return dict(zip(sorted_mids[last].tolist(), stamps[order][last].tolist(), strict=True))
+        mids = self.cols["mid"][:n]
+        newest = np.full(int(mids.max()) + 1, _INT64_MIN, np.int64)
+        np.maximum.at(newest, mids, self.cols["ts"][:n])
+        present = np.flatnonzero(np.bincount(mids))
+        return dict(zip(present.tolist(), newest[present].tolist(), strict=True))
 
     def sort(self) -> None:
         """Order the rows by (account, mid, ts, position) for binary searches (sealed only)."""
@@ -183,7 +182,7 @@ class EventStore:
         if chunk is None or (chunk.size and chunk.size + n > CHUNK_EVENTS):
             if chunk is not None:
                 chunk.seal()
-            chunk = Chunk(self.next_offset)
+            chunk = Chunk(self.next_offset, max(CHUNK_EVENTS, n))
             self.chunks.append(chunk)
         chunk.append(columns, id_data)
         self.next_offset += n
