@@ -57,19 +57,100 @@ class UniqRow:
         self.removed: BitMap64 | None = None
 
 
+class RowCache:
+    """Total rows by (metric instance, account slot) for one table per instance -- the one
+    ingest is filling -- so a batch finds its rows with one gather instead of a binary search.
+    Only a cache over the ``totals`` index: an entry may be missing (-1), and ``clear`` drops
+    everything (rows renumbered). Bounded: beyond ``_CACHE_BYTES_MAX`` it stops caching."""
+
+    __slots__ = ("_col_of_mid", "_rows", "_table_of_col")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._col_of_mid = np.full(0, -1, I64)
+        self._table_of_col = np.full(0, -1, I64)
+        self._rows = np.full((0, 0), -1, I64)
+
+    def get(
+        self, mids: Array, tables: Array, slots: Array, current: dict[int, int] | None
+    ) -> Array:
+        """The cached row of each event (-1 where none). ``current`` maps every instance of
+        the batch to its one table when the caller knows it (then a gather does it all)."""
+        rows = self._rows
+        width = rows.shape[1]
+        if not rows.size or int(mids.max()) >= len(self._col_of_mid):
+            return np.full(len(mids), -1, I64)
+        if (
+            current is not None
+            and int(slots.max()) < width
+            and all(int(self._table_of_col[mid]) == table for mid, table in current.items())
+        ):
+            found: Array = rows.reshape(-1)[mids * width + slots]
+            return found
+        cols = self._col_of_mid[mids]
+        hit = (cols >= 0) & (self._table_of_col[cols] == tables) & (slots < width)
+        flat = np.where(hit, cols * width + slots, 0)
+        return np.where(hit, rows.reshape(-1)[flat], -1)
+
+    def put(self, mids: Array, tables: Array, slots: Array, rows: Array) -> None:
+        """Remember these rows (the last table seen for an instance replaces its column)."""
+        needed_cols = max(len(self._table_of_col), int(mids.max()) + 1)
+        needed_slots = int(slots.max()) + 1
+        if needed_cols * max(needed_slots, self._rows.shape[1]) * 4 > _CACHE_BYTES_MAX:
+            return
+        self._grow(needed_cols, needed_slots)
+        for mid in np.unique(mids).tolist():
+            mine = mids == mid
+            table = int(tables[mine][-1])
+            if self._table_of_col[mid] != table:
+                self._table_of_col[mid] = table
+                self._rows[mid, :] = -1
+            same = mine & (tables == table)
+            self._rows[mid, slots[same]] = rows[same]
+
+    def _grow(self, cols: int, slots: int) -> None:
+        have_cols, have_slots = self._rows.shape
+        if cols <= have_cols and slots <= have_slots:
+            return
+        new_cols = max(cols, have_cols)
+        new_slots = max(slots, 2 * have_slots, 1024)
+        grown = np.full((new_cols, new_slots), -1, I64)
+        grown[:have_cols, :have_slots] = self._rows
+        self._rows = grown
+        tables = np.full(new_cols, -1, I64)
+        tables[:have_cols] = self._table_of_col
+        self._table_of_col = tables
+        self._col_of_mid = np.arange(new_cols, dtype=I64)  # one column per instance id
+
+
+_CACHE_BYTES_MAX = 256 << 20
+
+
 class Tables:
     """The rows of a partition and the indexes that find them."""
 
-    __slots__ = ("accounts", "cells", "dense_slots", "rows", "slot_accounts", "totals", "uniq")
+    __slots__ = (
+        "accounts",
+        "cache",
+        "cells",
+        "dense_slots",
+        "rows",
+        "slot_accounts",
+        "totals",
+        "uniq",
+    )
 
     def __init__(self) -> None:
         self.accounts = KeyIndex()  # account id -> slot
-        # account id -> slot + 1 (0: none) for ids below its length: one gather instead of a
+        # account id -> slot (-1: none) for ids below its length: one gather instead of a
         # binary search when ids are small numbers, as they usually are; grown while the ids
         # seen stay dense enough (``_DENSE_SPREAD``).
-        self.dense_slots = np.zeros(0, np.int32)
+        self.dense_slots = np.zeros(0, I64)
         self.slot_accounts = np.zeros(0, U64)  # slot -> account id
         self.totals = KeyIndex()  # slot << 32 | table -> total row
+        self.cache = RowCache()  # the rows of the tables ingest is filling, by slot
         self.cells = KeyIndex()  # total row << 16 | cell -> cell row
         self.rows = RowStore()
         self.uniq: dict[int, UniqRow] = {}  # COUNT_UNIQUE rows (totals and cells)
@@ -79,10 +160,7 @@ class Tables:
     def slots(self, accounts: Array) -> Array:
         """Each account's slot, numbering new accounts as they come."""
         dense = self._dense_for(int(accounts.max())) if len(accounts) else None
-        if dense is not None:
-            found = dense[accounts].astype(I64) - 1
-        else:
-            found = self.accounts.get(accounts)
+        found = dense[accounts] if dense is not None else self.accounts.get(accounts)
         missing = found == MISSING
         if missing.any():
             fresh = np.unique(accounts[missing])
@@ -91,7 +169,7 @@ class Tables:
             self.accounts.add(fresh, numbers)
             self.slot_accounts = np.concatenate([self.slot_accounts, fresh])
             small = fresh < len(self.dense_slots)
-            self.dense_slots[fresh[small]] = numbers[small] + 1
+            self.dense_slots[fresh[small]] = numbers[small]
             found[missing] = self.accounts.get(accounts[missing])
         return found
 
@@ -102,16 +180,16 @@ class Tables:
             return dense
         if top >= max(_DENSE_MIN, _DENSE_SPREAD * len(self.slot_accounts)):
             return None
-        grown = np.zeros(max(top + 1, 2 * len(dense)), np.int32)
+        grown = np.full(max(top + 1, 2 * len(dense)), MISSING, I64)
         keys, vals = self.accounts.items()
         small = keys < len(grown)
-        grown[keys[small]] = vals[small] + 1
+        grown[keys[small]] = vals[small]
         self.dense_slots = grown
         return grown
 
     def slot_of(self, account: int) -> int:
         if account < len(self.dense_slots):
-            return int(self.dense_slots[account]) - 1
+            return int(self.dense_slots[account])
         return self.accounts.get1(account)
 
     def total_row(self, slot: int, table: int) -> int:
@@ -138,9 +216,24 @@ class Tables:
             found[missing] = index.get(keys[missing])
         return found
 
-    def total_rows(self, slots: Array, tables: Array, mids: Array, level_of_mid: Array) -> Array:
-        keys = slots.astype(U64) << _S32 | tables.astype(U64)
-        return self._rows_for(self.totals, keys, lambda at: level_of_mid[mids[at]])
+    def total_rows(
+        self,
+        slots: Array,
+        tables: Array,
+        mids: Array,
+        level_of_mid: Array,
+        current: dict[int, int] | None = None,
+    ) -> Array:
+        """The total row of each event, made where missing; ``current`` as ``RowCache.get``."""
+        found = self.cache.get(mids, tables, slots, current)
+        missing = found < 0
+        if missing.any():
+            at = np.flatnonzero(missing)
+            keys = slots[at].astype(U64) << _S32 | tables[at].astype(U64)
+            rows = self._rows_for(self.totals, keys, lambda k: level_of_mid[mids[at[k]]])
+            found[at] = rows
+            self.cache.put(mids[at], tables[at], slots[at], rows)
+        return found
 
     def cell_rows_for(self, totals: Array, cells: Array) -> Array:
         keys = totals.astype(U64) << _S16 | cells.astype(U64)

@@ -131,11 +131,12 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     n = g.n
     mids = g.col("mid")
     stamps = g.col("ts")
-    present = np.flatnonzero(np.bincount(mids)).tolist()
+    present = sorted(g.mids)  # every instance the parts' code tables name (a superset)
     insts = [state.instances[mid] for mid in present]
     table_of = np.full(present[-1] + 1, -1, I64)  # by mid, when each has one table
     level_of = np.full(present[-1] + 1, INT64_MAX, I64)  # a new row's first level, by mid
     tables: Array | None = None
+    current: dict[int, int] | None = None
     for inst in insts:
         level_of[inst.mid] = inst.first_level(None)
         if g.stamp is not None:
@@ -144,9 +145,12 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
         if tables is None:
             tables = np.empty(n, I64)
         mine = mids == inst.mid if len(insts) > 1 else slice(None)
+        if len(insts) > 1 and not mine.any():  # type: ignore[union-attr]
+            continue
         tables[mine] = _tables_of(state, inst, stamps[mine])
     if tables is None:
         tables = table_of[mids]
+        current = {mid: int(table_of[mid]) for mid in present if table_of[mid] >= 0}
     counted = tables >= 0
     if counted.all():
         ev = _Events(g, None, first)
@@ -158,7 +162,9 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
         tables = tables[positions]
     ev.tables = tables
     tabs = state.tables
-    ev.rows = tabs.total_rows(tabs.slots(ev.account), tables, ev.mid, level_of)
+    if current is not None and len(current) < len(present):
+        current = None  # some events expired on arrival: their instance has no table
+    ev.rows = tabs.total_rows(tabs.slots(ev.account), tables, ev.mid, level_of, current)
     unique: Array | None = None
     if any(i.unique for i in insts):
         unique = np.isin(ev.mid, [i.mid for i in insts if i.unique])
@@ -652,6 +658,7 @@ def _maybe_compact_rows(state: PartitionState) -> None:
     _, cell_rows = tabs.cells.items()
     live = np.sort(np.concatenate([total_rows, cell_rows]))
     mapping = tabs.rows.compact(live)
+    tabs.cache.clear()
     tabs.totals.remap_values(mapping)
     if len(tabs.cells):
         ckeys, cvals = tabs.cells.items()

@@ -31,7 +31,7 @@ NAMES = ("mid", "account", "ts", "value", "op", "cell", "props", "id_start", "id
 class Gathered:
     """The stored events of one entry: ``cols`` by name (optional ones None when unused)."""
 
-    __slots__ = ("cols", "hashes", "id_data", "n", "stamp")
+    __slots__ = ("cols", "hashes", "id_data", "mids", "n", "stamp")
 
     def __init__(
         self,
@@ -44,6 +44,7 @@ class Gathered:
         self.id_data = id_data
         self.hashes = hashes  # uint64 keys of the stored ids, in event order
         self.stamp = stamp  # every event's timestamp, when they all have the entry's stamp
+        self.mids: set[int] = set()  # the instances the parts' code tables name
         mids = cols["mid"]
         assert mids is not None
         self.n = len(mids)
@@ -60,6 +61,7 @@ def _part(
     live: dict[str, Instance],
     props: PropsTable,
     cells: CellTable,
+    mids_named: set[int],
 ) -> tuple[dict[str, Array | None], bytes | None]:
     b = part.batch
     n = len(b)
@@ -69,7 +71,8 @@ def _part(
         return column if keep is None else column[keep]
 
     insts = [live.get(code) for code in b.metric_codes]
-    mid_of_code = np.array([-1 if i is None else i.mid for i in insts], I32)
+    mids_named.update(i.mid for i in insts if i is not None)
+    mid_of_code = np.array([-1 if i is None else i.mid for i in insts], I64)
     mids = pick(mid_of_code[b.metric_index])
     assert not len(mids) or int(mids.min()) >= 0, "a stored event for a metric not known"
     cols: dict[str, Array | None] = dict.fromkeys(NAMES)
@@ -117,12 +120,15 @@ def _pick_or_none(column: Array | None, keep: Array | None) -> Array | None:
 def gather(
     entry: BatchEntry, live: dict[str, Instance], props: PropsTable, cells: CellTable
 ) -> Gathered:
-    parts = [_part(p, entry.stamp_us, live, props, cells) for p in entry.parts]
+    named: set[int] = set()
+    parts = [_part(p, entry.stamp_us, live, props, cells, named) for p in entry.parts]
     hashes = [p.id_hashes for p in entry.parts if p.id_hashes is not None and len(p.id_hashes)]
     all_hashes = None if not hashes else hashes[0] if len(hashes) == 1 else np.concatenate(hashes)
     stamp = entry.stamp_us if all(p.batch.timestamps is None for p in entry.parts) else None
     if len(parts) == 1:
-        return Gathered(parts[0][0], parts[0][1], all_hashes, stamp)
+        single = Gathered(parts[0][0], parts[0][1], all_hashes, stamp)
+        single.mids = named
+        return single
     cols: dict[str, Array | None] = {}
     lengths = [len(p[0]["mid"]) for p in parts]  # type: ignore[arg-type]
     id_base = 0
@@ -145,4 +151,6 @@ def gather(
             filled.append(column)
             del part_cols
         cols[name] = np.concatenate(filled)
-    return Gathered(cols, b"".join(id_bufs) if id_bufs else None, all_hashes, stamp)
+    gathered = Gathered(cols, b"".join(id_bufs) if id_bufs else None, all_hashes, stamp)
+    gathered.mids = named
+    return gathered

@@ -63,11 +63,13 @@ def exact_sum(values: Array) -> int:
 
 
 class RowStore:
-    __slots__ = ("big_sums", "cols", "fired", "has_cells", "since_settle", "size")
+    __slots__ = ("big_sums", "cols", "fired", "has_cells", "newest_ts", "since_settle", "size")
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = 0
         self.since_settle = 0
+        # No row's latest event is newer than this (a bound, not written: recomputed on load).
+        self.newest_ts = INT64_MIN
         self.cols: dict[str, Array] = {
             name: np.full(capacity, _FILL[name], I64) for name in COLUMNS
         }
@@ -121,18 +123,30 @@ class RowStore:
         cols = self.cols
         if counts:
             np.add.at(cols["count"], rows, 1)
-        np.add.at(cols["sum_lo"], rows, values & _LOW32)
-        high = values >> _SHIFT32
-        if high.any():
-            np.add.at(cols["sum_hi"], rows, high)
+        if int(values.min()) >= 0 and int(values.max()) <= _LOW32:
+            np.add.at(cols["sum_lo"], rows, values)  # every value is its own low limb
+        else:
+            np.add.at(cols["sum_lo"], rows, values & _LOW32)
+            np.add.at(cols["sum_hi"], rows, values >> _SHIFT32)
         np.maximum.at(cols["max"], rows, values)
-        if stamp is not None and not (cols["last_ts"][rows] > stamp).any():
+        if stamp is not None and (
+            stamp >= self.newest_ts or not (cols["last_ts"][rows] > stamp).any()
+        ):
             # One timestamp, never older than what the rows hold: the latest event of a row is
-            # its last one in the log, i.e. the one with the largest offset.
-            np.maximum.at(cols["last_off"], rows, offsets)
-            winners = cols["last_off"][rows] == offsets
-            cols["last_ts"][rows[winners]] = stamp
-            cols["last_val"][rows[winners]] = values[winners]
+            # its last one in the log, i.e. the one with the largest offset. Every event of a
+            # row then writes that same winner, so repeated rows in the scatter are harmless.
+            last_off = cols["last_off"]
+            np.maximum.at(last_off, rows, offsets)
+            won = last_off[rows]
+            first = int(offsets[0])
+            if int(offsets[-1]) - first == len(offsets) - 1:  # consecutive: a subtraction
+                at = won - first
+            else:  # a subset of the entry's events (still in log order)
+                at = np.searchsorted(offsets, won)
+            cols["last_val"][rows] = values[at]
+            cols["last_ts"][rows] = stamp
+            if stamp > self.newest_ts:
+                self.newest_ts = stamp
         else:
             self._latest(rows, values, stamps, offsets)
         self.since_settle += len(rows)
@@ -161,6 +175,8 @@ class RowStore:
         cols["last_ts"][targets] = ts
         cols["last_off"][targets] = offsets[winners]
         cols["last_val"][targets] = values[winners]
+        if len(ts):
+            self.newest_ts = max(self.newest_ts, int(ts.max()))
 
     def settle(self, rows: Array) -> None:
         """Carry or move sums whose limbs grew large. A limb moves by less than 2**32 per

@@ -227,6 +227,7 @@ def _load_rows(row: list[Any], blobs: memoryview) -> RowStore:
     rows.big_sums = {r: total for r, total in big_sums}
     rows.fired = {r: f for r, f in fired}
     rows.since_settle = since_settle
+    rows.newest_ts = int(rows.cols["last_ts"][:size].max()) if size else rows.newest_ts
     return rows
 
 
