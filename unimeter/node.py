@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import numpy as np
 
-from unimeter import errors, limits
+from unimeter import errors, limits, testing_switches
 from unimeter.actors.catalog import CatalogCore, CatalogState
 from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
@@ -52,6 +52,7 @@ from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import snapshot_path
 from unimeter.storage.walformat import CorruptLogError
+from unimeter.supervisor import Supervisor
 from unimeter.tracefile import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
@@ -110,8 +111,9 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Node:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, supervisor: Supervisor | None = None) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.node_id = config.node_id
         self.data_dir = Path(config.data_dir)
         self.partition_count = config.partitions
@@ -164,12 +166,16 @@ class Node:
                 self.partitions[p] = self._recover_partition(p)
                 self.checkpoints.track(self.partitions[p])
         runtimes: list[ReplicaRuntime] = [self.catalog, *self.partitions.values()]
+        supervisor = self.supervisor
         for runtime in runtimes:
+            runtime.on_crash = supervisor.crash
             runtime.prime()
         for runtime in runtimes:
             self._tasks.append(asyncio.create_task(runtime.run(), name=runtime.name))
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
-        self.peers.start(self.leadership)
+        for task in self._tasks:
+            supervisor.watch(task)
+        self.peers.start(self.leadership, supervisor.watch)
         self._publish_catalog_locally()
         # HTTP first: once the binary port accepts, everything serves (the HTTP API's start,
         # an import of aiohttp, takes a third of a second; a client that connected during it
@@ -362,7 +368,11 @@ class Node:
 
     async def _watch_disk(self) -> None:
         loop = asyncio.get_running_loop()
+        rounds = 0
         while True:
+            rounds += 1
+            if testing_switches.PLANTED_FAULT == "disk-watch-task" and rounds == 2:
+                raise testing_switches.PlantedFault("planted fault in the disk-watch task")
             ok = await loop.run_in_executor(None, self.disk.check)
             if ok != self.disk_ok:
                 log.warning(
@@ -681,9 +691,11 @@ def tune_gc(*, recovered: bool) -> None:
 
 async def serve(config: NodeConfig) -> None:
     tune_gc(recovered=False)
-    node = Node(config)
-    stop = asyncio.Event()
+    supervisor = Supervisor()
     loop = asyncio.get_running_loop()
+    supervisor.install(loop)
+    node = Node(config, supervisor)
+    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await node.start()

@@ -91,7 +91,7 @@ class CatalogRuntime(ReplicaRuntime):
     def _after(self, fx: Effects) -> None:
         assert isinstance(fx, CatalogEffects)
         for pub in fx.publications:
-            task = asyncio.create_task(self._publish(pub))
+            task = self.node.supervisor.watch(asyncio.create_task(self._publish(pub)))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
 

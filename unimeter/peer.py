@@ -167,11 +167,19 @@ class PeerLinks:
         if link is not None:
             link.send(send.group, send.message)
 
-    def start(self, leadership: Callable[[], list[list[int]]]) -> None:
+    def start(
+        self,
+        leadership: Callable[[], list[list[int]]],
+        watch: Callable[[asyncio.Task[None]], object] = lambda task: task,
+    ) -> None:
+        """Start every link and the gossip; ``watch`` supervises each task (a crash of one
+        stops the node: unimeter/supervisor.py)."""
         for link in self.links.values():
             self._tasks.append(asyncio.create_task(link.run(), name=f"peer-{link.peer_id}"))
         if self.links:
             self._tasks.append(asyncio.create_task(self._gossip(leadership), name="gossip"))
+        for task in self._tasks:
+            watch(task)
 
     async def _gossip(self, leadership: Callable[[], list[list[int]]]) -> None:
         while True:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import cbor2
 
-from unimeter import errors
+from unimeter import errors, testing_switches
 from unimeter.actors.effects import Effects, Outgoing, Send
 from unimeter.actors.mailbox import Mailbox, MailboxClosed
 from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
@@ -41,6 +41,7 @@ from unimeter.storage.wal import (
     segment_bytes_max_default,
 )
 from unimeter.storage.walformat import CorruptLogError
+from unimeter.supervisor import EXIT_CRASHED, EXIT_STORAGE_FAILED
 from unimeter.wire import messages as m
 
 if TYPE_CHECKING:
@@ -177,6 +178,9 @@ class ReplicaRuntime:
         self.fsync_seconds = Histogram(FSYNC_BUCKETS_S)
         self.leader_changes = 0
         self._seen_leader: int | None = None
+        # Set by the node to ``Supervisor.crash`` (ends the process). Unset (in-process tests),
+        # a crash raises SystemExit out of the loop instead.
+        self.on_crash: Callable[[str, BaseException, int], None] | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -209,6 +213,8 @@ class ReplicaRuntime:
         clock = self._clock
         tracer = self.tracer
         try:
+            if testing_switches.PLANTED_FAULT:
+                self._planted_fault(batch)
             if tracer is None:
                 for msg in batch:
                     self._execute(core.step(msg, clock()))
@@ -221,6 +227,10 @@ class ReplicaRuntime:
                     self._execute(fx)
         except (DiskFullError, LogFailedError, OSError) as exc:
             self._fail_stop(exc)
+        except Exception as exc:
+            # A bug: the core may be half-way through a change. Nothing it does from here on
+            # can be trusted, and a dead actor would hang its clients: stop the node.
+            self._crash(exc, EXIT_CRASHED, "step_failed")
         self.steps += len(batch)
         if core.raft.leader_id != self._seen_leader:
             self._seen_leader = core.raft.leader_id
@@ -259,16 +269,27 @@ class ReplicaRuntime:
     def _after(self, fx: Effects) -> None:
         """Hook for effects beyond the common ones."""
 
-    def _fail_stop(self, exc: Exception) -> NoReturn:
+    def _planted_fault(self, batch: list[Any]) -> None:
+        if (
+            testing_switches.PLANTED_FAULT == "partition-step"
+            and self.name != "catalog"
+            and any(type(msg).__name__ == "ClientRequest" for msg in batch)
+        ):
+            raise testing_switches.PlantedFault(f"planted fault in {self.name}'s step")
+
+    def _fail_stop(self, exc: BaseException) -> NoReturn:
         """A write the core already counts on failed (a term or vote, a leader's snapshot, a
         log truncation -- log appends have their own retry): acting on it undurable would break
         Raft's promises and leaving the actor dead would hang its requests, so the node stops;
         a restart recovers from what is on disk."""
-        log.critical(
-            "actor=%s event=storage_failed error=%r action=stopping_node", self.name, str(exc)
-        )
+        self._crash(exc, EXIT_STORAGE_FAILED, "storage failed")
+
+    def _crash(self, exc: BaseException, status: int, what: str) -> NoReturn:
         self.mailbox.close()
-        raise SystemExit(f"{self.name}: storage failed: {exc}") from exc
+        if self.on_crash is not None:
+            self.on_crash(f"actor:{self.name}", exc, status)
+        log.critical("actor=%s event=crashed error=%r", self.name, exc, exc_info=exc)
+        raise SystemExit(f"{self.name}: {what}: {exc}") from exc
 
     # ------------------------------------------------------------------ log writes
 
@@ -352,11 +373,11 @@ class ReplicaRuntime:
                 self._sync_wanted = max(self._sync_wanted, number)
                 asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
                 return
-            log.critical("actor=%s event=fsync_failed error=%r", self.name, error)
-            self.mailbox.close()
-            raise SystemExit(f"fsync failed in {self.name}: {error}")
+            self._fail_stop(error)
         if self.mailbox.closed:
             return
+        if testing_switches.PLANTED_FAULT == "fsync-callback":
+            raise testing_switches.PlantedFault(f"planted fault in {self.name}'s fsync callback")
         # Step the core here rather than through the mailbox: this callback already runs on
         # the loop thread between steps, so the core still sees one message at a time. Ends
         # by starting the next sync if appends arrived meanwhile (``_step_all``).
