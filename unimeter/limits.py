@@ -36,6 +36,12 @@ list_page_alerts_max = 1000
 group_by_keys_max = dimensions_per_metric_max
 in_flight_requests_per_connection_max = 4096
 alert_subscriptions_per_connection_max = 4096  # live or being set up, over all partitions
+# Decode-time bounds (unimeter/wire/cborscan.py), checked on every frame before it is decoded:
+# an item may weigh at most base + per_byte * its size (a list, map or tag weighs 4, any other
+# item 1), so no frame within frame_bytes_max costs more than a small multiple of its size.
+cbor_items_base_count = 256
+cbor_items_per_byte_max = 1
+cbor_depth_max = 16  # the deepest protocol item nests 7 containers
 
 # --- server ---
 mailbox_partition_capacity = 1024
@@ -76,5 +82,6 @@ retry_backoff_s_max = 1.0
 alert_queue_max_default = 10_000  # alerts a subscription holds for a consumer that lags
 
 assert frame_bytes_max >= events_per_batch_max * 64
+assert cbor_depth_max >= 8 and cbor_items_per_byte_max >= 1
 assert 0 < dimension_values_max < 255
 assert properties_per_event_max >= dimensions_per_metric_max

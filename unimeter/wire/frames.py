@@ -14,6 +14,10 @@ compiling regexes, resolving reference graphs or building exotic objects, and ke
 language small enough to document. Maps may only have string keys (no hash-flooding with
 crafted integer keys), indefinite-length items and duplicate keys are refused, and nesting is
 capped well above anything the protocol uses.
+
+Before any of that, every frame's payload passes ``cborscan.check_item``: a walk over the item
+headers that refuses a payload which would build more objects than a small multiple of its size
+(a decode bomb such as 4 MiB of empty maps) or nest too deep, without building any of them.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from typing import Any
 import cbor2
 
 from unimeter import errors, limits
+from unimeter.wire.cborscan import budget_for, check_item, needs_check
 
 PREFIX_BYTES = 4
 PAYLOAD_BYTES_LIMIT = 2**32 - 1  # what a u32 prefix can express
-NESTING_DEPTH_MAX = 16  # the deepest protocol item nests 7 containers
+NESTING_DEPTH_MAX = limits.cbor_depth_max
 
 # Tags cbor2 would otherwise interpret itself (found by probing cbor2 6.x). Mapping each to a
 # plain CBORTag turns the interpretation off; a tag added by a later cbor2 is harmless anyway,
@@ -140,6 +145,8 @@ class FrameDecoder:
         del self._buffer[:end]
         self._payload_bytes = None
         try:
+            if needs_check(len(payload)):
+                check_item(payload, items_max=budget_for(len(payload)))
             return decode_item(payload)
         except ValueError as exc:
             self.fail(f"frame payload: {exc}")
