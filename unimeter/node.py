@@ -12,11 +12,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import os
 import random
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -157,6 +159,8 @@ class Node:
 
     async def start(self) -> None:
         started = time.monotonic()
+        # Bind before recovery: a taken port fails in milliseconds, not after loading the data.
+        listener = bind_listener(*self.config.host_port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_cluster_identity()
         self.disk = DiskSpaceWatch(str(self.data_dir), self.config.disk_reserve_bytes)
@@ -183,9 +187,7 @@ class Node:
         http = await self._start_http()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True
-        )
+        self._server = await loop.create_server(lambda: ClientConnection(self), sock=listener)
         self.serving = True
         recovery_s = time.monotonic() - started
         self.stats.recovery_seconds["node"] = recovery_s
@@ -537,6 +539,30 @@ class Node:
         log.info("event=stopped")
 
 
+class ListenError(Exception):
+    """The node cannot listen on its address (taken, or not this machine's)."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for ``host:port``, or ``ListenError`` saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(1024)
+    except OSError as exc:
+        sock.close()
+        reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.setblocking(False)
+    return sock
+
+
 def parse_peers(text: str) -> dict[int, str]:
     """``"1=127.0.0.1:7001,2=127.0.0.1:7002"`` to ``{1: "127.0.0.1:7001", ...}``."""
     out: dict[int, str] = {}
@@ -715,6 +741,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             asyncio.run(serve(config))
         else:
             uvloop.run(serve(config))
+    except ListenError as exc:
+        log.critical("event=listen_failed reason=%r action=exiting", str(exc))
+        print(f"unimeter.node: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     except CorruptLogError as exc:
         # Nothing was modified; docs/operations.md says what to do.
         log.critical(
