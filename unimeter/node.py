@@ -49,6 +49,7 @@ from unimeter.server.logs import configure_logging
 from unimeter.state.hashing import partitions_of
 from unimeter.state.partition_state import PartitionState
 from unimeter.state.snapshot import SnapshotFormatError
+from unimeter.storage.backup import RemovalGuard
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
@@ -171,8 +172,10 @@ class Node:
                 self.checkpoints.track(self.partitions[p])
         runtimes: list[ReplicaRuntime] = [self.catalog, *self.partitions.values()]
         supervisor = self.supervisor
+        guard = RemovalGuard(self.data_dir)
         for runtime in runtimes:
             runtime.on_crash = supervisor.crash
+            runtime.removal_guard = guard
             runtime.prime()
         for runtime in runtimes:
             self._tasks.append(asyncio.create_task(runtime.run(), name=runtime.name))

@@ -71,7 +71,7 @@ class PartitionRuntime(ReplicaRuntime):
         core.raft.compact(index)
         older = [i for i in snapshot_indexes(self.directory) if i < index]
         if older:  # the older snapshot is the fallback: the WAL must reach back to it
-            self.wal.compact_before(max(older) + 1)
+            self.compact_before(max(older) + 1)
         log.info(
             "event=snapshot actor=%s index=%d elapsed_s=%.3f",
             self.name,

@@ -32,6 +32,7 @@ from unimeter.actors.mailbox import Mailbox, MailboxClosed
 from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
 from unimeter.consensus.messages import HardState, LogEntry, Snapshot, SnapshotMeta
 from unimeter.observe import FSYNC_BUCKETS_S, Histogram
+from unimeter.storage.backup import RemovalGuard
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
 from unimeter.storage.wal import (
@@ -337,7 +338,24 @@ class ReplicaRuntime:
 
     def _write_snapshot(self, index: int, term: int, data: bytes) -> None:
         blob = cbor2.dumps([term, list(self.core.members), data])
-        write_snapshot(self.directory, index, blob)
+        with self.removals() as allowed:
+            write_snapshot(self.directory, index, blob, prune=allowed)
+
+    # Set by the node: deletions (compaction, snapshot pruning) wait while a backup copies.
+    removal_guard: RemovalGuard | None = None
+
+    def removals(self) -> contextlib.AbstractContextManager[bool]:
+        """``with runtime.removals() as allowed``: may files be deleted now?"""
+        if self.removal_guard is None:
+            return contextlib.nullcontext(True)
+        return self.removal_guard.removals()
+
+    def compact_before(self, index: int) -> None:
+        """Drop the log's whole segments before ``index`` -- unless a backup is copying
+        (the next snapshot's compaction then drops them)."""
+        with self.removals() as allowed:
+            if allowed:
+                self.wal.compact_before(index)
 
     # ------------------------------------------------------------------ group commit
 
