@@ -547,7 +547,8 @@ class ListenError(Exception):
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
-    """A bound, listening TCP socket for ``host:port``, or ``ListenError`` saying why not."""
+    """A TCP socket bound to ``host:port`` (``create_server`` makes it listen once the node
+    serves), or ``ListenError`` saying why not."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, kind, proto, _, address = infos[0]
@@ -556,8 +557,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
         raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
-        sock.listen(1024)
+        sock.bind(address)  # not listen(): connections are refused until the node serves
     except OSError as exc:
         sock.close()
         reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror
