@@ -38,6 +38,14 @@ def free_port_run(count: int) -> int:
     raise AssertionError("no run of free ports found")
 
 
+def accepts(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
 class Launcher:
     def __init__(self, tmp_path: Path, *args: str) -> None:
         self.out_path = tmp_path / "launcher.out"
@@ -70,7 +78,7 @@ class Launcher:
         self.wait_for("cluster of 3 nodes")
         deadline = time.monotonic() + WAIT_S
         for i in range(3):
-            while port_is_free(self.base + i):
+            while not accepts(self.base + i):
                 assert time.monotonic() < deadline, f"node {i + 1} never listened"
                 assert self.proc.poll() is None, f"launcher exited:\n{self.output()}"
                 time.sleep(0.05)

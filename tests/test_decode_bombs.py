@@ -90,9 +90,13 @@ def measure(frame: bytes) -> tuple[int, float, str]:
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    started = time.perf_counter()
-    run()
-    return peak, time.perf_counter() - started, outcome
+    # The best of three: a bomb is slow every time, a busy machine only now and then.
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - started)
+    return peak, best, outcome
 
 
 def assert_cheap(frame: bytes, label: str) -> str:

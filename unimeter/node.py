@@ -54,6 +54,7 @@ from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import snapshot_path
+from unimeter.storage.syncthread import StorageThread
 from unimeter.storage.walformat import CorruptLogError
 from unimeter.supervisor import Supervisor
 from unimeter.tracefile import CoreSpec, TraceWriter
@@ -130,6 +131,7 @@ class Node:
         self.partitions: dict[int, PartitionRuntime] = {}
         self.catalog: CatalogRuntime | None = None
         self.catalog_mailbox: Mailbox[object] = Mailbox(limits.mailbox_catalog_capacity)
+        self.storage = StorageThread()  # every fsync of every replica, off the loop
         self.connections: set[ClientConnection] = set()
         self.peers = PeerLinks(
             self.node_id, {i: a for i, a in self.addresses.items() if i != self.node_id}
@@ -165,6 +167,7 @@ class Node:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_cluster_identity()
         self.disk = DiskSpaceWatch(str(self.data_dir), self.config.disk_reserve_bytes)
+        self.storage.start(asyncio.get_running_loop())
         self.catalog = self._recover_catalog()
         for p in range(self.partition_count):
             if self.node_id in replicas_of(p, self.members, self.replication_factor):
@@ -183,6 +186,7 @@ class Node:
         for task in self._tasks:
             supervisor.watch(task)
         self.peers.start(self.leadership, supervisor.watch)
+        await self._catch_up_catalog()
         self._publish_catalog_locally()
         # HTTP first: once the binary port accepts, everything serves (the HTTP API's start,
         # an import of aiohttp, takes a third of a second; a client that connected during it
@@ -290,8 +294,9 @@ class Node:
             now_us=created,
         )  # fmt: skip
         runtime = CatalogRuntime(
-            "catalog", core, wal, directory, self.catalog_mailbox, self.peers.send
-        )
+            "catalog", core, wal, directory, self.catalog_mailbox, self.peers.send,
+            storage=self.storage,
+        )  # fmt: skip
         self._tap(runtime, CATALOG_GROUP, self.members, None, seed, created, recovered, app)
         runtime.attach(self)
         log.info(
@@ -340,6 +345,7 @@ class Node:
             directory,
             Mailbox(limits.mailbox_partition_capacity),
             self.peers.send,
+            storage=self.storage,
         )
         self._tap(runtime, p, members, members[0], seed, created, recovered, app)
         return runtime
@@ -363,6 +369,17 @@ class Node:
             raft=self._raft_config(), rng_seed=seed, created_us=created, recovered=recovered,
             app=app, retention_days=self.config.retention_days, preferred=preferred,
         ))  # fmt: skip
+
+    async def _catch_up_catalog(self) -> None:
+        """Before serving: let the catalog re-apply the log it recovered (its commit index is
+        not saved on every change, so it learns it again from a leader, itself included), so
+        that metrics.list and metrics.get after a restart see what they saw before it. Bounded:
+        without a quorum the node serves anyway, and catches up when one forms."""
+        assert self.catalog is not None
+        target = self.catalog.wal.last_index
+        deadline = time.monotonic() + 3 * self.config.election_timeout_ms / 1000
+        while self.catalog.core.state.applied_index < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
 
     def _publish_catalog_locally(self) -> None:
         """Partitions learn the catalog recovered on this node (they may have missed it)."""
@@ -537,6 +554,7 @@ class Node:
             runtime.close()
         if self.catalog is not None:
             self.catalog.close()
+        self.storage.stop()
         if self.tracer is not None:
             self.tracer.close()
         log.info("event=stopped")

@@ -173,7 +173,7 @@ class ClusterProcesses:
         nodes: int = 3,
         *,
         partitions: int = 6,
-        election_timeout_ms: int = 400,
+        election_timeout_ms: int | None = 400,  # None: the node's default
         replication_factor: int = 3,
         http: bool = False,
     ) -> None:
@@ -190,10 +190,13 @@ class ClusterProcesses:
                     str(i + 1),
                     "--peers",
                     peers,
-                    "--election-timeout-ms",
-                    str(election_timeout_ms),
                     "--replication-factor",
                     str(replication_factor),
+                    *(
+                        ("--election-timeout-ms", str(election_timeout_ms))
+                        if election_timeout_ms is not None
+                        else ()
+                    ),
                 ),
             )
             for i, port in enumerate(ports)
