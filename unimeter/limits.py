@@ -79,9 +79,15 @@ request_timeout_s_default = 30.0
 map_refresh_s = 30.0
 retry_backoff_s_initial = 0.01
 retry_backoff_s_max = 1.0
+# After a routing failure (a lost connection, NOT_LEADER, no leader yet) the backoff stops
+# growing here: a failover ends within an election timeout, and each retry is one cheap round
+# trip (a refused connect, or a NOT_LEADER naming the new leader), so retrying every ~0.1 s
+# finds the new leader at once instead of up to a second late.
+retry_backoff_s_routing_max = 0.1
 alert_queue_max_default = 10_000  # alerts a subscription holds for a consumer that lags
 
 assert frame_bytes_max >= events_per_batch_max * 64
+assert retry_backoff_s_initial <= retry_backoff_s_routing_max <= retry_backoff_s_max
 assert cbor_depth_max >= 8 and cbor_items_per_byte_max >= 1
 assert 0 < dimension_values_max < 255
 assert properties_per_event_max >= dimensions_per_metric_max

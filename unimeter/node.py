@@ -85,7 +85,7 @@ class NodeConfig:
     log_level: str = "info"
     log_format: str = "text"  # or "json": one JSON object per line
     http: str | None = None  # HOST:PORT; None: the --listen host, port + 79; "off": none
-    election_timeout_ms: int = 1000
+    election_timeout_ms: int = 400  # a failover resumes in about 1.5-2.5x this (benchmarks.md)
     snapshot_entries: int = limits.snapshot_entries_default
     snapshot_bytes: int = limits.snapshot_bytes_default
     wal_segment_bytes: int = limits.wal_segment_bytes_default
@@ -186,7 +186,6 @@ class Node:
         for task in self._tasks:
             supervisor.watch(task)
         self.peers.start(self.leadership, supervisor.watch)
-        await self._catch_up_catalog()
         self._publish_catalog_locally()
         # HTTP first: once the binary port accepts, everything serves (the HTTP API's start,
         # an import of aiohttp, takes a third of a second; a client that connected during it
@@ -195,6 +194,9 @@ class Node:
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(lambda: ClientConnection(self), sock=listener)
+        # Peers can reach the node now (its replicas rejoin their groups); clients are told
+        # UNAVAILABLE (retriable) until the catalog has caught up.
+        await self._catch_up_catalog()
         self.serving = True
         recovery_s = time.monotonic() - started
         self.stats.recovery_seconds["node"] = recovery_s
@@ -371,10 +373,11 @@ class Node:
         ))  # fmt: skip
 
     async def _catch_up_catalog(self) -> None:
-        """Before serving: let the catalog re-apply the log it recovered (its commit index is
-        not saved on every change, so it learns it again from a leader, itself included), so
-        that metrics.list and metrics.get after a restart see what they saw before it. Bounded:
-        without a quorum the node serves anyway, and catches up when one forms."""
+        """Before serving clients: let the catalog re-apply the log it recovered (its commit
+        index is not saved on every change, so it learns it again from a leader, itself
+        included), so that metrics.list and metrics.get after a restart see what they saw
+        before it. Bounded: without a quorum the node serves anyway, and catches up when one
+        forms."""
         assert self.catalog is not None
         target = self.catalog.wal.last_index
         deadline = time.monotonic() + 3 * self.config.election_timeout_ms / 1000

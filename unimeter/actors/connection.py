@@ -207,6 +207,8 @@ class ClientConnection(asyncio.Protocol):
             self.greeted = True
             self.peer_node_id = msg.peer_node_id
             self.respond(rid, errors.Status.OK, node.welcome())
+            if msg.peer_node_id is not None:
+                node.peers.peer_dialed(msg.peer_node_id)
             return
         if not self.greeted:
             self._refuse(rid, errors.Status.INVALID_REQUEST, "the first request must be HELLO")
@@ -219,6 +221,9 @@ class ClientConnection(asyncio.Protocol):
                 "in flight on this connection",
             )
             return
+        if isinstance(msg, m.GetPartitionMap):  # answered while starting too: no state needed
+            self.respond(rid, errors.Status.OK, node.partition_map())
+            return
         if not node.serving:
             self._refuse(rid, errors.Status.UNAVAILABLE, "the node is starting or stopping")
             return
@@ -227,8 +232,6 @@ class ClientConnection(asyncio.Protocol):
         elif isinstance(msg, _CATALOG_KINDS):
             reply = Reply(self, rid, node.stats.binary(msg))
             self._send(node.catalog_mailbox, CatalogRequest(reply, msg))
-        elif isinstance(msg, m.GetPartitionMap):
-            self.respond(rid, errors.Status.OK, node.partition_map())
         elif isinstance(msg, m.ClusterStatus):
             self.respond(rid, errors.Status.OK, node.cluster_status())
         elif isinstance(msg, m.SubscribeAlerts):
