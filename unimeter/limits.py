@@ -45,7 +45,15 @@ cbor_depth_max = 16  # the deepest protocol item nests 7 containers
 
 # --- server ---
 mailbox_partition_capacity = 1024
+mailbox_partition_bytes_max = 32 * 1024 * 1024  # request frames waiting for one partition
 mailbox_catalog_capacity = 256
+mailbox_catalog_bytes_max = 4 * 1024 * 1024
+# Raft traffic from peers has a lane of its own per replica, so client load never crowds out
+# heartbeats and acknowledgements; a full lane pauses reading that peer's link (TCP flow
+# control) until the replica drains it, instead of dropping messages.
+mailbox_peer_capacity = 4096
+mailbox_peer_bytes_max = 32 * 1024 * 1024
+connections_max_default = 4096  # client connections per node (peers are not counted)
 retention_days_default = 400
 dedup_window_days_default = 35
 producer_results_cached_max = 64  # recent results kept per producer for exact retry answers
@@ -87,6 +95,7 @@ retry_backoff_s_routing_max = 0.1
 alert_queue_max_default = 10_000  # alerts a subscription holds for a consumer that lags
 
 assert frame_bytes_max >= events_per_batch_max * 64
+assert mailbox_partition_bytes_max >= frame_bytes_max and mailbox_peer_bytes_max >= frame_bytes_max
 assert retry_backoff_s_initial <= retry_backoff_s_routing_max <= retry_backoff_s_max
 assert cbor_depth_max >= 8 and cbor_items_per_byte_max >= 1
 assert 0 < dimension_values_max < 255

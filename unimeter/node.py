@@ -90,6 +90,7 @@ class NodeConfig:
     snapshot_bytes: int = limits.snapshot_bytes_default
     wal_segment_bytes: int = limits.wal_segment_bytes_default
     trace: str | None = None  # record every message delivered to every core (unimeter.trace)
+    max_connections: int = limits.connections_max_default
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -130,9 +131,12 @@ class Node:
         self.cluster_id = ""
         self.partitions: dict[int, PartitionRuntime] = {}
         self.catalog: CatalogRuntime | None = None
-        self.catalog_mailbox: Mailbox[object] = Mailbox(limits.mailbox_catalog_capacity)
+        self.catalog_mailbox: Mailbox[object] = Mailbox(
+            limits.mailbox_catalog_capacity, bytes_max=limits.mailbox_catalog_bytes_max
+        )
         self.storage = StorageThread()  # every fsync of every replica, off the loop
         self.connections: set[ClientConnection] = set()
+        self.client_connections = 0  # greeted, not peers (config.max_connections)
         self.peers = PeerLinks(
             self.node_id, {i: a for i, a in self.addresses.items() if i != self.node_id}
         )
@@ -345,7 +349,9 @@ class Node:
             core,
             wal,
             directory,
-            Mailbox(limits.mailbox_partition_capacity),
+            Mailbox(
+                limits.mailbox_partition_capacity, bytes_max=limits.mailbox_partition_bytes_max
+            ),
             self.peers.send,
             storage=self.storage,
         )
@@ -410,17 +416,21 @@ class Node:
 
     # ------------------------------------------------------------------ peers
 
-    def deliver_peer(self, group: int, message: object) -> None:
-        """A Raft message from a peer, for one of this node's replicas (dropped if full)."""
-        if group == CATALOG_GROUP:
-            mailbox: Mailbox[Any] = self.catalog_mailbox
-        else:
-            runtime = self.partitions.get(group)
-            if runtime is None:
-                return
-            mailbox = runtime.mailbox
-        with contextlib.suppress(MailboxFull, MailboxClosed):
-            mailbox.try_send(PeerMessage(message))  # type: ignore[arg-type]
+    def deliver_peer(self, group: int, message: object, nbytes: int) -> Mailbox[Any] | None:
+        """Queue a Raft message from a peer in its replica's peer lane. Returns the lane if it
+        is full (the caller stops reading that peer until it drains), else None."""
+        runtime: ReplicaRuntime | None
+        runtime = self.catalog if group == CATALOG_GROUP else self.partitions.get(group)
+        if runtime is None:
+            return None  # a group this node does not host (a stale sender)
+        lane = runtime.peer_lane
+        try:
+            lane.try_send(PeerMessage(message), nbytes)  # type: ignore[arg-type]
+        except MailboxFull:
+            return lane
+        except MailboxClosed:
+            pass  # stopping
+        return None
 
     def leadership(self) -> list[list[int]]:
         """``[partition, leader, term]`` for every hosted partition with a known leader."""
@@ -533,7 +543,7 @@ class Node:
         # Let queued work drain: every mailbox empty and every log durable.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            busy = any(len(r.mailbox) for r in self.partitions.values()) or len(
+            busy = any(len(r.mailbox) + len(r.peer_lane) for r in self.partitions.values()) or len(
                 self.catalog_mailbox
             )
             if not busy:
@@ -679,6 +689,12 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         help="record every message delivered to every core (python -m unimeter.trace replay)",
     )
     p.add_argument(
+        "--max-connections",
+        type=int,
+        default=int(_env("max-connections", str(d.max_connections))),
+        help="client connections served at once; more are refused with UNAVAILABLE",
+    )
+    p.add_argument(
         "--log-level",
         default=_env("log-level", d.log_level),
         choices=["debug", "info", "warning", "error"],
@@ -694,6 +710,8 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         p.error(f"--partitions must be 1-{limits.partitions_max}")
     if a.snapshot_entries < 0 or a.snapshot_bytes < 0:
         p.error("--snapshot-entries and --snapshot-bytes must be >= 0")
+    if a.max_connections < 1:
+        p.error("--max-connections must be >= 1")
     if a.wal_segment_bytes < limits.wal_segment_bytes_min:
         p.error(f"--wal-segment-bytes must be >= {limits.wal_segment_bytes_min}")
     try:
@@ -721,6 +739,7 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         snapshot_bytes=a.snapshot_bytes,
         wal_segment_bytes=a.wal_segment_bytes,
         trace=a.trace,
+        max_connections=a.max_connections,
     )
 
 

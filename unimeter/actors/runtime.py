@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
 
-from unimeter import errors, testing_switches
+from unimeter import errors, limits, testing_switches
 from unimeter.actors.effects import Effects, Outgoing, Send
-from unimeter.actors.mailbox import Mailbox, MailboxClosed
+from unimeter.actors.mailbox import Mailbox
 from unimeter.actors.replica_files import (
     HARD_STATE_FILE,
     encode_record,
@@ -128,6 +128,12 @@ class ReplicaRuntime:
         self.wal = wal
         self.directory = directory
         self.mailbox = mailbox
+        # Raft messages from peers: a lane of their own, drained first (see run).
+        self.peer_lane: Mailbox[Any] = Mailbox(
+            limits.mailbox_peer_capacity, bytes_max=limits.mailbox_peer_bytes_max
+        )
+        self._mail = asyncio.Event()
+        mailbox.notify = self.peer_lane.notify = self._mail.set
         self._send_peer = send_peer
         self._clock = clock
         self._saved_hs = core.raft.status().term, core.raft.status().vote
@@ -171,15 +177,18 @@ class ReplicaRuntime:
         self._step_all([RaftTick()])
 
     async def run(self) -> None:
-        mailbox = self.mailbox
-        try:
-            while True:
-                await mailbox.wait()
-                batch = mailbox.drain()
-                if batch:
-                    self._step_all(batch)
-        except MailboxClosed:
-            pass
+        """Step everything queued in both lanes, peers' first: a heartbeat or a vote is never
+        queued behind client requests (which would delay it and could cost an election)."""
+        mailbox, lane, mail = self.mailbox, self.peer_lane, self._mail
+        while not mailbox.closed:
+            if not len(mailbox) and not len(lane):
+                mail.clear()
+                await mail.wait()
+                continue
+            batch = lane.drain()
+            if len(mailbox):
+                batch += mailbox.drain()
+            self._step_all(batch)
 
     def _step_all(self, batch: list[Any]) -> None:
         core = self.core
@@ -454,6 +463,7 @@ class ReplicaRuntime:
         if self._timer is not None:
             self._timer.cancel()
         self.mailbox.close()
+        self.peer_lane.close()
         if self._own_storage:
             self.storage.stop()
         if self._last_hs is not None:

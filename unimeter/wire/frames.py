@@ -96,7 +96,7 @@ def encode_frame(item: object) -> bytes:
 class FrameDecoder:
     """Buffers bytes and yields one decoded CBOR item per complete frame."""
 
-    __slots__ = ("_buffer", "_error", "_payload_bytes", "frame_bytes_max")
+    __slots__ = ("_buffer", "_error", "_payload_bytes", "frame_bytes_max", "last_payload_bytes")
 
     def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
         assert 0 < frame_bytes_max <= PAYLOAD_BYTES_LIMIT
@@ -104,6 +104,7 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._payload_bytes: int | None = None  # vetted length of the frame being received
         self._error: str | None = None
+        self.last_payload_bytes = 0  # the size of the frame ``next_item`` returned last
 
     @property
     def buffered_bytes(self) -> int:
@@ -144,6 +145,7 @@ class FrameDecoder:
         payload = bytes(memoryview(self._buffer)[PREFIX_BYTES:end])
         del self._buffer[:end]
         self._payload_bytes = None
+        self.last_payload_bytes = len(payload)
         try:
             if needs_check(len(payload)):
                 check_item(payload, items_max=budget_for(len(payload)))
