@@ -209,6 +209,7 @@ class ReplicaRuntime:
                     self._execute(fx)
         except (DiskFullError, LogFailedError, OSError) as exc:
             self._fail_stop(exc)
+            return
         except Exception as exc:
             # A bug: the core may be half-way through a change. Nothing it does from here on
             # can be trusted, and a dead actor would hang its clients: stop the node.
