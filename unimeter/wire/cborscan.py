@@ -7,14 +7,20 @@ item -- major type and length, no object made, byte and text strings skipped in 
 and refuses it (``ValueError``) if it would build more than ``items_max`` weighted items or nest
 deeper than ``depth_max``.
 
-Weights follow what an item costs once decoded in CPython, about one unit per 8 bytes of
-memory: every item weighs 1 (its pointer in the parent), an array, map or tag 1 +
-``CONTAINER_WEIGHT`` (a list, dict or CBORTag object of 56-64 bytes), and a map pair
-``PAIR_WEIGHT`` more (a dict holding one pair takes 184 bytes). Callers pass a budget
-proportional to the data's length (``budget_for``: one unit per byte), so the memory a checked
-item costs is a small multiple of its size whatever its shape: padding a bomb of empty lists or
-maps to pass the budget leaves about 8-15 bytes of memory per byte, and the worst shape left is
-short strings (a 3-byte "ab" is a 59-byte object and pointer, as for a legitimate client).
+Weights follow what an item costs once decoded in CPython, in units of about 8 bytes of memory.
+Every item weighs 1 (its pointer in the parent). A byte or text string of two or more bytes
+weighs ``STRING_WEIGHT`` more (a str or bytes object of about 50 bytes; shorter ones are
+shared), an array ``ARRAY_WEIGHT`` more (a list, 56 bytes), a map ``MAP_WEIGHT`` more plus
+``PAIR_WEIGHT`` per pair (a dict of one pair takes 184 bytes), a tag ``TAG_WEIGHT`` more (a
+CBORTag, and for most tags a Python call while decoding, worth dozens of plain items in time;
+real frames carry a handful). Integers, floats and simple values weigh only their pointer:
+small ints are shared, and a bigger one or a float costs at most 12x its 3+ bytes.
+
+Callers pass a budget proportional to the data's length (``budget_for``): 3 units per byte for
+requests and peer frames, so one that passes costs at most about 24 bytes of memory per byte
+of CBOR whatever its shape (a bomb of empty maps or lists padded until it passes stays there),
+while real ones weigh up to 2.2 units per byte; 4 for replies, where a breakdown of many
+one-character cells weighs 3.3 (tests/test_decode_bombs.py checks both).
 
 The scan also refuses what the decoders refuse anyway (indefinite lengths, reserved additional
 information, truncation, trailing bytes), so whatever it passes is one well-formed item as far
@@ -26,19 +32,22 @@ from __future__ import annotations
 
 from unimeter import limits
 
-CONTAINER_WEIGHT = 7
-PAIR_WEIGHT = 3
+ARRAY_WEIGHT = 7
+MAP_WEIGHT = 8
+PAIR_WEIGHT = 5
+TAG_WEIGHT = 32  # tags the decoder passes through cost a Python call each: weigh the time
+STRING_WEIGHT = 6
 
 
-def budget_for(data_bytes: int) -> int:
+def budget_for(data_bytes: int, per_byte: int = limits.cbor_items_per_byte_max) -> int:
     """The weighted item budget of an item of ``data_bytes`` bytes (limits.py)."""
-    return limits.cbor_items_base_count + data_bytes * limits.cbor_items_per_byte_max
+    return limits.cbor_items_base_count + data_bytes * per_byte
 
 
 def needs_check(data_bytes: int) -> bool:
-    """False when no item of this size can exceed ``budget_for`` it (a byte weighs at most
-    1 + CONTAINER_WEIGHT): small frames such as queries skip the walk."""
-    return data_bytes * (1 + CONTAINER_WEIGHT) > budget_for(data_bytes)
+    """False for items so small that whatever they hold costs a constant (well under 100 KB
+    and a millisecond): frames such as queries skip the walk."""
+    return data_bytes > limits.cbor_check_bytes_min
 
 
 def check_item(
@@ -61,8 +70,7 @@ def check_item(
     end = len(data)
     pos = 0
     weight = 1
-    extra = CONTAINER_WEIGHT
-    pair = PAIR_WEIGHT + 2
+    array, pair, string, tag = ARRAY_WEIGHT, PAIR_WEIGHT + 2, STRING_WEIGHT, TAG_WEIGHT + 1
     remaining = 1  # items still to read in the innermost open container (the top level: 1)
     outer: list[int] = []  # ``remaining`` of each enclosing container
     try:
@@ -90,13 +98,15 @@ def check_item(
             if initial < 0x80:  # integers; byte and text strings are skipped whole
                 if initial >= 0x40:
                     pos += arg
+                    if arg > 1:  # (CPython shares the empty and one-character ones)
+                        weight += string  # (checked at the next container and at the end)
             elif initial < 0xC0:  # array or map
                 if initial < 0xA0:
                     count = arg
-                    weight += extra + arg
+                    weight += array + arg
                 else:
                     count = 2 * arg
-                    weight += extra + pair * arg
+                    weight += MAP_WEIGHT + pair * arg
                 if weight > items_max or count > end - pos:
                     raise _too_many(items_max, count, end - pos)
                 if count:
@@ -106,7 +116,7 @@ def check_item(
                     remaining = count
                     continue
             elif initial < 0xE0:  # tag: exactly one item follows, one level deeper
-                weight += extra + 1
+                weight += tag
                 if weight > items_max:
                     raise _too_many(items_max, 0, 0)
                 if len(outer) >= depth_max:

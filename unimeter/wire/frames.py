@@ -96,11 +96,24 @@ def encode_frame(item: object) -> bytes:
 class FrameDecoder:
     """Buffers bytes and yields one decoded CBOR item per complete frame."""
 
-    __slots__ = ("_buffer", "_error", "_payload_bytes", "frame_bytes_max", "last_payload_bytes")
+    __slots__ = (
+        "_buffer",
+        "_error",
+        "_payload_bytes",
+        "frame_bytes_max",
+        "items_per_byte_max",
+        "last_payload_bytes",
+    )
 
-    def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
+    def __init__(
+        self,
+        *,
+        frame_bytes_max: int = limits.frame_bytes_max,
+        items_per_byte_max: int = limits.cbor_items_per_byte_max,
+    ) -> None:
         assert 0 < frame_bytes_max <= PAYLOAD_BYTES_LIMIT
         self.frame_bytes_max = frame_bytes_max
+        self.items_per_byte_max = items_per_byte_max
         self._buffer = bytearray()
         self._payload_bytes: int | None = None  # vetted length of the frame being received
         self._error: str | None = None
@@ -147,8 +160,9 @@ class FrameDecoder:
         self._payload_bytes = None
         self.last_payload_bytes = len(payload)
         try:
-            if needs_check(len(payload)):
-                check_item(payload, items_max=budget_for(len(payload)))
+            size, per_byte = len(payload), self.items_per_byte_max
+            if needs_check(size):
+                check_item(payload, items_max=budget_for(size, per_byte))
             return decode_item(payload)
         except ValueError as exc:
             self.fail(f"frame payload: {exc}")
