@@ -38,10 +38,12 @@ in_flight_requests_per_connection_max = 4096
 alert_subscriptions_per_connection_max = 4096  # live or being set up, over all partitions
 # Decode-time bounds (unimeter/wire/cborscan.py), checked on every frame before it is decoded:
 # an item may weigh at most base + per_byte * its size, a unit being about 8 bytes of decoded
-# memory, so no frame within frame_bytes_max costs more than ~24x its size in memory.
+# memory, so no frame within frame_bytes_max costs more than ~32x its size in memory.
 cbor_items_base_count = 256
-cbor_items_per_byte_max = 3  # requests and peer frames (the heaviest real ones: ~2.2)
-cbor_reply_items_per_byte_max = 4  # replies, decoded by the client (a breakdown: up to ~3.3)
+# The heaviest real frames weigh ~3 units per byte (an Ingest whose events carry 16 two-letter
+# properties each; a breakdown of 4096 one-letter cells): a unit is ~8 bytes of memory, so a
+# frame that passes costs at most ~32 bytes of memory per byte, against ~72 for a bomb of maps.
+cbor_items_per_byte_max = 4
 cbor_depth_max = 16  # the deepest protocol item nests 7 containers
 cbor_check_bytes_min = 512  # smaller frames skip the walk: at worst they cost a constant
 
@@ -99,6 +101,6 @@ alert_queue_max_default = 10_000  # alerts a subscription holds for a consumer t
 assert frame_bytes_max >= events_per_batch_max * 64
 assert mailbox_partition_bytes_max >= frame_bytes_max and mailbox_peer_bytes_max >= frame_bytes_max
 assert retry_backoff_s_initial <= retry_backoff_s_routing_max <= retry_backoff_s_max
-assert cbor_depth_max >= 8 and 1 <= cbor_items_per_byte_max <= cbor_reply_items_per_byte_max
+assert cbor_depth_max >= 8 and 1 <= cbor_items_per_byte_max <= 4
 assert 0 < dimension_values_max < 255
 assert properties_per_event_max >= dimensions_per_metric_max

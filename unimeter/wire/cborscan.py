@@ -16,11 +16,11 @@ CBORTag, and for most tags a Python call while decoding, worth dozens of plain i
 real frames carry a handful). Integers, floats and simple values weigh only their pointer:
 small ints are shared, and a bigger one or a float costs at most 12x its 3+ bytes.
 
-Callers pass a budget proportional to the data's length (``budget_for``): 3 units per byte for
-requests and peer frames, so one that passes costs at most about 24 bytes of memory per byte
-of CBOR whatever its shape (a bomb of empty maps or lists padded until it passes stays there),
-while real ones weigh up to 2.2 units per byte; 4 for replies, where a breakdown of many
-one-character cells weighs 3.3 (tests/test_decode_bombs.py checks both).
+Callers pass a budget proportional to the data's length (``budget_for``: 4 units per byte), so
+an item that passes costs at most about 32 bytes of memory per byte of CBOR whatever its shape
+(a bomb of empty maps, 72 bytes per byte, must be padded by half to pass), while the heaviest
+real frames weigh about 3 units per byte: an Ingest whose events carry 16 two-letter
+properties each, a breakdown of 4096 one-letter cells (tests/test_decode_bombs.py).
 
 The scan also refuses what the decoders refuse anyway (indefinite lengths, reserved additional
 information, truncation, trailing bytes), so whatever it passes is one well-formed item as far

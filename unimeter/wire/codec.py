@@ -101,12 +101,7 @@ class ClientCodec:
 
     def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
         self.frame_bytes_max = frame_bytes_max
-        # Replies come from the node this client chose; some legitimately weigh more per byte
-        # than any request (a breakdown of many one-character cells), so their bound is looser.
-        self._decoder = FrameDecoder(
-            frame_bytes_max=frame_bytes_max,
-            items_per_byte_max=limits.cbor_reply_items_per_byte_max,
-        )
+        self._decoder = FrameDecoder(frame_bytes_max=frame_bytes_max)
         self._pending: dict[int, m.Kind] = {}
         # Ids given up on whose replies may still arrive. Bounded, oldest dropped first: a reply
         # to a dropped id then counts as unknown, which only a peer that sat on thousands of
