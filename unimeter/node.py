@@ -29,7 +29,7 @@ from unimeter.actors.catalog import CatalogCore, CatalogState
 from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
-from unimeter.actors.replicated import DiskState, PeerMessage, Recovered
+from unimeter.actors.replicated import DiskState, PeerLost, PeerMessage, Recovered
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.codec import CATALOG_GROUP
@@ -423,6 +423,15 @@ class Node:
         except MailboxClosed:
             pass  # stopping
         return None
+
+    def peer_lost(self, node_id: int) -> None:
+        """A peer's link to this node closed: replicas it leads may campaign early."""
+        runtimes: list[ReplicaRuntime] = [*self.partitions.values()]
+        if self.catalog is not None:
+            runtimes.append(self.catalog)
+        for runtime in runtimes:
+            with contextlib.suppress(MailboxClosed):
+                runtime.mailbox.post_internal(PeerLost(node_id))
 
     def leadership(self) -> list[list[int]]:
         """``[partition, leader, term]`` for every hosted partition with a known leader."""

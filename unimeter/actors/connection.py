@@ -106,6 +106,10 @@ class ClientConnection(asyncio.Protocol):
             self.counted = False
         self.transport = None
         self._peer_backlog.clear()
+        if self.peer_node_id is not None and self.node.serving:
+            # Most often the peer's process died (the kernel closed its end at once): its
+            # replicas' followers here need not wait out an election timeout to replace it.
+            self.node.peer_lost(self.peer_node_id)
         if self.feeds is not None:
             self.feeds.close_all()
 
