@@ -38,11 +38,11 @@ in_flight_requests_per_connection_max = 4096
 alert_subscriptions_per_connection_max = 4096  # live or being set up, over all partitions
 # Decode-time bounds (unimeter/wire/cborscan.py), checked on every frame before it is decoded:
 # an item may weigh at most base + per_byte * its size, a unit being about 8 bytes of decoded
-# memory, so no frame within frame_bytes_max costs more than ~32x its size in memory.
+# memory, so no frame within frame_bytes_max costs more than ~36x its size in memory.
 cbor_items_base_count = 256
 # The heaviest real frames weigh ~3 units per byte (an Ingest whose events carry 16 two-letter
 # properties each; a breakdown of 4096 one-letter cells): a unit is ~8 bytes of memory, so a
-# frame that passes costs at most ~32 bytes of memory per byte, against ~72 for a bomb of maps.
+# frame that passes costs at most ~36 bytes of memory per byte, against ~72 for a bomb of maps.
 cbor_items_per_byte_max = 4
 cbor_depth_max = 16  # the deepest protocol item nests 7 containers
 cbor_check_bytes_min = 512  # smaller frames skip the walk: at worst they cost a constant

@@ -10,17 +10,18 @@ deeper than ``depth_max``.
 Weights follow what an item costs once decoded in CPython, in units of about 8 bytes of memory.
 Every item weighs 1 (its pointer in the parent). A byte or text string of two or more bytes
 weighs ``STRING_WEIGHT`` more (a str or bytes object of about 50 bytes; shorter ones are
-shared), an array ``ARRAY_WEIGHT`` more (a list, 56 bytes), a map ``MAP_WEIGHT`` more plus
-``PAIR_WEIGHT`` per pair (a dict of one pair takes 184 bytes), a tag ``TAG_WEIGHT`` more (a
-CBORTag, and for most tags a Python call while decoding, worth dozens of plain items in time;
-real frames carry a handful). Integers, floats and simple values weigh only their pointer:
-small ints are shared, and a bigger one or a float costs at most 12x its 3+ bytes.
+shared), an array ``ARRAY_WEIGHT`` more (a list, 72 bytes with its GC header), a map ``MAP_WEIGHT`` more plus
+``PAIR_WEIGHT`` per pair and ``FILLED_MAP_WEIGHT`` once it has one (a dict of one pair takes
+184 bytes), a tag ``TAG_WEIGHT`` more (a CBORTag, and for most tags a Python call while
+decoding, worth dozens of plain items in time; real frames carry a handful), an int of 256 or
+more or a float ``NUMBER_WEIGHT`` more. Smaller ints and simple values weigh only their pointer:
+CPython shares them.
 
 Callers pass a budget proportional to the data's length (``budget_for``: 4 units per byte), so
-an item that passes costs at most about 32 bytes of memory per byte of CBOR whatever its shape
-(a bomb of empty maps, 72 bytes per byte, must be padded by half to pass), while the heaviest
-real frames weigh about 3 units per byte: an Ingest whose events carry 16 two-letter
-properties each, a breakdown of 4096 one-letter cells (tests/test_decode_bombs.py).
+an item that passes costs at most about 36 bytes of memory per byte of CBOR whatever its shape
+(measured: tests/test_decode_bombs.py; a bomb of empty maps costs 72 unchecked), while the
+heaviest real frames weigh about 3 units per byte: an Ingest whose events carry 16 two-letter
+properties each, a breakdown of 4096 one-letter cells.
 
 The scan also refuses what the decoders refuse anyway (indefinite lengths, reserved additional
 information, truncation, trailing bytes), so whatever it passes is one well-formed item as far
@@ -32,9 +33,11 @@ from __future__ import annotations
 
 from unimeter import limits
 
-ARRAY_WEIGHT = 7
+ARRAY_WEIGHT = 9  # a list: 56 bytes, a 16-byte GC header, rounding
 MAP_WEIGHT = 8
+FILLED_MAP_WEIGHT = 16  # a dict with any pair allocates its first table (184 bytes in all)
 PAIR_WEIGHT = 5
+NUMBER_WEIGHT = 3  # an int of 256 or more, or a float: an object of 24-36 bytes
 TAG_WEIGHT = 32  # tags the decoder passes through cost a Python call each: weigh the time
 STRING_WEIGHT = 6
 
@@ -71,6 +74,7 @@ def check_item(
     pos = 0
     weight = 1
     array, pair, string, tag = ARRAY_WEIGHT, PAIR_WEIGHT + 2, STRING_WEIGHT, TAG_WEIGHT + 1
+    number = NUMBER_WEIGHT
     remaining = 1  # items still to read in the innermost open container (the top level: 1)
     outer: list[int] = []  # ``remaining`` of each enclosing container
     try:
@@ -100,13 +104,15 @@ def check_item(
                     pos += arg
                     if arg > 1:  # (CPython shares the empty and one-character ones)
                         weight += string  # (checked at the next container and at the end)
+                elif info > 24:  # (ints below 256 are shared)
+                    weight += number
             elif initial < 0xC0:  # array or map
                 if initial < 0xA0:
                     count = arg
                     weight += array + arg
                 else:
                     count = 2 * arg
-                    weight += MAP_WEIGHT + pair * arg
+                    weight += MAP_WEIGHT + pair * arg + (FILLED_MAP_WEIGHT if arg else 0)
                 if weight > items_max or count > end - pos:
                     raise _too_many(items_max, count, end - pos)
                 if count:
@@ -124,7 +130,8 @@ def check_item(
                 outer.append(remaining)
                 remaining = 1
                 continue
-            # (Simple values and floats: their bytes were read as the argument.)
+            elif info > 24:  # a float (its bytes were read as the argument)
+                weight += number
             # This item is complete, and with it every container it was the last item of.
             remaining -= 1
             if remaining:
