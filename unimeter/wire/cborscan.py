@@ -10,12 +10,12 @@ deeper than ``depth_max``.
 Weights follow what an item costs once decoded in CPython, in units of about 8 bytes of memory.
 Every item weighs 1 (its pointer in the parent). A byte or text string of two or more bytes
 weighs ``STRING_WEIGHT`` more (a str or bytes object of about 50 bytes; shorter ones are
-shared), an array ``ARRAY_WEIGHT`` more (a list, 72 bytes with its GC header), a map ``MAP_WEIGHT`` more plus
-``PAIR_WEIGHT`` per pair and ``FILLED_MAP_WEIGHT`` once it has one (a dict of one pair takes
-184 bytes), a tag ``TAG_WEIGHT`` more (a CBORTag, and for most tags a Python call while
-decoding, worth dozens of plain items in time; real frames carry a handful), an int of 256 or
-more or a float ``NUMBER_WEIGHT`` more. Smaller ints and simple values weigh only their pointer:
-CPython shares them.
+shared), an array ``ARRAY_WEIGHT`` more (a list, 72 bytes with its GC header), a map
+``MAP_WEIGHT`` more plus ``PAIR_WEIGHT`` per pair and ``FILLED_MAP_WEIGHT`` once it has one (a
+dict of one pair takes 184 bytes), a tag ``TAG_WEIGHT`` more (a CBORTag, and for most tags a
+Python call while decoding, worth dozens of plain items in time; real frames carry a handful),
+an int of 256 or more or a float ``NUMBER_WEIGHT`` more. Smaller ints and simple values weigh
+only their pointer: CPython shares them.
 
 Callers pass a budget proportional to the data's length (``budget_for``: 4 units per byte), so
 an item that passes costs at most about 36 bytes of memory per byte of CBOR whatever its shape
