@@ -63,7 +63,7 @@ def sync_log(monkeypatch: pytest.MonkeyPatch) -> Iterator[SyncLog]:
 
 async def test_no_fsync_runs_on_the_loop_thread(tmp_path: Path, sync_log: SyncLog) -> None:
     directory = tmp_path / "p0"
-    replica = Replica(directory, SnapshotPolicy(entries=40, bytes=0), segment_bytes=4096)
+    replica = Replica(directory, SnapshotPolicy(entries=4, bytes=0), segment_bytes=4096)
     runtime = replica.runtime
     sync_log.recording = True  # recovery (before serving) may fsync where it likes
     try:
