@@ -21,6 +21,7 @@ from pathlib import Path
 from bench import (
     clientbench,
     cluster,
+    failover,
     httpbench,
     inprocess,
     limits,
@@ -46,6 +47,7 @@ SECTIONS: dict[str, Section] = {
     "ingest": lambda r, w, s, a: scenarios.ingest(r, w, s),
     "latency": lambda r, w, s, a: scenarios.sync_latency(r, w, s),
     "cluster": lambda r, w, s, a: cluster.cluster(r, w, s),
+    "failover": lambda r, w, s, a: failover.failover(r, w, s, kills=3 if s is QUICK else 10),
     "scaling": lambda r, w, s, a: scenarios.scaling(r, w, s),
     "queries": lambda r, w, s, a: scenarios.queries(r, w, s),
     "server-queries": lambda r, w, s, a: inprocess.server_query_figures(r, s),

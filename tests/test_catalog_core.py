@@ -159,3 +159,37 @@ def test_recovery_replays_the_log_to_the_same_catalog() -> None:
         "b",
     ]
     assert encode_catalog_entry(decode_catalog_entry(appended[0][2])) == appended[0][2]
+
+
+def test_a_retried_create_joins_the_latest_pending_create_not_a_pending_delete() -> None:
+    # Seed 777912 of the simulator: delete and re-create in flight together, then the client
+    # retries its create; the retry must get the re-create's answer, never the delete's.
+    core = make_core()
+    durable(core, request(core, m.MetricCreate(schema=API)))
+    delete = request(core, m.MetricDelete(code="api_calls"), token="delete")
+    create = request(core, m.MetricCreate(schema=API), token="create")
+    assert len(delete.appends) == 1 and len(create.appends) == 1
+    fx = request(core, m.MetricCreate(schema=API), token="retry")
+    assert fx.appends == [] and fx.replies == []
+    fx = durable(core, create)
+    answers = {r.token: r.message for pub in fx.publications for r in pub.replies}
+    assert isinstance(answers["delete"], m.Deleted)
+    assert isinstance(answers["create"], m.SchemaReply)
+    assert answers["retry"] == answers["create"]
+
+
+def test_a_retried_delete_in_flight_joins_the_pending_delete() -> None:
+    core = make_core()
+    durable(core, request(core, m.MetricCreate(schema=API)))
+    first = request(core, m.MetricDelete(code="api_calls"), token="first")
+    fx = request(core, m.MetricDelete(code="api_calls"), token="retry")
+    assert fx.appends == [] and fx.replies == []
+    fx = durable(core, first)
+    [pub] = fx.publications
+    assert [(r.token, type(r.message)) for r in pub.replies] == [
+        ("first", m.Deleted),
+        ("retry", m.Deleted),
+    ]
+    # Once applied, the code is absent: another delete is refused.
+    fx = request(core, m.MetricDelete(code="api_calls"))
+    assert fx.replies[0].status == errors.Status.NOT_FOUND

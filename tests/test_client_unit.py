@@ -571,6 +571,15 @@ def test_backoff_doubles_to_its_cap_with_jitter_in_the_upper_half() -> None:
         assert base / 2 <= backoff.next_delay() <= base
 
 
+def test_routing_failures_back_off_to_a_lower_cap() -> None:
+    # A failover ends within an election timeout: routing retries stay frequent enough to
+    # find the new leader at once, while BACKPRESSURE keeps backing off to the full cap.
+    backoff = Backoff(random.Random(3), initial=0.01, maximum=1.0, routing_maximum=0.1)
+    delays = [backoff.next_delay(routing=True) for _ in range(12)]
+    assert max(delays) <= 0.1 and min(delays[4:]) >= 0.05
+    assert backoff.next_delay() >= 0.5  # the growth went on underneath
+
+
 async def test_partial_failure_names_what_was_and_was_not_acknowledged() -> None:
     session = Session(producer_id=5)
     events = [Event(account_id=a, metric_code="m") for a in range(20)]
@@ -620,3 +629,27 @@ def test_read_your_writes_index_only_grows() -> None:
     session.note_ack(3, 20)  # an older batch acknowledged late
     assert session.min_index(3) == 50
     assert session.min_index(4) == 0
+
+
+async def test_a_not_leader_hint_is_followed_at_once_then_backoff_resumes() -> None:
+    failures = [NotLeaderError("moved", leader="n2:1"), NotLeaderError("moved", leader="n3:1")]
+    seen: list[str] = []
+
+    async def attempt() -> str:
+        if failures:
+            raise failures.pop(0)
+        return "ok"
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    backoff = Backoff(random.Random(1), initial=0.2, maximum=0.4, routing_maximum=0.2)
+    result = await retry_until(
+        attempt,
+        deadline=started + 5,
+        backoff=backoff,
+        before_retry=lambda exc: seen.append(str(exc.leader)),
+    )
+    elapsed = loop.time() - started
+    assert result == "ok" and seen == ["n2:1", "n3:1"]
+    # The first hint was followed without waiting; the second, right after, waited once.
+    assert 0.1 <= elapsed < 0.35, elapsed

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nodeproc import ClusterProcesses
+from tests.support.nodeproc import ClusterProcesses, NodeProcess
 from tests.test_bad_input import RawConnection
 from unimeter import (
     AggType,
@@ -116,6 +116,36 @@ def cluster(tmp_path: Path):  # type: ignore[no-untyped-def]
         procs.kill_all()
 
 
+async def node_status(node: NodeProcess) -> m.ClusterStatusReply:
+    """CLUSTER_STATUS answered by this very node (a client might ask another one)."""
+    conn = await RawConnection.open(node)
+    try:
+        frame = await conn.call(m.ClusterStatus())
+    finally:
+        conn.writer.close()
+    assert isinstance(frame.message, m.ClusterStatusReply), frame
+    return frame.message
+
+
+async def commit_indexes(nodes: list[NodeProcess]) -> dict[int, int]:
+    """Per partition, the highest commit index any of these nodes reports for it."""
+    out: dict[int, int] = {}
+    for node in nodes:
+        for p in (await node_status(node)).partitions:
+            out[p.partition] = max(out.get(p.partition, 0), p.commit_index)
+    return out
+
+
+async def applied_indexes(node: NodeProcess) -> dict[int, int]:
+    """Per partition, the index this node itself has applied (empty while it cannot answer)."""
+    try:
+        status = await node_status(node)
+    except (OSError, AssertionError):
+        return {}
+    assert status.node_id == int(node.extra_args[1])
+    return {p.partition: p.applied_index for p in status.partitions}
+
+
 async def test_schemas_are_cluster_wide_and_survive_a_node_loss(
     cluster: ClusterProcesses,
 ) -> None:
@@ -161,9 +191,21 @@ async def test_killing_the_busiest_leader_under_load_keeps_totals_exact(
         assert gap < 3.0, f"ingest stalled {gap:.2f}s after the leader was killed"
         await writer.settle()
         assert await totals(client) == expected_totals(writer.sent)
-        # The killed node comes back, catches up, and nothing changes.
-        await asyncio.to_thread(cluster.nodes[busiest].start)
-        await asyncio.sleep(1.0)
+        # The killed node comes back and catches up: its own replicas apply everything the
+        # survivors committed (read from the restarted node itself, not through the leaders).
+        committed = await commit_indexes([n for i, n in cluster.nodes.items() if i != busiest])
+        restarted = cluster.nodes[busiest]
+        await asyncio.to_thread(restarted.start)
+        deadline = time.monotonic() + 20.0
+        while True:
+            applied = await applied_indexes(restarted)
+            behind = {
+                p: (applied.get(p, 0), c) for p, c in committed.items() if applied.get(p, 0) < c
+            }
+            if not behind:
+                break
+            assert time.monotonic() < deadline, f"node {busiest} never caught up: {behind}"
+            await asyncio.sleep(0.05)
         assert await totals(client) == expected_totals(writer.sent)
 
 

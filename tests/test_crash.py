@@ -1,7 +1,9 @@
 """kill -9 during SYNC ingest loses nothing acknowledged and counts nothing twice.
 
 A writer task ingests SYNC batches (every event with an ``event_id``) while the test kills the
-node with SIGKILL at random moments and restarts it. The client retries what failed with the
+node with SIGKILL and restarts it. Crash points are drawn from a seed, counted in batches the
+writer has sent (not in wall-clock time), and the seed is printed, so a failure names the run
+to replay (``UNIMETER_CRASH_SEED=N``). The client retries what failed with the
 same producer sequence numbers, and after the last restart the writer re-sends every batch it
 was not sure of. The totals must equal exactly the events sent: no loss, no double count.
 
@@ -27,6 +29,8 @@ from unimeter import (
 )
 
 ITERATIONS = int(os.environ.get("UNIMETER_CRASH_ITERATIONS", "6"))
+SEED = int(os.environ.get("UNIMETER_CRASH_SEED", "0")) or random.randrange(1, 2**32)
+POINT_WAIT_S = 30.0
 ACCOUNTS = 50
 BATCH = 200
 
@@ -44,7 +48,8 @@ def batch_events(n: int) -> list[Event]:
 
 
 async def test_sigkill_during_sync_ingest_keeps_exact_totals(tmp_path: Path) -> None:
-    rng = random.Random(20261121)
+    rng = random.Random(SEED)
+    print(f"crash points from seed {SEED} (replay: UNIMETER_CRASH_SEED={SEED})")
     node = NodeProcess(tmp_path / "data", partitions=4).start()
     acked: set[int] = set()
     unsure: set[int] = set()
@@ -67,9 +72,14 @@ async def test_sigkill_during_sync_ingest_keeps_exact_totals(tmp_path: Path) -> 
 
             task = asyncio.create_task(writer())
             for _ in range(ITERATIONS):
-                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                point = sent + rng.randint(1, 8)  # killed while this batch is in flight
+                deadline = asyncio.get_running_loop().time() + POINT_WAIT_S
+                while sent < point:
+                    assert asyncio.get_running_loop().time() < deadline, (
+                        f"seed {SEED}: the writer stalled at batch {sent} (crash point {point})"
+                    )
+                    await asyncio.sleep(0.002)
                 node.kill()
-                await asyncio.sleep(rng.uniform(0.0, 0.2))
                 await asyncio.to_thread(node.start)
             await asyncio.sleep(0.3)
             stop.set()

@@ -355,3 +355,24 @@ def test_answering_a_pre_vote_changes_nothing_durable() -> None:
     core.step(RequestVote(src=3, dst=2, term=4, last_index=1, last_term=1, pre_vote=True), 1.0)
     assert drain(core) == [RequestVoteResponse(src=2, dst=3, term=3, granted=False, pre_vote=True)]
     assert (core.term, core.vote) == (3, 1)
+
+
+def test_a_follower_whose_leader_link_closed_campaigns_soon_and_drops_its_lease() -> None:
+    follower = make_core(2, term=3, log=((1, 3),))
+    follower.step(Heartbeat(src=1, dst=2, term=3, commit=1), 1.0)
+    drain(follower)
+    assert follower.next_deadline() >= 1.0 + FAST.election_timeout_s
+    follower.leader_lost(3, 1.01)  # not its leader: nothing changes
+    assert follower.next_deadline() >= 1.0 + FAST.election_timeout_s
+    follower.leader_lost(1, 1.02)
+    assert follower.next_deadline() <= 1.02 + FAST.election_timeout_s / 4
+    # Its lease is gone: it grants another follower's pre-vote at once.
+    follower.step(RequestVote(src=3, dst=2, term=4, last_index=1, last_term=3, pre_vote=True), 1.03)
+    [answer] = [m for m in drain(follower) if isinstance(m, RequestVoteResponse)]
+    assert answer.granted and answer.pre_vote
+    # A follower that still hears the leader refuses the same pre-vote (the lease holds).
+    other = make_core(3, term=3, log=((1, 3),))
+    other.step(Heartbeat(src=1, dst=3, term=3, commit=1), 1.0)
+    drain(other)
+    other.step(RequestVote(src=2, dst=3, term=4, last_index=1, last_term=3, pre_vote=True), 1.03)
+    assert not [m for m in drain(other) if isinstance(m, RequestVoteResponse) and m.granted]

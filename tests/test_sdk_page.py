@@ -3,8 +3,10 @@
 They are the examples of the SDK page this client keeps compatible with; ``tests/test_docs.py``
 checks that the page shows each of them exactly as it is run here.
 
-Each example runs against a fresh node started exactly as the README starts it (default
-address 127.0.0.1:7001, which the page's ``localhost:7001`` reaches), after a setup step that
+Each example runs against a fresh node started as the README starts it, but on a free port:
+the page's ``localhost:7001`` reaches it through ``AsyncClient`` itself, which the test swaps
+for a subclass that dials the node's real address for that one seed (so the suite passes
+while a node the README started still holds 7001). After a setup step that
 gives it what the page assumes already happened (a metric to delete, a ``user_id`` to add,
 ``events`` to send). The example's own text is not changed beyond restoring line breaks. Its
 output is compared with the numbers the page implies.
@@ -21,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.nodeproc import NodeProcess, port_is_free
+import unimeter
+from tests.support.nodeproc import NodeProcess
 
-SDK_PORT = 7001
+PAGE_SEED = "localhost:7001"
 
 CONNECT_CM = """
 from unimeter import AsyncClient
@@ -177,10 +180,18 @@ except ServerError as e:
 
 
 @pytest.fixture
-def sdk_node(tmp_path: Path) -> Iterator[NodeProcess]:
-    if not port_is_free(SDK_PORT):
-        pytest.fail(f"port {SDK_PORT} is taken; the SDK page's examples need it free")
-    proc = NodeProcess(tmp_path / "data", port=SDK_PORT, partitions=8).start()
+def sdk_node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[NodeProcess]:
+    proc = NodeProcess(tmp_path / "data", partitions=8).start()
+    real = unimeter.AsyncClient
+
+    class PageClient(real):  # type: ignore[misc, valid-type]
+        """``AsyncClient`` with the page's seed pointed at this test's node."""
+
+        def __init__(self, seeds: list[str], *args: object, **kwargs: object) -> None:
+            seeds = [proc.address if seed == PAGE_SEED else seed for seed in seeds]
+            super().__init__(seeds, *args, **kwargs)
+
+    monkeypatch.setattr(unimeter, "AsyncClient", PageClient)
     try:
         yield proc
     finally:
@@ -189,7 +200,7 @@ def sdk_node(tmp_path: Path) -> Iterator[NodeProcess]:
 
 async def run_snippets(*snippets: str, **names: object) -> str:
     """Run snippets in one namespace inside a coroutine (as in an async main), return stdout."""
-    from unimeter import AsyncClient
+    from unimeter import AsyncClient  # the fixture's PageClient
 
     namespace: dict[str, object] = {"asyncio": asyncio, "AsyncClient": AsyncClient, **names}
     out = io.StringIO()

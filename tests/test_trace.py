@@ -141,6 +141,10 @@ async def _load(address: str) -> dict[tuple[str, int], object]:
             for round_no in range(12):
                 mode = DeliveryMode.SYNC if (round_no + n) % 2 else DeliveryMode.ASYNC
                 await client.ingest(_events(round_no, n), delivery=mode)
+            # An ASYNC write is acknowledged before it commits: read it back through this
+            # client (its reads wait for its own writes) so the final read below sees it.
+            for a in ACCOUNTS:
+                await client.query(a, METRICS[0].code, current_month())
 
     await asyncio.gather(*(producer(n) for n in range(4)))
     seen: dict[tuple[str, int], object] = {}

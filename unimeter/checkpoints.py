@@ -352,7 +352,7 @@ class Checkpoints:
         if index > raft.snapshot_index:
             raft.compact(index)
         if older is not None:
-            runtime.wal.compact_before(older + 1)
+            runtime.compact_before(older + 1)
 
     def _failed(self, pending: Sequence[_Pending], now: float) -> None:
         self.failed += 1
@@ -392,7 +392,8 @@ def _publish_all(pending: Sequence[_Pending]) -> list[int | BaseException | None
                     snapshot_temp_path(job.directory, job.index).unlink(missing_ok=True)
                     outcomes.append(None)
                 else:
-                    outcomes.append(publish_snapshot(job.directory, job.index))
+                    with runtime.removals() as allowed:  # not while a backup copies
+                        outcomes.append(publish_snapshot(job.directory, job.index, prune=allowed))
             except OSError as exc:
                 snapshot_temp_path(job.directory, job.index).unlink(missing_ok=True)
                 outcomes.append(exc)

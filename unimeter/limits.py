@@ -36,10 +36,28 @@ list_page_alerts_max = 1000
 group_by_keys_max = dimensions_per_metric_max
 in_flight_requests_per_connection_max = 4096
 alert_subscriptions_per_connection_max = 4096  # live or being set up, over all partitions
+# Decode-time bounds (unimeter/wire/cborscan.py), checked on every frame before it is decoded:
+# an item may weigh at most base + per_byte * its size, a unit being about 8 bytes of decoded
+# memory, so no frame within frame_bytes_max costs more than ~36x its size in memory.
+cbor_items_base_count = 256
+# The heaviest real frames weigh ~3 units per byte (an Ingest whose events carry 16 two-letter
+# properties each; a breakdown of 4096 one-letter cells): a unit is ~8 bytes of memory, so a
+# frame that passes costs at most ~36 bytes of memory per byte, against ~72 for a bomb of maps.
+cbor_items_per_byte_max = 4
+cbor_depth_max = 16  # the deepest protocol item nests 7 containers
+cbor_check_bytes_min = 512  # smaller frames skip the walk: at worst they cost a constant
 
 # --- server ---
 mailbox_partition_capacity = 1024
+mailbox_partition_bytes_max = 32 * 1024 * 1024  # request frames waiting for one partition
 mailbox_catalog_capacity = 256
+mailbox_catalog_bytes_max = 4 * 1024 * 1024
+# Raft traffic from peers has a lane of its own per replica, so client load never crowds out
+# heartbeats and acknowledgements; a full lane pauses reading that peer's link (TCP flow
+# control) until the replica drains it, instead of dropping messages.
+mailbox_peer_capacity = 4096
+mailbox_peer_bytes_max = 32 * 1024 * 1024
+connections_max_default = 4096  # client connections per node (peers are not counted)
 retention_days_default = 400
 dedup_window_days_default = 35
 producer_results_cached_max = 64  # recent results kept per producer for exact retry answers
@@ -73,8 +91,16 @@ request_timeout_s_default = 30.0
 map_refresh_s = 30.0
 retry_backoff_s_initial = 0.01
 retry_backoff_s_max = 1.0
+# After a routing failure (a lost connection, NOT_LEADER, no leader yet) the backoff stops
+# growing here: a failover ends within an election timeout, and each retry is one cheap round
+# trip (a refused connect, or a NOT_LEADER naming the new leader), so retrying every ~0.1 s
+# finds the new leader at once instead of up to a second late.
+retry_backoff_s_routing_max = 0.1
 alert_queue_max_default = 10_000  # alerts a subscription holds for a consumer that lags
 
 assert frame_bytes_max >= events_per_batch_max * 64
+assert mailbox_partition_bytes_max >= frame_bytes_max and mailbox_peer_bytes_max >= frame_bytes_max
+assert retry_backoff_s_initial <= retry_backoff_s_routing_max <= retry_backoff_s_max
+assert cbor_depth_max >= 8 and 1 <= cbor_items_per_byte_max <= 4
 assert 0 < dimension_values_max < 255
 assert properties_per_event_max >= dimensions_per_metric_max

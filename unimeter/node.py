@@ -9,18 +9,14 @@ flight finish, syncs, snapshots and exits 0.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import gc
+import errno
 import logging
-import os
 import random
-import signal
-import sys
+import socket
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,12 +24,12 @@ from typing import TYPE_CHECKING, Any
 import cbor2
 import numpy as np
 
-from unimeter import errors, limits
+from unimeter import errors, limits, testing_switches
 from unimeter.actors.catalog import CatalogCore, CatalogState
 from unimeter.actors.connection import ClientConnection
 from unimeter.actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from unimeter.actors.partition import CatalogUpdate, PartitionCore
-from unimeter.actors.replicated import DiskState, PeerMessage, Recovered
+from unimeter.actors.replicated import DiskState, PeerLost, PeerMessage, Recovered
 from unimeter.actors.runtime import ReplicaRuntime, now_us, recover_replica
 from unimeter.checkpoints import Checkpoints, SnapshotPolicy
 from unimeter.consensus.codec import CATALOG_GROUP
@@ -43,15 +39,16 @@ from unimeter.observe import NodeStats
 from unimeter.peer import PeerLinks
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
-from unimeter.server.logs import configure_logging
 from unimeter.state.hashing import partitions_of
 from unimeter.state.partition_state import PartitionState
 from unimeter.state.snapshot import SnapshotFormatError
+from unimeter.storage.backup import RemovalGuard
 from unimeter.storage.diskspace import DiskSpaceWatch
 from unimeter.storage.forksnap import remove_stale_temps
 from unimeter.storage.fsutil import atomic_write
 from unimeter.storage.snapshot import snapshot_path
-from unimeter.storage.walformat import CorruptLogError
+from unimeter.storage.syncthread import StorageThread
+from unimeter.supervisor import Supervisor
 from unimeter.tracefile import CoreSpec, TraceWriter
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
@@ -80,11 +77,12 @@ class NodeConfig:
     log_level: str = "info"
     log_format: str = "text"  # or "json": one JSON object per line
     http: str | None = None  # HOST:PORT; None: the --listen host, port + 79; "off": none
-    election_timeout_ms: int = 1000
+    election_timeout_ms: int = 400  # a failover resumes in about 1.5-2.5x this (benchmarks.md)
     snapshot_entries: int = limits.snapshot_entries_default
     snapshot_bytes: int = limits.snapshot_bytes_default
     wal_segment_bytes: int = limits.wal_segment_bytes_default
     trace: str | None = None  # record every message delivered to every core (unimeter.trace)
+    max_connections: int = limits.connections_max_default
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -110,8 +108,9 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Node:
-    def __init__(self, config: NodeConfig) -> None:
+    def __init__(self, config: NodeConfig, supervisor: Supervisor | None = None) -> None:
         self.config = config
+        self.supervisor = supervisor or Supervisor()
         self.node_id = config.node_id
         self.data_dir = Path(config.data_dir)
         self.partition_count = config.partitions
@@ -124,8 +123,12 @@ class Node:
         self.cluster_id = ""
         self.partitions: dict[int, PartitionRuntime] = {}
         self.catalog: CatalogRuntime | None = None
-        self.catalog_mailbox: Mailbox[object] = Mailbox(limits.mailbox_catalog_capacity)
+        self.catalog_mailbox: Mailbox[object] = Mailbox(
+            limits.mailbox_catalog_capacity, bytes_max=limits.mailbox_catalog_bytes_max
+        )
+        self.storage = StorageThread()  # every fsync of every replica, off the loop
         self.connections: set[ClientConnection] = set()
+        self.client_connections = 0  # greeted, not peers (config.max_connections)
         self.peers = PeerLinks(
             self.node_id, {i: a for i, a in self.addresses.items() if i != self.node_id}
         )
@@ -155,21 +158,30 @@ class Node:
 
     async def start(self) -> None:
         started = time.monotonic()
+        # Bind before recovery: a taken port fails in milliseconds, not after loading the data.
+        listener = bind_listener(*self.config.host_port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._load_cluster_identity()
         self.disk = DiskSpaceWatch(str(self.data_dir), self.config.disk_reserve_bytes)
+        self.storage.start(asyncio.get_running_loop())
         self.catalog = self._recover_catalog()
         for p in range(self.partition_count):
             if self.node_id in replicas_of(p, self.members, self.replication_factor):
                 self.partitions[p] = self._recover_partition(p)
                 self.checkpoints.track(self.partitions[p])
         runtimes: list[ReplicaRuntime] = [self.catalog, *self.partitions.values()]
+        supervisor = self.supervisor
+        guard = RemovalGuard(self.data_dir)
         for runtime in runtimes:
+            runtime.on_crash = supervisor.crash
+            runtime.removal_guard = guard
             runtime.prime()
         for runtime in runtimes:
             self._tasks.append(asyncio.create_task(runtime.run(), name=runtime.name))
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
-        self.peers.start(self.leadership)
+        for task in self._tasks:
+            supervisor.watch(task)
+        self.peers.start(self.leadership, supervisor.watch)
         self._publish_catalog_locally()
         # HTTP first: once the binary port accepts, everything serves (the HTTP API's start,
         # an import of aiohttp, takes a third of a second; a client that connected during it
@@ -177,9 +189,10 @@ class Node:
         http = await self._start_http()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(self), host, port, reuse_address=True
-        )
+        self._server = await loop.create_server(lambda: ClientConnection(self), sock=listener)
+        # Peers can reach the node now (its replicas rejoin their groups); clients are told
+        # UNAVAILABLE (retriable) until the catalog has caught up.
+        await self._catch_up_catalog()
         self.serving = True
         recovery_s = time.monotonic() - started
         self.stats.recovery_seconds["node"] = recovery_s
@@ -279,8 +292,9 @@ class Node:
             now_us=created,
         )  # fmt: skip
         runtime = CatalogRuntime(
-            "catalog", core, wal, directory, self.catalog_mailbox, self.peers.send
-        )
+            "catalog", core, wal, directory, self.catalog_mailbox, self.peers.send,
+            storage=self.storage,
+        )  # fmt: skip
         self._tap(runtime, CATALOG_GROUP, self.members, None, seed, created, recovered, app)
         runtime.attach(self)
         log.info(
@@ -327,8 +341,11 @@ class Node:
             core,
             wal,
             directory,
-            Mailbox(limits.mailbox_partition_capacity),
+            Mailbox(
+                limits.mailbox_partition_capacity, bytes_max=limits.mailbox_partition_bytes_max
+            ),
             self.peers.send,
+            storage=self.storage,
         )
         self._tap(runtime, p, members, members[0], seed, created, recovered, app)
         return runtime
@@ -353,6 +370,18 @@ class Node:
             app=app, retention_days=self.config.retention_days, preferred=preferred,
         ))  # fmt: skip
 
+    async def _catch_up_catalog(self) -> None:
+        """Before serving clients: let the catalog re-apply the log it recovered (its commit
+        index is not saved on every change, so it learns it again from a leader, itself
+        included), so that metrics.list and metrics.get after a restart see what they saw
+        before it. Bounded: without a quorum the node serves anyway, and catches up when one
+        forms."""
+        assert self.catalog is not None
+        target = self.catalog.wal.last_index
+        deadline = time.monotonic() + 3 * self.config.election_timeout_ms / 1000
+        while self.catalog.core.state.applied_index < target and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     def _publish_catalog_locally(self) -> None:
         """Partitions learn the catalog recovered on this node (they may have missed it)."""
         assert self.catalog is not None
@@ -362,7 +391,11 @@ class Node:
 
     async def _watch_disk(self) -> None:
         loop = asyncio.get_running_loop()
+        rounds = 0
         while True:
+            rounds += 1
+            if testing_switches.PLANTED_FAULT == "disk-watch-task" and rounds == 2:
+                raise testing_switches.PlantedFault("planted fault in the disk-watch task")
             ok = await loop.run_in_executor(None, self.disk.check)
             if ok != self.disk_ok:
                 log.warning(
@@ -375,17 +408,30 @@ class Node:
 
     # ------------------------------------------------------------------ peers
 
-    def deliver_peer(self, group: int, message: object) -> None:
-        """A Raft message from a peer, for one of this node's replicas (dropped if full)."""
-        if group == CATALOG_GROUP:
-            mailbox: Mailbox[Any] = self.catalog_mailbox
-        else:
-            runtime = self.partitions.get(group)
-            if runtime is None:
-                return
-            mailbox = runtime.mailbox
-        with contextlib.suppress(MailboxFull, MailboxClosed):
-            mailbox.try_send(PeerMessage(message))  # type: ignore[arg-type]
+    def deliver_peer(self, group: int, message: object, nbytes: int) -> Mailbox[Any] | None:
+        """Queue a Raft message from a peer in its replica's peer lane. Returns the lane if it
+        is full (the caller stops reading that peer until it drains), else None."""
+        runtime: ReplicaRuntime | None
+        runtime = self.catalog if group == CATALOG_GROUP else self.partitions.get(group)
+        if runtime is None:
+            return None  # a group this node does not host (a stale sender)
+        lane = runtime.peer_lane
+        try:
+            lane.try_send(PeerMessage(message), nbytes)  # type: ignore[arg-type]
+        except MailboxFull:
+            return lane
+        except MailboxClosed:
+            pass  # stopping
+        return None
+
+    def peer_lost(self, node_id: int) -> None:
+        """A peer's link to this node closed: replicas it leads may campaign early."""
+        runtimes: list[ReplicaRuntime] = [*self.partitions.values()]
+        if self.catalog is not None:
+            runtimes.append(self.catalog)
+        for runtime in runtimes:
+            with contextlib.suppress(MailboxClosed):
+                runtime.mailbox.post_internal(PeerLost(node_id))
 
     def leadership(self) -> list[list[int]]:
         """``[partition, leader, term]`` for every hosted partition with a known leader."""
@@ -498,7 +544,7 @@ class Node:
         # Let queued work drain: every mailbox empty and every log durable.
         deadline = time.monotonic() + 2.0
         while time.monotonic() < deadline:
-            busy = any(len(r.mailbox) for r in self.partitions.values()) or len(
+            busy = any(len(r.mailbox) + len(r.peer_lane) for r in self.partitions.values()) or len(
                 self.catalog_mailbox
             )
             if not busy:
@@ -522,9 +568,34 @@ class Node:
             runtime.close()
         if self.catalog is not None:
             self.catalog.close()
+        self.storage.stop()
         if self.tracer is not None:
             self.tracer.close()
         log.info("event=stopped")
+
+
+class ListenError(Exception):
+    """The node cannot listen on its address (taken, or not this machine's)."""
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (``create_server`` makes it listen once the node
+    serves), or ``ListenError`` saying why not."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)  # not listen(): connections are refused until the node serves
+    except OSError as exc:
+        sock.close()
+        reason = "the port is taken" if exc.errno == errno.EADDRINUSE else exc.strerror
+        raise ListenError(f"cannot listen on {host}:{port}: {reason}") from None
+    sock.setblocking(False)
+    return sock
 
 
 def parse_peers(text: str) -> dict[int, str]:
@@ -539,185 +610,7 @@ def parse_peers(text: str) -> dict[int, str]:
     return out
 
 
-# ---------------------------------------------------------------------- command line
-
-
-def _env(name: str, default: str) -> str:
-    return os.environ.get("UNIMETER_" + name.upper().replace("-", "_"), default)
-
-
-def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
-    d = NodeConfig()
-    p = argparse.ArgumentParser(
-        prog="python -m unimeter.node",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--node-id", type=int, default=int(_env("node-id", str(d.node_id))))
-    p.add_argument("--listen", default=_env("listen", d.listen), help="HOST:PORT")
-    p.add_argument(
-        "--advertise",
-        default=_env("advertise", "") or None,
-        help="HOST:PORT clients should dial (default: --listen)",
-    )
-    p.add_argument("--peers", default=_env("peers", d.peers), help="ID=HOST:PORT,...")
-    p.add_argument("--data-dir", default=_env("data-dir", d.data_dir))
-    p.add_argument(
-        "--partitions",
-        type=int,
-        default=int(_env("partitions", str(d.partitions))),
-        help="fixed when the data directory is created",
-    )
-    p.add_argument(
-        "--replication-factor",
-        type=int,
-        default=int(_env("replication-factor", str(d.replication_factor))),
-    )
-    p.add_argument(
-        "--disk-reserve-bytes",
-        type=int,
-        default=int(_env("disk-reserve-bytes", str(d.disk_reserve_bytes))),
-    )
-    p.add_argument(
-        "--retention-days", type=int, default=int(_env("retention-days", str(d.retention_days)))
-    )
-    p.add_argument(
-        "--http",
-        default=_env("http", "") or None,
-        metavar="HOST:PORT|off",
-        help="the HTTP/JSON API, /health and /metrics (default: the --listen host, its port "
-        f"+ {limits.http_port_offset}: 7080 for 7001)",
-    )
-    p.add_argument(
-        "--election-timeout-ms",
-        type=int,
-        default=int(_env("election-timeout-ms", str(d.election_timeout_ms))),
-        help="Raft election timeout; leaders send heartbeats ten times as often",
-    )
-    p.add_argument(
-        "--snapshot-entries",
-        type=int,
-        default=int(_env("snapshot-entries", str(d.snapshot_entries))),
-        help="snapshot a partition after this many log entries (0: only at shutdown)",
-    )
-    p.add_argument(
-        "--snapshot-bytes",
-        type=int,
-        default=int(_env("snapshot-bytes", str(d.snapshot_bytes))),
-        help="... or after this many log bytes (0: no byte trigger)",
-    )
-    p.add_argument(
-        "--wal-segment-bytes",
-        type=int,
-        default=int(_env("wal-segment-bytes", str(d.wal_segment_bytes))),
-        help="WAL segment size; compaction deletes whole segments",
-    )
-    p.add_argument(
-        "--trace",
-        default=_env("trace", "") or None,
-        metavar="FILE",
-        help="record every message delivered to every core (python -m unimeter.trace replay)",
-    )
-    p.add_argument(
-        "--log-level",
-        default=_env("log-level", d.log_level),
-        choices=["debug", "info", "warning", "error"],
-    )
-    p.add_argument(
-        "--log-format",
-        default=_env("log-format", d.log_format),
-        choices=["text", "json"],
-        help="text: key=value lines; json: one JSON object per line",
-    )
-    a = p.parse_args(argv)
-    if not 1 <= a.partitions <= limits.partitions_max:
-        p.error(f"--partitions must be 1-{limits.partitions_max}")
-    if a.snapshot_entries < 0 or a.snapshot_bytes < 0:
-        p.error("--snapshot-entries and --snapshot-bytes must be >= 0")
-    if a.wal_segment_bytes < limits.wal_segment_bytes_min:
-        p.error(f"--wal-segment-bytes must be >= {limits.wal_segment_bytes_min}")
-    try:
-        split_address(a.listen)
-        if a.http and a.http != "off":
-            split_address(a.http)
-        parse_peers(a.peers)
-    except ValueError as exc:
-        p.error(str(exc))
-    return NodeConfig(
-        node_id=a.node_id,
-        listen=a.listen,
-        advertise=a.advertise,
-        peers=a.peers,
-        data_dir=a.data_dir,
-        partitions=a.partitions,
-        replication_factor=a.replication_factor,
-        disk_reserve_bytes=a.disk_reserve_bytes,
-        retention_days=a.retention_days,
-        log_level=a.log_level,
-        log_format=a.log_format,
-        http=a.http,
-        election_timeout_ms=a.election_timeout_ms,
-        snapshot_entries=a.snapshot_entries,
-        snapshot_bytes=a.snapshot_bytes,
-        wal_segment_bytes=a.wal_segment_bytes,
-        trace=a.trace,
-    )
-
-
-def tune_gc(*, recovered: bool) -> None:
-    """Keep the cycle collector off the hot path.
-
-    The applied state is millions of small containers that never form cycles (reference
-    counting frees them); with the default thresholds the collector walks them again and again
-    (about a tenth of ingest time in a profile, more than half of a log replay's, and full
-    collections stall the loop for as long as the heap is large). A larger first threshold,
-    set before recovery replays the log, makes collections rare; freezing what recovery loaded
-    (``recovered=True``) moves it out of the collector's sight for good.
-    """
-    gc.set_threshold(100_000, 20, 20)
-    if recovered:
-        gc.freeze()
-
-
-async def serve(config: NodeConfig) -> None:
-    tune_gc(recovered=False)
-    node = Node(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await node.start()
-    tune_gc(recovered=True)
-    await stop.wait()
-    log.info("event=stopping")
-    await node.stop()
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    config = parse_args(argv)
-    configure_logging(config.log_level, config.log_format, sys.stderr)
-    try:
-        try:
-            import uvloop
-        except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
-            asyncio.run(serve(config))
-        else:
-            uvloop.run(serve(config))
-    except CorruptLogError as exc:
-        # Nothing was modified; docs/operations.md says what to do.
-        log.critical(
-            "event=corrupt_log file=%s offset=%d reason=%r action=refusing_to_start",
-            exc.path, exc.offset, exc.reason,
-        )  # fmt: skip
-        raise SystemExit(2) from None
-    except SnapshotFormatError as exc:
-        # Written by another version of unimeter; nothing was modified.
-        log.critical(
-            "event=unreadable_snapshot file=%s version=%s reason=%r action=refusing_to_start",
-            exc.path, exc.version, str(exc),
-        )  # fmt: skip
-        raise SystemExit(2) from None
-
-
 if __name__ == "__main__":
+    from unimeter.node_cli import main
+
     main()

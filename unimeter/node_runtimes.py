@@ -47,9 +47,13 @@ class PartitionRuntime(ReplicaRuntime):
             self.alert_hub.after_step(fx.alerts, self.core)
 
     def _install(self, snapshot: Snapshot) -> None:
-        with self.snapshot_lock:
-            self.install_epoch += 1
-            super()._install(snapshot)
+        # Bumped on the loop at once: a periodic snapshot not yet published is now stale.
+        self.install_epoch += 1
+        super()._install(snapshot)
+
+    def _install_files(self, index: int, term: int, data: bytes) -> None:
+        with self.snapshot_lock:  # never interleaved with publishing a periodic snapshot
+            super()._install_files(index, term, data)
 
     async def settle(self, timeout_s: float = 2.0) -> None:
         """Sync, then wait until the core has taken in every fsync (shutdown)."""
@@ -71,7 +75,7 @@ class PartitionRuntime(ReplicaRuntime):
         core.raft.compact(index)
         older = [i for i in snapshot_indexes(self.directory) if i < index]
         if older:  # the older snapshot is the fallback: the WAL must reach back to it
-            self.wal.compact_before(max(older) + 1)
+            self.compact_now(max(older) + 1)  # at shutdown, after the storage jobs ran
         log.info(
             "event=snapshot actor=%s index=%d elapsed_s=%.3f",
             self.name,
@@ -91,7 +95,7 @@ class CatalogRuntime(ReplicaRuntime):
     def _after(self, fx: Effects) -> None:
         assert isinstance(fx, CatalogEffects)
         for pub in fx.publications:
-            task = asyncio.create_task(self._publish(pub))
+            task = self.node.supervisor.watch(asyncio.create_task(self._publish(pub)))
             self._publishing.add(task)
             task.add_done_callback(self._publishing.discard)
 

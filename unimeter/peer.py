@@ -9,7 +9,8 @@ own responses).
 Coalescing: every message queued in one loop iteration, for any partition, leaves in one frame
 (flushed by ``call_soon``), so heartbeats and appends of many groups share a syscall. The queue
 is bounded: while a peer is unreachable its messages are dropped, which Raft tolerates (it
-retransmits), and the link redials with capped exponential backoff.
+retransmits), and the link redials with capped exponential backoff -- cut short the moment the
+peer dials us (a restarted node is back), so it rejoins its groups within a round trip.
 
 Besides Raft messages a link carries a leadership announcement (``GOSSIP_TAG``) every
 ``gossip_interval_s``: which partitions this node leads, so every node can answer the partition
@@ -71,6 +72,19 @@ class PeerLink:
         self.sent_frames = 0
         self.dropped = 0
         self.connected = False
+        self._poked: asyncio.Event | None = None
+
+    def poke(self) -> None:
+        """The peer just dialed us, so it is up: redial now instead of after the backoff."""
+        if self._poked is not None:
+            self._poked.set()
+
+    async def _pause(self, seconds: float) -> None:
+        if self._poked is None:
+            self._poked = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._poked.wait(), seconds)
+        self._poked.clear()
 
     def send(self, group: int, message: Any) -> None:
         self.enqueue(cbor2.dumps(encode_message(group, message)))
@@ -109,7 +123,8 @@ class PeerLink:
                     asyncio.open_connection(host, int(port)), timeout=2.0
                 )
             except (OSError, TimeoutError):
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+                await self._pause(backoff * random.uniform(0.5, 1.0))
+                backoff = 0.05 if self._poked is not None and self._poked.is_set() else backoff
                 backoff = min(backoff * 2, redial_backoff_s_max)
                 continue
             try:
@@ -132,7 +147,7 @@ class PeerLink:
                 writer.close()
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
-            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            await self._pause(backoff * random.uniform(0.5, 1.0))
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         codec = ClientCodec()
@@ -167,11 +182,25 @@ class PeerLinks:
         if link is not None:
             link.send(send.group, send.message)
 
-    def start(self, leadership: Callable[[], list[list[int]]]) -> None:
+    def peer_dialed(self, peer_id: int) -> None:
+        """A peer said HELLO on its link to us: ours to it may be waiting to redial."""
+        link = self.links.get(peer_id)
+        if link is not None and not link.connected:
+            link.poke()
+
+    def start(
+        self,
+        leadership: Callable[[], list[list[int]]],
+        watch: Callable[[asyncio.Task[None]], object] = lambda task: task,
+    ) -> None:
+        """Start every link and the gossip; ``watch`` supervises each task (a crash of one
+        stops the node: unimeter/supervisor.py)."""
         for link in self.links.values():
             self._tasks.append(asyncio.create_task(link.run(), name=f"peer-{link.peer_id}"))
         if self.links:
             self._tasks.append(asyncio.create_task(self._gossip(leadership), name="gossip"))
+        for task in self._tasks:
+            watch(task)
 
     async def _gossip(self, leadership: Callable[[], list[list[int]]]) -> None:
         while True:

@@ -33,7 +33,14 @@ from typing import IO, Any, cast
 
 from unimeter.actors.catalog import CatalogCore, CatalogRequest, CatalogState
 from unimeter.actors.partition import CatalogUpdate, ClientRequest, IngestGroup, PartitionCore
-from unimeter.actors.replicated import DiskState, PeerMessage, Persisted, RaftTick, Recovered
+from unimeter.actors.replicated import (
+    DiskState,
+    PeerLost,
+    PeerMessage,
+    Persisted,
+    RaftTick,
+    Recovered,
+)
 from unimeter.consensus import codec as raft_codec
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import RaftConfig
@@ -180,6 +187,8 @@ def encode_message(msg: object, token: Callable[[object], int]) -> list[Any]:
         return ["persisted", msg.number]
     if isinstance(msg, DiskState):
         return ["disk", msg.writable]
+    if isinstance(msg, PeerLost):
+        return ["peer_lost", msg.node_id]
     if isinstance(msg, ClientRequest):
         req = msg.request
         return ["client", token(msg.token), int(req.KIND), encode_body(req)]
@@ -204,6 +213,8 @@ def decode_message(item: list[Any]) -> object:
         return Persisted(item[1])
     if tag == "disk":
         return DiskState(item[1])
+    if tag == "peer_lost":
+        return PeerLost(item[1])
     if tag == "client":
         req = decode_request(m.Kind(item[2]), item[3])
         return ClientRequest(item[1], cast(m.Ingest, req))

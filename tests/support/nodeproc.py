@@ -45,8 +45,10 @@ class NodeProcess:
         extra_args: tuple[str, ...] = (),
         http: bool = False,
         default_http: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
+        self.env = env  # extra environment variables for the child
         self.port = port or free_port()
         self.partitions = partitions
         self.extra_args = extra_args
@@ -92,7 +94,11 @@ class NodeProcess:
             *self.extra_args,
         ]
         self.proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **self.env} if self.env else None,
         )
         log.close()
         deadline = time.monotonic() + timeout_s
@@ -145,6 +151,14 @@ class NodeProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
+    def wait_exit(self, timeout_s: float) -> int | None:
+        """The exit status once the node ended by itself within ``timeout_s``, else None."""
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return None
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -159,7 +173,7 @@ class ClusterProcesses:
         nodes: int = 3,
         *,
         partitions: int = 6,
-        election_timeout_ms: int = 400,
+        election_timeout_ms: int | None = 400,  # None: the node's default
         replication_factor: int = 3,
         http: bool = False,
     ) -> None:
@@ -176,10 +190,13 @@ class ClusterProcesses:
                     str(i + 1),
                     "--peers",
                     peers,
-                    "--election-timeout-ms",
-                    str(election_timeout_ms),
                     "--replication-factor",
                     str(replication_factor),
+                    *(
+                        ("--election-timeout-ms", str(election_timeout_ms))
+                        if election_timeout_ms is not None
+                        else ()
+                    ),
                 ),
             )
             for i, port in enumerate(ports)

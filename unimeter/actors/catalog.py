@@ -9,11 +9,16 @@ elsewhere waits until its node has applied that version (docs/semantics.md §2).
 
 Rules (one table, checked in ``_decide``):
     create, code absent                   -> new generation (= the new catalog version)
-    create, same schema present/pending   -> the existing one (idempotent retry)
+    create, same schema, entry pending    -> joins the LATEST pending entry for that code
+                                             (idempotent retry); never an older one, which
+                                             may be a delete
+    create, same schema, nothing pending  -> the applied one (idempotent retry)
     create, different schema present      -> AlreadyExistsError
     update, code absent                   -> NotFoundError
     update, changes agg/period fields     -> InvalidRequestError (fixed for a code)
     update, otherwise                     -> same generation, new schema
+    delete, code absent, delete pending   -> joins that pending delete (a retry whose first
+                                             attempt is still in flight)
     delete, code absent                   -> NotFoundError
     get/list                              -> answered by any replica from its applied catalog
 """
@@ -192,7 +197,7 @@ class CatalogCore(ReplicatedCore):
             fx.replies.append(_error(msg.token, exc))
             return
         if isinstance(outcome, int):
-            # The identical create is still in flight: answer with that entry's reply.
+            # A retry of a change still in flight: answer with that entry's reply.
             entry, replies = self._pending[outcome]
             replies.append(Outgoing(msg.token, errors.Status.OK, _reply_for(entry)))
         elif isinstance(outcome, CatalogEntry):
@@ -224,6 +229,9 @@ class CatalogCore(ReplicatedCore):
         version = self._proposed_version + 1
         if isinstance(req, m.MetricDelete):
             if req.code not in self._proposed:
+                latest = self._latest_pending(req.code)
+                if latest is not None and self._pending[latest][0].metric is None:
+                    return latest
                 raise errors.NotFoundError(f"metric {req.code!r} does not exist")
             return CatalogEntry(version=version, code=req.code, metric=None)
         schema = req.schema.normalized()
@@ -238,9 +246,14 @@ class CatalogCore(ReplicatedCore):
                 raise errors.AlreadyExistsError(
                     f"metric {schema.code!r} already exists with a different schema"
                 )
-            for index, (entry, _) in self._pending.items():
-                if entry.code == schema.code:
-                    return index
+            latest = self._latest_pending(schema.code)
+            if latest is not None:
+                # The view says the code holds this schema, so the latest pending entry for it
+                # set this schema (a create, or an update to the same fields): its reply is a
+                # retried create's. An older pending entry for the code may be a delete.
+                entry = self._pending[latest][0]
+                assert entry.metric is not None and entry.metric.schema == schema, entry
+                return latest
             return m.SchemaReply(schema=current.schema, catalog_version=self.state.version)
         if current is None:
             raise errors.NotFoundError(f"metric {schema.code!r} does not exist")
@@ -254,6 +267,14 @@ class CatalogCore(ReplicatedCore):
             version=version, code=schema.code,
             metric=LiveMetric(generation=current.generation, schema=schema),
         )  # fmt: skip
+
+    def _latest_pending(self, code: str) -> int | None:
+        """The index of the newest proposed-but-unapplied entry for ``code``, or None."""
+        found = None
+        for index, (entry, _) in self._pending.items():
+            if entry.code == code and (found is None or index > found):
+                found = index
+        return found
 
     # ------------------------------------------------------------------ replication hooks
 

@@ -85,6 +85,10 @@ class ClientConnection(asyncio.Protocol):
         # all the replies an iteration produces, instead of one each).
         self._out: list[bytes] = []
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Raft messages of a peer frame that found their replica's lane full: reading this
+        # peer is paused until they are all delivered (flow control, nothing dropped).
+        self._peer_backlog: list[tuple[int, object, int]] = []
+        self.counted = False  # counted among the node's client connections (max_connections)
 
     # ------------------------------------------------------------------ transport
 
@@ -97,7 +101,15 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.node.connections.discard(self)
+        if self.counted:
+            self.node.client_connections -= 1
+            self.counted = False
         self.transport = None
+        self._peer_backlog.clear()
+        if self.peer_node_id is not None and self.node.serving:
+            # Most often the peer's process died (the kernel closed its end at once): its
+            # replicas' followers here need not wait out an election timeout to replace it.
+            self.node.peer_lost(self.peer_node_id)
         if self.feeds is not None:
             self.feeds.close_all()
 
@@ -144,6 +156,8 @@ class ClientConnection(asyncio.Protocol):
 
     def _process(self) -> None:
         while True:
+            if self._peer_backlog:
+                return  # paused: the rest waits until the backlog is delivered
             try:
                 frame = self.codec.next_frame()
             except errors.ProtocolError as exc:
@@ -173,18 +187,47 @@ class ClientConnection(asyncio.Protocol):
             self.close()
             return False
         node = self.node
+        each = max(1, self.codec.last_frame_bytes // max(1, len(frame.items)))
         try:
             for item in frame.items:
                 if type(item) is list and len(item) == 3 and item[0] == GOSSIP_TAG:
                     node.note_gossip(item[2])
                     continue
                 group, message = decode_message(item)
-                node.deliver_peer(group, message)
+                self._peer_backlog.append((group, message, each))
         except (PeerMessageError, TypeError, ValueError) as exc:
             log.warning("event=peer_frame_bad peer=%s error=%r", self.peer, exc)
+            self._peer_backlog.clear()
             self.close()
             return False
+        self._deliver_peer_backlog()
         return True
+
+    def _deliver_peer_backlog(self) -> None:
+        """Deliver queued Raft messages in order; at a full lane, pause reading this peer and
+        go on once that lane has been drained."""
+        backlog = self._peer_backlog
+        for delivered, (group, message, nbytes) in enumerate(backlog):
+            full = self.node.deliver_peer(group, message, nbytes)
+            if full is not None:
+                del backlog[:delivered]
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                full.when_room(self._resume_soon)
+                return
+        backlog.clear()
+
+    def _resume_soon(self) -> None:
+        # Called from inside the draining actor's run(): go on in a later loop iteration.
+        asyncio.get_running_loop().call_soon(self._resume_peer)
+
+    def _resume_peer(self) -> None:
+        if self.transport is None:
+            return
+        self._deliver_peer_backlog()
+        if not self._peer_backlog:
+            self.transport.resume_reading()
+            self._process()  # frames that arrived with the paused one
 
     def _refuse(
         self, request_id: int, status: errors.Status, message: str, leader: str | None = None
@@ -204,9 +247,25 @@ class ClientConnection(asyncio.Protocol):
                     f"version {m.PROTOCOL_VERSION} (upgrade the client)",
                 )
                 return
+            if msg.peer_node_id is None and not self.counted:
+                if node.client_connections >= node.config.max_connections:
+                    self._refuse(
+                        rid,
+                        errors.Status.UNAVAILABLE,
+                        f"this node serves at most {node.config.max_connections} client "
+                        "connections (--max-connections); try another node or later",
+                    )
+                    log.warning("event=connection_refused peer=%s reason=max_connections",
+                                self.peer)  # fmt: skip
+                    self.close()
+                    return
+                node.client_connections += 1
+                self.counted = True
             self.greeted = True
             self.peer_node_id = msg.peer_node_id
             self.respond(rid, errors.Status.OK, node.welcome())
+            if msg.peer_node_id is not None:
+                node.peers.peer_dialed(msg.peer_node_id)
             return
         if not self.greeted:
             self._refuse(rid, errors.Status.INVALID_REQUEST, "the first request must be HELLO")
@@ -219,6 +278,9 @@ class ClientConnection(asyncio.Protocol):
                 "in flight on this connection",
             )
             return
+        if isinstance(msg, m.GetPartitionMap):  # answered while starting too: no state needed
+            self.respond(rid, errors.Status.OK, node.partition_map())
+            return
         if not node.serving:
             self._refuse(rid, errors.Status.UNAVAILABLE, "the node is starting or stopping")
             return
@@ -226,9 +288,9 @@ class ClientConnection(asyncio.Protocol):
             self._to_partition(rid, msg)
         elif isinstance(msg, _CATALOG_KINDS):
             reply = Reply(self, rid, node.stats.binary(msg))
-            self._send(node.catalog_mailbox, CatalogRequest(reply, msg))
-        elif isinstance(msg, m.GetPartitionMap):
-            self.respond(rid, errors.Status.OK, node.partition_map())
+            self._send(
+                node.catalog_mailbox, CatalogRequest(reply, msg), self.codec.last_frame_bytes
+            )
         elif isinstance(msg, m.ClusterStatus):
             self.respond(rid, errors.Status.OK, node.cluster_status())
         elif isinstance(msg, m.SubscribeAlerts):
@@ -292,13 +354,13 @@ class ClientConnection(asyncio.Protocol):
             if answer is not None:
                 reply.send(answer.status, answer.message)
                 return
-        self._send(runtime.mailbox, request)
+        self._send(runtime.mailbox, request, self.codec.last_frame_bytes)
 
-    def _send(self, mailbox: object, item: ClientRequest | CatalogRequest) -> None:
+    def _send(self, mailbox: object, item: ClientRequest | CatalogRequest, nbytes: int) -> None:
         # Refusals go through the request's token, so they are counted like any answer.
         reply: Reply = item.token  # type: ignore[assignment]
         try:
-            mailbox.try_send(item)  # type: ignore[attr-defined]
+            mailbox.try_send(item, nbytes)  # type: ignore[attr-defined]
         except MailboxFull:
             reply.send(
                 errors.Status.BACKPRESSURE, m.ErrorReply(message="the node is busy; retry shortly")

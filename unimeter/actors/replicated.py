@@ -43,6 +43,13 @@ class Persisted:
 
 
 @dataclass(frozen=True, slots=True)
+class PeerLost:
+    """The link from that node closed (its process died, or the connection broke)."""
+
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class DiskState:
     """The runtime's view of the data disk: below the reserve, or after ENOSPC, writes stop."""
 
@@ -104,6 +111,8 @@ class ReplicatedCore(abc.ABC):
             self.raft.on_persisted(msg.number)
         elif isinstance(msg, DiskState):
             self.writable = msg.writable
+        elif isinstance(msg, PeerLost):
+            self.raft.leader_lost(msg.node_id, seconds(now_us))
         else:
             return False
         return True

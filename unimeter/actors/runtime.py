@@ -1,11 +1,20 @@
 """The thin asyncio runtime around a replicated pure core (partition or catalog).
 
 One task per actor: wait for mail, drain the mailbox, ``step`` the core once per message and
-execute each step's effects in the fixed order of ``effects.py``. Log writes are buffered
-``pwrite``s; the fsync runs in a worker thread once per loop iteration at most (only one is in
-flight per log), so every append made while a sync runs shares the next one: group commit, and
-the number of fsyncs does not grow with the number of clients. A finished fsync comes back to
-the core as ``Persisted``; the core's Raft timer comes back as ``RaftTick``.
+execute each step's effects in the fixed order of ``effects.py``. Log appends are buffered
+``pwrite``s on the loop thread (page cache only). Everything that fsyncs -- the WAL sync, the
+hard state, a segment rotation, a log truncation or reset, a snapshot install, a compaction --
+is a job for the node's one storage thread (``storage/syncthread.py``), which runs jobs in
+submission order and wakes the loop once per batch. Only one WAL sync per log is queued or
+running at a time, so every append made meanwhile shares the next one: group commit, and the
+number of fsyncs does not grow with the number of clients. A finished sync comes back to the
+core as ``Persisted``; the core's Raft timer comes back as ``RaftTick``.
+
+Ordering without waiting: a hard state job submitted before a step's WAL sync is durable before
+that sync completes (one thread, submission order), and the Raft core holds back every message
+that promises durable state until ``Persisted`` covers it. A job that changes the log's shape
+(truncate, reset, rotate) *blocks* appends: they wait in ``_unwritten`` (as on a full disk) and
+are written when the job has completed.
 
 Disk full: a write that fails with ENOSPC is kept in memory, the core is told the disk is not
 writable (new writes get BACKPRESSURE), and the write is retried every ``disk_retry_s`` until it
@@ -18,38 +27,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cbor2
 
-from unimeter import errors
+from unimeter import errors, limits, testing_switches
 from unimeter.actors.effects import Effects, Outgoing, Send
-from unimeter.actors.mailbox import Mailbox, MailboxClosed
-from unimeter.actors.replicated import DiskState, Persisted, RaftTick, Recovered
-from unimeter.consensus.messages import HardState, LogEntry, Snapshot, SnapshotMeta
-from unimeter.observe import FSYNC_BUCKETS_S, Histogram
-from unimeter.storage.fsutil import atomic_write
-from unimeter.storage.snapshot import load_latest_snapshot, write_snapshot
-from unimeter.storage.wal import (
-    DiskFullError,
-    LogFailedError,
-    WriteAheadLog,
-    segment_bytes_max_default,
+from unimeter.actors.mailbox import Mailbox
+from unimeter.actors.replica_files import (
+    HARD_STATE_FILE,
+    encode_record,
+    recover_replica,
+    save_hard_state,
 )
-from unimeter.storage.walformat import CorruptLogError
+from unimeter.actors.replicated import DiskState, Persisted, RaftTick
+from unimeter.consensus.messages import HardState, Snapshot
+from unimeter.observe import FSYNC_BUCKETS_S, Histogram
+from unimeter.storage.backup import RemovalGuard
+from unimeter.storage.snapshot import write_snapshot
+from unimeter.storage.syncthread import StorageThread
+from unimeter.storage.wal import DiskFullError, LogFailedError, SegmentFullError, WriteAheadLog
+from unimeter.supervisor import EXIT_CRASHED, EXIT_STORAGE_FAILED
 from unimeter.wire import messages as m
 
 if TYPE_CHECKING:
     from unimeter.tracefile import ActorTracer
 
+__all__ = [  # the replica's files are read and written by replica_files; these stay importable
+    "HARD_STATE_FILE",
+    "ReplicaRuntime",
+    "encode_record",
+    "recover_replica",
+    "save_hard_state",
+]
+
 log = logging.getLogger("unimeter.runtime")
 
-_TERM = struct.Struct("<Q")
-HARD_STATE_FILE = "raft-state.cbor"
 disk_retry_s = 0.2
 
 
@@ -90,56 +106,6 @@ def fail_all(tokens: list[object], status: errors.Status, message: str) -> None:
         reply.send(status, m.ErrorReply(message=message))
 
 
-# ---------------------------------------------------------------------- on-disk replica state
-
-
-def encode_record(term: int, data: bytes) -> bytes:
-    return _TERM.pack(term) + data
-
-
-def recover_replica(
-    directory: Path, *, segment_bytes_max: int = segment_bytes_max_default
-) -> tuple[WriteAheadLog, Recovered, bytes | None]:
-    """Read a replica's snapshot, hard state and log. Returns the open WAL, what Raft needs,
-    and the snapshot's application bytes (None without a snapshot)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    meta: SnapshotMeta | None = None
-    app: bytes | None = None
-    snap = load_latest_snapshot(directory)
-    if snap is not None:
-        term, members, app = cbor2.loads(snap[1])
-        meta = SnapshotMeta(index=snap[0], term=term, members=tuple(members))
-    hard = HardState()
-    path = directory / HARD_STATE_FILE
-    if path.exists():
-        term, vote, commit = cbor2.loads(path.read_bytes())
-        hard = HardState(term=term, vote=vote, commit=commit)
-    first = meta.index + 1 if meta else 1
-    wal, _ = WriteAheadLog.open(directory, first_index=first, segment_bytes_max=segment_bytes_max)
-    if wal.last_index < first - 1:
-        # A crash during a snapshot install: the log ends before the snapshot; start after it.
-        wal.reset(first)
-    if wal.first_index > first:  # compacted past every snapshot still readable: a hole
-        wal.close()
-        raise CorruptLogError(
-            directory, 0, f"the log starts at index {wal.first_index} but no readable snapshot "
-            f"reaches index {wal.first_index - 1} (snapshot files missing or damaged)",
-        )  # fmt: skip
-    entries = tuple(
-        LogEntry(term=_TERM.unpack_from(data)[0], index=index, data=bytes(data[8:]))
-        for index, data in wal.read_from(max(wal.first_index, first))
-    )
-    if meta is not None and hard.commit < meta.index:
-        hard = HardState(term=hard.term, vote=hard.vote, commit=meta.index)
-    if entries and hard.commit > entries[-1].index:
-        hard = HardState(term=hard.term, vote=hard.vote, commit=entries[-1].index)
-    return wal, Recovered(hard_state=hard, entries=entries, snapshot=meta), app
-
-
-def save_hard_state(directory: Path, hs: HardState) -> None:
-    atomic_write(directory / HARD_STATE_FILE, cbor2.dumps([hs.term, hs.vote, hs.commit]))
-
-
 # ---------------------------------------------------------------------- the runtime
 
 
@@ -155,19 +121,31 @@ class ReplicaRuntime:
         mailbox: Mailbox[Any],
         send_peer: Callable[[Send], None],
         clock: Callable[[], int] = now_us,
+        storage: StorageThread | None = None,
     ) -> None:
         self.name = name
         self.core = core
         self.wal = wal
         self.directory = directory
         self.mailbox = mailbox
+        # Raft messages from peers: a lane of their own, drained first (see run).
+        self.peer_lane: Mailbox[Any] = Mailbox(
+            limits.mailbox_peer_capacity, bytes_max=limits.mailbox_peer_bytes_max
+        )
+        self._mail = asyncio.Event()
+        mailbox.notify = self.peer_lane.notify = self._mail.set
         self._send_peer = send_peer
         self._clock = clock
         self._saved_hs = core.raft.status().term, core.raft.status().vote
         self._syncing = False
         self._sync_wanted = 0  # highest Ready number waiting for an fsync
-        self._sync_task: asyncio.Future[None] | None = None
-        self._unwritten: list[tuple[int, bytes]] = []  # appends the disk refused (ENOSPC)
+        # Appends not yet written: refused by a full disk, or waiting for a job that changes
+        # the log's shape (``_blocked`` of them queued or running).
+        self._unwritten: list[tuple[int, bytes]] = []
+        self._blocked = 0
+        self._wal_last = wal.last_index  # the log's last index once every job has run
+        self._own_storage = storage is None  # a replica outside a node runs its own thread
+        self.storage = storage or StorageThread(f"storage-{name}")
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0
         self.disk_full = False
@@ -177,6 +155,9 @@ class ReplicaRuntime:
         self.fsync_seconds = Histogram(FSYNC_BUCKETS_S)
         self.leader_changes = 0
         self._seen_leader: int | None = None
+        # Set by the node to ``Supervisor.crash`` (ends the process). Unset (in-process tests),
+        # a crash raises SystemExit out of the loop instead.
+        self.on_crash: Callable[[str, BaseException, int], None] | None = None
 
     # ------------------------------------------------------------------ loop
 
@@ -191,24 +172,31 @@ class ReplicaRuntime:
         """Step once before serving: applies what recovery found committed, starts timers."""
         if self.tracer is not None:
             self.tracer.started()
+        if self._own_storage and not self.storage.running:
+            self.storage.start(asyncio.get_running_loop())
         self._step_all([RaftTick()])
 
     async def run(self) -> None:
-        mailbox = self.mailbox
-        try:
-            while True:
-                await mailbox.wait()
-                batch = mailbox.drain()
-                if batch:
-                    self._step_all(batch)
-        except MailboxClosed:
-            pass
+        """Step everything queued in both lanes, peers' first: a heartbeat or a vote is never
+        queued behind client requests (which would delay it and could cost an election)."""
+        mailbox, lane, mail = self.mailbox, self.peer_lane, self._mail
+        while not mailbox.closed:
+            if not len(mailbox) and not len(lane):
+                mail.clear()
+                await mail.wait()
+                continue
+            batch = lane.drain()
+            if len(mailbox):
+                batch += mailbox.drain()
+            self._step_all(batch)
 
     def _step_all(self, batch: list[Any]) -> None:
         core = self.core
         clock = self._clock
         tracer = self.tracer
         try:
+            if testing_switches.PLANTED_FAULT:
+                self._planted_fault(batch)
             if tracer is None:
                 for msg in batch:
                     self._execute(core.step(msg, clock()))
@@ -221,6 +209,12 @@ class ReplicaRuntime:
                     self._execute(fx)
         except (DiskFullError, LogFailedError, OSError) as exc:
             self._fail_stop(exc)
+            return
+        except Exception as exc:
+            # A bug: the core may be half-way through a change. Nothing it does from here on
+            # can be trusted, and a dead actor would hang its clients: stop the node.
+            self._crash(exc, EXIT_CRASHED, "step failed")
+            return
         self.steps += len(batch)
         if core.raft.leader_id != self._seen_leader:
             self._seen_leader = core.raft.leader_id
@@ -233,17 +227,21 @@ class ReplicaRuntime:
         if fx.install is not None:
             self._install(fx.install)
         if fx.truncate_after is not None:
-            self._unwritten = [(i, d) for i, d in self._unwritten if i <= fx.truncate_after]
-            if fx.truncate_after < self.wal.last_index:
-                self.wal.truncate_after(fx.truncate_after)
+            cut = fx.truncate_after
+            self._unwritten = [(i, d) for i, d in self._unwritten if i <= cut]
+            if cut < self._wal_last:
+                self._wal_last = cut
+                self._reshape(lambda: self.wal.truncate_after(cut))
         if fx.appends:
             self._unwritten.extend((i, encode_record(t, d)) for i, t, d in fx.appends)
             self._write()
         if fx.hard_state is not None:
             hs = fx.hard_state
             if (hs.term, hs.vote) != self._saved_hs:
-                # Term and vote must be durable before any message that depends on them.
-                save_hard_state(self.directory, hs)
+                # Durable before this step's WAL sync completes (the same thread runs both, in
+                # order); the core sends nothing that relies on it before that.
+                directory = self.directory
+                self.storage.submit(lambda: save_hard_state(directory, hs), self._job_done)
                 self._saved_hs = (hs.term, hs.vote)
             self._last_hs = hs
         for send in fx.sends:
@@ -259,64 +257,144 @@ class ReplicaRuntime:
     def _after(self, fx: Effects) -> None:
         """Hook for effects beyond the common ones."""
 
-    def _fail_stop(self, exc: Exception) -> NoReturn:
+    def _planted_fault(self, batch: list[Any]) -> None:
+        if (
+            testing_switches.PLANTED_FAULT == "partition-step"
+            and self.name != "catalog"
+            and any(type(msg).__name__ == "ClientRequest" for msg in batch)
+        ):
+            raise testing_switches.PlantedFault(f"planted fault in {self.name}'s step")
+
+    def _fail_stop(self, exc: BaseException) -> None:
         """A write the core already counts on failed (a term or vote, a leader's snapshot, a
         log truncation -- log appends have their own retry): acting on it undurable would break
         Raft's promises and leaving the actor dead would hang its requests, so the node stops;
         a restart recovers from what is on disk."""
-        log.critical(
-            "actor=%s event=storage_failed error=%r action=stopping_node", self.name, str(exc)
-        )
+        self._crash(exc, EXIT_STORAGE_FAILED, "storage failed")
+
+    def _crash(self, exc: BaseException, status: int, what: str) -> None:
+        """Stop this actor for good and tell the node (which ends the process). Without a
+        node (``on_crash`` unset) it raises SystemExit out of the loop instead."""
+        if self.mailbox.closed and self.crashed is not None:
+            return
+        self.crashed = exc
         self.mailbox.close()
-        raise SystemExit(f"{self.name}: storage failed: {exc}") from exc
+        if self._timer is not None:
+            self._timer.cancel()
+        if self.on_crash is not None:
+            self.on_crash(f"actor:{self.name}", exc, status)
+            return
+        log.critical("actor=%s event=crashed error=%r", self.name, exc, exc_info=exc)
+        raise SystemExit(f"{self.name}: {what}: {exc}") from exc
+
+    crashed: BaseException | None = None
 
     # ------------------------------------------------------------------ log writes
 
     def _write(self) -> None:
-        if not self._unwritten:
+        if not self._unwritten or self._blocked:
             return
         first = self._unwritten[0][0]
-        expected = self.wal.last_index + 1
+        expected = self._wal_last + 1
         assert first == expected, (first, expected)
         try:
-            last = self.wal.append_many([data for _, data in self._unwritten])
+            last = self.wal.append_many([data for _, data in self._unwritten], rotate=False)
+        except SegmentFullError:
+            self._reshape(self.wal.rotate)  # fsyncs the full segment: not on this thread
+            return
         except DiskFullError as exc:
-            if not self.disk_full:
-                log.warning("actor=%s event=disk_full error=%r", self.name, str(exc))
-                self.disk_full = True
-                self.mailbox.post_internal(self._disk_state(False))
-                asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
+            self._write_refused(exc)
             return
         assert last == self._unwritten[-1][0], (last, self._unwritten[-1][0])
+        self._wal_last = last
         self._unwritten.clear()
         if self.disk_full:
             log.info("actor=%s event=disk_writable", self.name)
             self.disk_full = False
             self.mailbox.post_internal(self._disk_state(True))
 
+    def _write_refused(self, exc: DiskFullError) -> None:
+        if not self.disk_full:
+            log.warning("actor=%s event=disk_full error=%r", self.name, str(exc))
+            self.disk_full = True
+            self.mailbox.post_internal(self._disk_state(False))
+            asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
+
     def _retry_write(self) -> None:
         if self.mailbox.closed:
             return
         self._write()
         if self._unwritten:
-            asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
+            if not self._blocked:  # (a job that blocks writes retries when it completes)
+                asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
         elif self._sync_wanted and not self._syncing:
             self._start_sync()
+
+    # ------------------------------------------------------------------ storage jobs
+
+    def _reshape(self, job: Callable[[], object]) -> None:
+        """Run a job that changes the log's shape; appends wait until it has run."""
+        self._blocked += 1
+        self.storage.submit(job, self._reshaped)
+
+    def _reshaped(self, result: object, error: BaseException | None) -> None:
+        self._blocked -= 1
+        if self.mailbox.closed:
+            return
+        if isinstance(error, DiskFullError):
+            # Only a rotation can get here (a truncation or reset that failed stops the node):
+            # the full segment could not be closed. Writes wait and retry, as for any append.
+            self._write_refused(error)
+            return
+        if error is not None:
+            self._fail_stop(error)
+            return
+        self._retry_write()
+
+    def _job_done(self, result: object, error: BaseException | None) -> None:
+        if error is not None and not self.mailbox.closed:  # (closed: the log is let go)
+            self._fail_stop(error)
 
     def _disk_state(self, writable: bool) -> object:
         return DiskState(writable)
 
     def _install(self, snapshot: Snapshot) -> None:
-        """A leader's snapshot replaces this replica's log and state (the core has loaded it)."""
+        """A leader's snapshot replaces this replica's log and state (the core has loaded it).
+        The files change on the storage thread; the step's sync, queued after, reports it."""
         meta = snapshot.meta
-        self._write_snapshot(meta.index, meta.term, snapshot.data)
         self._unwritten.clear()
-        # Newest segment first, each removal durable: any crash point leaves a valid log.
-        self.wal.reset(meta.index + 1)
+        self._wal_last = meta.index
+        self._reshape(lambda: self._install_files(meta.index, meta.term, snapshot.data))
+
+    def _install_files(self, index: int, term: int, data: bytes) -> None:
+        """On the storage thread: the snapshot file, then the log restarted after it (newest
+        segment first, each removal durable: any crash point leaves a valid log)."""
+        self._write_snapshot(index, term, data)
+        self.wal.reset(index + 1)
 
     def _write_snapshot(self, index: int, term: int, data: bytes) -> None:
         blob = cbor2.dumps([term, list(self.core.members), data])
-        write_snapshot(self.directory, index, blob)
+        with self.removals() as allowed:
+            write_snapshot(self.directory, index, blob, prune=allowed)
+
+    # Set by the node: deletions (compaction, snapshot pruning) wait while a backup copies.
+    removal_guard: RemovalGuard | None = None
+
+    def removals(self) -> contextlib.AbstractContextManager[bool]:
+        """``with runtime.removals() as allowed``: may files be deleted now?"""
+        if self.removal_guard is None:
+            return contextlib.nullcontext(True)
+        return self.removal_guard.removals()
+
+    def compact_before(self, index: int) -> None:
+        """Drop the log's whole segments before ``index``, on the storage thread -- unless a
+        backup is copying (the next snapshot's compaction then drops them)."""
+        self.storage.submit(lambda: self.compact_now(index), self._job_done)
+
+    def compact_now(self, index: int) -> None:
+        with self.removals() as allowed:
+            if allowed:
+                self.wal.compact_before(index)
 
     # ------------------------------------------------------------------ group commit
 
@@ -324,27 +402,22 @@ class ReplicaRuntime:
         self._syncing = True
         number = self._sync_wanted
         self._sync_wanted = 0
-        loop = asyncio.get_running_loop()
-        self._sync_task = loop.run_in_executor(None, self._sync_in_thread, loop, number)
+        self.storage.submit(
+            self._timed_sync, lambda elapsed, error: self._sync_done(number, error, elapsed or 0.0)
+        )
 
-    def _sync_in_thread(self, loop: asyncio.AbstractEventLoop, number: int) -> None:
-        """In a worker thread: fsync, then hand the outcome straight to the loop. One wake-up
-        of the loop, instead of the executor future's two hops plus a mailbox task switch:
-        on a lone SYNC request every hop is latency."""
-        error: BaseException | None = None
+    def _timed_sync(self) -> float:
+        """On the storage thread: the WAL sync, and how long it took (for /metrics)."""
         started = time.perf_counter()
-        try:
-            self.wal.sync()
-        except BaseException as exc:  # handed to the loop thread, which decides
-            error = exc
-        elapsed = time.perf_counter() - started
-        with contextlib.suppress(RuntimeError):  # the loop closed while this fsync ran
-            loop.call_soon_threadsafe(self._sync_done, number, error, elapsed)
+        self.wal.sync()
+        return time.perf_counter() - started
 
     def _sync_done(self, number: int, error: BaseException | None, elapsed_s: float) -> None:
         self._syncing = False
         self.fsyncs += 1
         self.fsync_seconds.observe(elapsed_s)
+        if self.mailbox.closed:
+            return
         if error is not None:
             if isinstance(error, DiskFullError):
                 # The WAL keeps what it could not sync and rewrites it on the next sync.
@@ -352,22 +425,22 @@ class ReplicaRuntime:
                 self._sync_wanted = max(self._sync_wanted, number)
                 asyncio.get_running_loop().call_later(disk_retry_s, self._retry_write)
                 return
-            log.critical("actor=%s event=fsync_failed error=%r", self.name, error)
-            self.mailbox.close()
-            raise SystemExit(f"fsync failed in {self.name}: {error}")
-        if self.mailbox.closed:
+            self._fail_stop(error)
             return
+        if testing_switches.PLANTED_FAULT == "fsync-callback":
+            raise testing_switches.PlantedFault(f"planted fault in {self.name}'s fsync callback")
         # Step the core here rather than through the mailbox: this callback already runs on
         # the loop thread between steps, so the core still sees one message at a time. Ends
         # by starting the next sync if appends arrived meanwhile (``_step_all``).
         self._step_all([Persisted(number)])
 
-    async def flush(self) -> None:
-        """Wait until everything appended so far is durable (used on shutdown)."""
-        while self._syncing and self._sync_task is not None:
-            await asyncio.wait({self._sync_task})
-        if not self._unwritten and self.wal.durable_index < self.wal.last_index:
-            await asyncio.get_running_loop().run_in_executor(None, self.wal.sync)
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait until every job has run and everything appended is durable (shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        while (self._syncing or self._blocked) and time.monotonic() < deadline:
+            await asyncio.sleep(0.002)
+        if not self._unwritten and not self._blocked:
+            await self.storage.run(self.wal.sync)
 
     # ------------------------------------------------------------------ timers
 
@@ -387,9 +460,13 @@ class ReplicaRuntime:
             self.mailbox.post_internal(RaftTick())
 
     def close(self) -> None:
+        """After ``flush`` (shutdown): the last hard state, then the files are let go."""
         if self._timer is not None:
             self._timer.cancel()
         self.mailbox.close()
+        self.peer_lane.close()
+        if self._own_storage:
+            self.storage.stop()
         if self._last_hs is not None:
             save_hard_state(self.directory, self._last_hs)
         self.wal.close()

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from unimeter import limits
-from unimeter.errors import UnimeterError
+from unimeter.errors import NotLeaderError, UnimeterError
 
 _T = TypeVar("_T")
 
@@ -23,7 +23,7 @@ class Backoff:
     ``initial`` up to ``maximum``. The jitter keeps many clients failing together (a leader
     change) from retrying in lockstep; the lower half keeps every wait meaningfully long."""
 
-    __slots__ = ("_base", "_maximum", "_rng")
+    __slots__ = ("_base", "_maximum", "_rng", "_routing_maximum")
 
     def __init__(
         self,
@@ -31,15 +31,19 @@ class Backoff:
         *,
         initial: float = limits.retry_backoff_s_initial,
         maximum: float = limits.retry_backoff_s_max,
+        routing_maximum: float = limits.retry_backoff_s_routing_max,
     ) -> None:
         assert 0 < initial <= maximum
         self._rng = rng
         self._base = initial
         self._maximum = maximum
+        self._routing_maximum = max(initial, min(routing_maximum, maximum))
 
-    def next_delay(self) -> float:
-        base = self._base
-        self._base = min(base * 2, self._maximum)
+    def next_delay(self, routing: bool = False) -> float:
+        """The next wait; ``routing`` failures (the leader moved or is being elected) wait at
+        most ``routing_maximum``, so a failover is noticed soon after it ends."""
+        base = min(self._base, self._routing_maximum) if routing else self._base
+        self._base = min(self._base * 2, self._maximum)
         return self._rng.uniform(base / 2, base)
 
 
@@ -68,6 +72,7 @@ async def retry_until(
     ``failed`` is the retriable error of an attempt the caller already made itself (its fast
     path): the loop starts by retrying it."""
     loop = asyncio.get_running_loop()
+    hinted = False
     counter = attempts if attempts is not None else Attempts()
     if failed is not None:
         assert failed.retriable
@@ -82,7 +87,12 @@ async def retry_until(
                     raise
                 failed = exc
         before_retry(failed)
-        delay = backoff.next_delay()
+        if isinstance(failed, NotLeaderError) and failed.leader and not hinted:
+            delay = 0.0  # the node named the new leader: go there now (once per hint in a row)
+            hinted = True
+        else:
+            delay = backoff.next_delay(failed.refresh_routing)
+            hinted = False
         if loop.time() + delay >= deadline:
             failed.add_note(f"gave up after {counter.count} attempt(s): the deadline passed")
             raise failed

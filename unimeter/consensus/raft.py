@@ -141,6 +141,20 @@ class RaftCore(CoreView):
         elif not self._lead.tick(now, self._commit):
             self._become_follower(self._term, None)  # check-quorum: we may be cut off
 
+    def leader_lost(self, peer: int, now: float) -> None:
+        """The runtime saw its link from ``peer`` close: the process died or the link broke.
+        A follower whose leader that is stops trusting it at once -- it forgets the lease and
+        campaigns after a short random pause instead of a whole election timeout -- so a dead
+        leader is replaced in a fraction of the timeout. Only liveness is at stake: the
+        campaign starts with a pre-vote, which a follower still hearing the leader refuses."""
+        self._assert_no_outstanding_ready()
+        self._now = now
+        if self._lead is not None or self._leader != peer:
+            return
+        self._leader_contact_at = -math.inf
+        pause = self._rng.uniform(0.0, self._cfg.election_timeout_s / 4)
+        self._election_due = min(self._election_due, now + pause)
+
     def next_deadline(self) -> float:
         """When ``tick`` must be called next (calling it earlier is harmless)."""
         return self._election_due if self._lead is None else self._lead.next_deadline()

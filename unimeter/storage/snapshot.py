@@ -64,7 +64,9 @@ def snapshot_indexes(directory: str | os.PathLike[str]) -> dict[int, Path]:
     return {int(m[1]): folder / m[0] for p in folder.iterdir() if (m := _NAME.match(p.name))}
 
 
-def write_snapshot(directory: str | os.PathLike[str], index: int, data: bytes) -> Path:
+def write_snapshot(
+    directory: str | os.PathLike[str], index: int, data: bytes, *, prune: bool = True
+) -> Path:
     """Atomically write the snapshot at ``index``; keep it and the newest older one.
 
     Older snapshots are deleted (durably). A snapshot with a *higher* index than ``index`` is
@@ -80,7 +82,8 @@ def write_snapshot(directory: str | os.PathLike[str], index: int, data: bytes) -
     remove_durable(crashed)  # temp files of writes a crash interrupted
     path = snapshot_path(folder, index)
     atomic_write(path, snapshot_header(index, len(data), crc32c(data)) + data)
-    _prune(folder, index)
+    if prune:  # False while a backup holds deletions off (storage/backup.py)
+        _prune(folder, index)
     return path
 
 
@@ -96,14 +99,16 @@ def snapshot_temp_path(directory: str | os.PathLike[str], index: int) -> Path:
     return final.with_name(final.name + TEMP_SUFFIX)
 
 
-def publish_snapshot(directory: str | os.PathLike[str], index: int) -> int | None:
+def publish_snapshot(
+    directory: str | os.PathLike[str], index: int, *, prune: bool = True
+) -> int | None:
     """Rename a complete, fsynced temp file (``snapshot_temp_path``) into place, durably, and
     prune like :func:`write_snapshot`. Returns the index of the older snapshot kept, if any:
-    the WAL may be compacted up to it, not further."""
+    the WAL may be compacted up to it, not further (None, too, without ``prune``)."""
     folder = Path(directory)
     os.replace(snapshot_temp_path(folder, index), snapshot_path(folder, index))
     fsync_dir(folder)
-    return _prune(folder, index)
+    return _prune(folder, index) if prune else None
 
 
 def _prune(folder: Path, index: int) -> int | None:

@@ -81,6 +81,7 @@ __all__ = [
     "DiskFullError",
     "LogFailedError",
     "RecoveryReport",
+    "SegmentFullError",
     "Syscalls",
     "WriteAheadLog",
     "segment_bytes_max_default",
@@ -94,6 +95,11 @@ _SEGMENT_NAME = re.compile(r"^(\d{16,20})\.wal$")
 
 class LogFailedError(Exception):
     """An I/O error other than disk-full; the log refuses further use (restart the node)."""
+
+
+class SegmentFullError(Exception):
+    """``append_many(rotate=False)``: the batch needs a new segment; call ``rotate()`` (it
+    fsyncs, so an event loop runs it in a thread) and append again. Nothing was written."""
 
 
 def _fdatasync(fd: int) -> None:
@@ -305,9 +311,10 @@ class WriteAheadLog:
         """Write one record to the page cache and return its index (see ``append_many``)."""
         return self.append_many((payload,))
 
-    def append_many(self, payloads: Sequence[bytes]) -> int:
+    def append_many(self, payloads: Sequence[bytes], *, rotate: bool = True) -> int:
         """Write records with one write and return the last index; all or nothing. Raises
-        DiskFullError (log unchanged), LogFailedError, ValueError (payload not 1..16 MiB)."""
+        DiskFullError (log unchanged), LogFailedError, ValueError (payload not 1..16 MiB), and
+        with ``rotate=False`` SegmentFullError instead of rotating (which fsyncs) itself."""
         if not payloads:
             return self.last_index
         frame, lengths = encode_records(payloads)
@@ -325,7 +332,14 @@ class WriteAheadLog:
                     self.last_index += len(lengths)
                     self._unsynced.append((frame, lengths))
                     return self.last_index
+            if not rotate:
+                raise SegmentFullError(f"{tail.path} is full")
             self._rotate(len(frame))
+
+    def rotate(self) -> None:
+        """Close the last segment (fdatasynced) and start the next one, unless it is empty.
+        Thread-safe like ``sync``; appends wait for it."""
+        self._rotate(0, force=True)
 
     def sync(self) -> int:
         """fdatasync all appended before the call; return the index now durable. Thread-safe.
@@ -355,10 +369,10 @@ class WriteAheadLog:
         tail = self._segments[-1]
         return tail.records > 0 and tail.size + frame_bytes > self._segment_bytes_max
 
-    def _rotate(self, frame_bytes: int) -> None:
+    def _rotate(self, frame_bytes: int, *, force: bool = False) -> None:
         with self._sync_lock, self._lock:
             self._check_writable()
-            if not self._must_rotate(frame_bytes):
+            if not (self._must_rotate(frame_bytes) or (force and self._segments[-1].records)):
                 return
             try:  # a closed segment must be complete, so fsync it before the next one exists
                 self._sys.fdatasync(self._fd)
@@ -528,7 +542,8 @@ class WriteAheadLog:
             self._unsynced.clear()
 
     def compact_before(self, index: int) -> None:
-        """Delete whole segments whose records all precede ``index`` (never the last segment)."""
+        """Delete whole segments whose records all precede ``index`` (never the last segment).
+        Thread-safe; appends wait only for the unlinks, not for the directory fsync."""
         with self._lock:
             self._check_open()
             doomed = 0
@@ -541,6 +556,8 @@ class WriteAheadLog:
             for segment in self._segments[:doomed]:  # oldest first: the log stays contiguous
                 segment.path.unlink()
             del self._segments[:doomed]
+        with self._sync_lock:  # not concurrently with close(), which releases the fd
+            self._check_open()
             self._sys.fsync(self._dir_fd)
 
     def close(self) -> None:

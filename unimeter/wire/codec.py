@@ -227,6 +227,11 @@ class ServerCodec:
     def feed(self, data: bytes) -> None:
         self._decoder.feed(data)
 
+    @property
+    def last_frame_bytes(self) -> int:
+        """The payload size of the frame ``next_frame`` returned last (mailbox byte bounds)."""
+        return self._decoder.last_payload_bytes
+
     def next_frame(self) -> m.RequestFrame | m.PeerFrame | BadRequest | None:
         """The next request (or BadRequest), or None until more bytes arrive."""
         try:

@@ -14,6 +14,10 @@ compiling regexes, resolving reference graphs or building exotic objects, and ke
 language small enough to document. Maps may only have string keys (no hash-flooding with
 crafted integer keys), indefinite-length items and duplicate keys are refused, and nesting is
 capped well above anything the protocol uses.
+
+Before any of that, every frame's payload passes ``cborscan.check_item``: a walk over the item
+headers that refuses a payload which would build more objects than a small multiple of its size
+(a decode bomb such as 4 MiB of empty maps) or nest too deep, without building any of them.
 """
 
 from __future__ import annotations
@@ -24,10 +28,11 @@ from typing import Any
 import cbor2
 
 from unimeter import errors, limits
+from unimeter.wire.cborscan import budget_for, check_item, needs_check
 
 PREFIX_BYTES = 4
 PAYLOAD_BYTES_LIMIT = 2**32 - 1  # what a u32 prefix can express
-NESTING_DEPTH_MAX = 16  # the deepest protocol item nests 7 containers
+NESTING_DEPTH_MAX = limits.cbor_depth_max
 
 # Tags cbor2 would otherwise interpret itself (found by probing cbor2 6.x). Mapping each to a
 # plain CBORTag turns the interpretation off; a tag added by a later cbor2 is harmless anyway,
@@ -91,14 +96,28 @@ def encode_frame(item: object) -> bytes:
 class FrameDecoder:
     """Buffers bytes and yields one decoded CBOR item per complete frame."""
 
-    __slots__ = ("_buffer", "_error", "_payload_bytes", "frame_bytes_max")
+    __slots__ = (
+        "_buffer",
+        "_error",
+        "_payload_bytes",
+        "frame_bytes_max",
+        "items_per_byte_max",
+        "last_payload_bytes",
+    )
 
-    def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
+    def __init__(
+        self,
+        *,
+        frame_bytes_max: int = limits.frame_bytes_max,
+        items_per_byte_max: int = limits.cbor_items_per_byte_max,
+    ) -> None:
         assert 0 < frame_bytes_max <= PAYLOAD_BYTES_LIMIT
         self.frame_bytes_max = frame_bytes_max
+        self.items_per_byte_max = items_per_byte_max
         self._buffer = bytearray()
         self._payload_bytes: int | None = None  # vetted length of the frame being received
         self._error: str | None = None
+        self.last_payload_bytes = 0  # the size of the frame ``next_item`` returned last
 
     @property
     def buffered_bytes(self) -> int:
@@ -139,7 +158,11 @@ class FrameDecoder:
         payload = bytes(memoryview(self._buffer)[PREFIX_BYTES:end])
         del self._buffer[:end]
         self._payload_bytes = None
+        self.last_payload_bytes = len(payload)
         try:
+            size, per_byte = len(payload), self.items_per_byte_max
+            if needs_check(size):
+                check_item(payload, items_max=budget_for(size, per_byte))
             return decode_item(payload)
         except ValueError as exc:
             self.fail(f"frame payload: {exc}")
