@@ -410,3 +410,13 @@ def test_batches_round_trip(batch: m.EventBatch) -> None:
     message = m.Ingest(partition=1, producer_id=2, seq=3, sync=True, catalog_version=4, batch=batch)
     [got] = outcomes(ServerCodec(), ClientCodec().encode_request(1, message))
     same(got, m.RequestFrame(request_id=1, message=message))
+
+
+def test_a_batch_that_would_build_far_more_than_its_bytes_is_refused() -> None:
+    """The batch map is a byte string inside the frame: its own contents are weighed too."""
+    bomb = cbor2.dumps({"p": [[]] * 200_000})  # ~200 KB that would build 200,000 lists
+    server = ServerCodec()
+    server.feed(encode_frame([int(K.INGEST), 5, batch_body() | {"b": bomb}]))
+    got = server.next_frame()
+    assert isinstance(got, BadRequest)
+    assert got.message.startswith("Ingest.batch: CBOR item too complex"), got.message

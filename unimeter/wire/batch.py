@@ -42,6 +42,7 @@ import numpy.typing as npt
 from cbor2 import CBORTag
 
 from unimeter import limits, model
+from unimeter.wire.cborscan import budget_for, check_item, needs_check
 from unimeter.wire.frames import decode_item
 
 TAG_UINT8 = 64
@@ -583,6 +584,10 @@ def decode_batch(data: object, path: str, *, check_limits: bool = True) -> Event
     if type(data) is not bytes:
         raise ColumnError(f"{path}: expected a byte string holding the batch map")
     try:
+        if check_limits and needs_check(len(data)):
+            # The frame was walked, but its budget counted these bytes as one byte string:
+            # weigh what they will build before cbor2 builds it.
+            check_item(data, items_max=budget_for(len(data)))
         obj = decode_item(data)
     except ValueError as exc:
         raise ColumnError(f"{path}: {exc}") from None
