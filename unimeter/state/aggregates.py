@@ -85,7 +85,10 @@ class RowCache:
         if (
             current is not None
             and int(slots.max()) < width
-            and all(int(self._table_of_col[mid]) == table for mid, table in current.items())
+            and all(
+                mid < len(self._table_of_col) and int(self._table_of_col[mid]) == table
+                for mid, table in current.items()
+            )
         ):
             found: Array = rows.reshape(-1)[mids * width + slots]
             return found

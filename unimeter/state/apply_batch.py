@@ -135,71 +135,90 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     insts = [state.instances[mid] for mid in present]
     table_of = np.full(present[-1] + 1, -1, I64)  # by mid, when each has one table
     level_of = np.full(present[-1] + 1, INT64_MAX, I64)  # a new row's first level, by mid
-    tables: Array | None = None
-    current: dict[int, int] | None = None
     for inst in insts:
         level_of[inst.mid] = inst.first_level(None)
-        if g.stamp is not None:
-            table_of[inst.mid] = _tables_of(state, inst, stamps[:1])[0]
-            continue
-        if tables is None:
-            tables = np.empty(n, I64)
-        mine = mids == inst.mid if len(insts) > 1 else slice(None)
-        if len(insts) > 1 and not mine.any():  # type: ignore[union-attr]
-            continue
-        tables[mine] = _tables_of(state, inst, stamps[mine])
-    if tables is None:
-        tables = table_of[mids]
-        current = {mid: int(table_of[mid]) for mid in present if table_of[mid] >= 0}
-    counted = tables >= 0
-    if counted.all():
-        ev = _Events(g, None, first)
-    else:
-        positions = np.flatnonzero(counted)
-        if not len(positions):
-            return []
-        ev = _Events(g, positions, first)
-        tables = tables[positions]
-    ev.tables = tables
     tabs = state.tables
-    if current is not None and len(current) < len(present):
-        current = None  # some events expired on arrival: their instance has no table
-    ev.rows = tabs.total_rows(tabs.slots(ev.account), tables, ev.mid, level_of, current)
-    unique: Array | None = None
-    if any(i.unique for i in insts):
-        unique = np.isin(ev.mid, [i.mid for i in insts if i.unique])
+    simple = (
+        g.stamp is not None
+        and not any(i.unique or i.thresholds for i in insts)
+        and g.cols["cell"] is None
+        and not len(tabs.cells)
+    )
+    # Events ordered by instance (stable, so each instance's are in log order) make every
+    # per-instance step work on a slice; a plain leader-stamped batch needs no order at all.
+    order = None
+    if not simple and len(present) > 1:
+        # A counting sort: one pass per instance (there are few), no comparison sort.
+        order = np.concatenate([np.flatnonzero(mids == mid) for mid in present])
+    ev = _Events(g, order, first)
+    bounds = {} if simple else _slices(ev.mid, present)
+    current: dict[int, int] | None = None
+    if g.stamp is not None:
+        for inst in insts:
+            table_of[inst.mid] = _tables_of(state, inst, stamps[:1])[0]
+        ev.tables = table_of[ev.mid]
+        current = {mid: int(table_of[mid]) for mid in present if table_of[mid] >= 0}
+    else:
+        ev.tables = np.empty(n, I64)
+        for inst in insts:
+            sel = bounds[inst.mid]
+            if sel.stop > sel.start:
+                ev.tables[sel] = _tables_of(state, inst, ev.ts[sel])
+    if not (ev.tables >= 0).all():  # some events expired on arrival: stored, not counted
+        ev.keep(np.flatnonzero(ev.tables >= 0))
+        if not len(ev.pos):
+            return []
+        bounds = {} if simple else _slices(ev.mid, present)
+        current = None
+    ev.rows = tabs.total_rows(tabs.slots(ev.account), ev.tables, ev.mid, level_of, current)
     found: list[Found] = []
+    if simple:
+        tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset, stamp=g.stamp)
+        return found
     # Rows whose total may reach a threshold: noted before anything changes.
     candidates: dict[int, NumState | None] = {}
     for inst in insts:
         if inst.thresholds:
-            _note_candidates(state, inst, ev, candidates)
-    _seed_cells(state, ev)
-    if unique is None:
-        tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset, stamp=g.stamp)
-    elif not unique.all():
-        numeric = ~unique
-        tabs.rows.accumulate(ev.rows[numeric], ev.value[numeric], ev.ts[numeric],
-                             ev.offset[numeric], stamp=g.stamp)  # fmt: skip
-    if ev.cell_rows is not None:
-        with_cell = ev.cell_rows >= 0
-        if unique is not None:
-            with_cell &= ~unique
-        if with_cell.any():
-            tabs.rows.accumulate(ev.cell_rows[with_cell], ev.value[with_cell],
-                                 ev.ts[with_cell], ev.offset[with_cell], stamp=g.stamp)  # fmt: skip
-    if unique is not None and unique.any():
-        _fold_unique(state, ev, np.flatnonzero(unique), candidates, found)
+            _note_candidates(state, inst, ev, bounds[inst.mid], candidates)
+    for inst in insts:
+        sel = bounds[inst.mid]
+        if sel.stop == sel.start:
+            continue
+        _seed_cells(state, ev, sel)
+        if inst.unique:
+            _fold_unique(state, ev, sel, candidates, found)
+            continue
+        tabs.rows.accumulate(ev.rows[sel], ev.value[sel], ev.ts[sel], ev.offset[sel],
+                             stamp=g.stamp)  # fmt: skip
+        if ev.cell_rows is not None:
+            cell_rows = ev.cell_rows[sel]
+            with_cell = cell_rows >= 0
+            if with_cell.all():
+                tabs.rows.accumulate(cell_rows, ev.value[sel], ev.ts[sel], ev.offset[sel],
+                                     stamp=g.stamp)  # fmt: skip
+            elif with_cell.any():
+                at = np.flatnonzero(with_cell) + sel.start
+                tabs.rows.accumulate(ev.cell_rows[at], ev.value[at], ev.ts[at], ev.offset[at],
+                                     stamp=g.stamp)  # fmt: skip
     if candidates:
         _replay_numeric(state, ev, candidates, found)
     return found
 
 
-def _note_candidates(state: PartitionState, inst: Instance, ev: _Events,
+def _slices(mids: Array, present: list[int]) -> dict[int, slice]:
+    """Where each instance's events are in ``mids`` (sorted, or all one instance)."""
+    if len(present) == 1:
+        return {present[0]: slice(0, len(mids))}
+    edges = np.searchsorted(mids, [*present, present[-1] + 1]).tolist()
+    return {mid: slice(edges[i], edges[i + 1]) for i, mid in enumerate(present)}
+
+
+def _note_candidates(state: PartitionState, inst: Instance, ev: _Events, sel: slice,
                      candidates: dict[int, NumState | None]) -> None:  # fmt: skip
     """Note the rows of ``inst`` whose total may reach its next threshold in this batch."""
+    if sel.stop == sel.start:
+        return
     tabs = state.tables
-    sel = ev.mid == inst.mid
     if inst.unique and inst.recurring:
         # The total is the carried set's size, not the row's: replay every such row.
         candidates.update(dict.fromkeys(np.unique(ev.rows[sel]).tolist()))
@@ -212,7 +231,8 @@ def _note_candidates(state: PartitionState, inst: Instance, ev: _Events,
 
 
 class _Events:
-    """The counted events of a batch, as the fold sees them (parallel arrays)."""
+    """The counted events of a batch, as the fold sees them (parallel arrays), ordered by
+    instance when the fold asked for it (``pos`` keeps each event's position in the entry)."""
 
     __slots__ = (
         "account",
@@ -228,65 +248,77 @@ class _Events:
         "value",
     )
 
-    def __init__(self, g: Gathered, positions: Array | None, first: int) -> None:
-        """The events at ``positions`` of ``g`` (None: all of them)."""
-
+    def __init__(self, g: Gathered, order: Array | None, first: int) -> None:
         def pick(name: str) -> Array | None:
             col = g.cols[name]
             if col is None:
                 return None
-            return col if positions is None else col[positions]
+            return col if order is None else col[order]
 
-        if positions is None:
-            positions = np.arange(g.n, dtype=I64)
-        self.pos = positions
+        self.pos = np.arange(g.n, dtype=I64) if order is None else order
         self.mid: Array = pick("mid")  # type: ignore[assignment]
         self.account: Array = pick("account")  # type: ignore[assignment]
         self.ts: Array = pick("ts")  # type: ignore[assignment]
         self.value: Array = pick("value")  # type: ignore[assignment]
         self.op = pick("op")
         self.cell = pick("cell")
-        self.offset = positions + first
-        self.tables: Array = positions
-        self.rows: Array = positions
+        self.offset = self.pos + first
+        self.tables: Array = self.pos
+        self.rows: Array = self.pos
         self.cell_rows: Array | None = None
 
+    def keep(self, at: Array) -> None:
+        """Only the events at positions ``at`` (ascending) of these arrays."""
+        for name in ("account", "mid", "offset", "pos", "tables", "ts", "value"):
+            setattr(self, name, getattr(self, name)[at])
+        if self.op is not None:
+            self.op = self.op[at]
+        if self.cell is not None:
+            self.cell = self.cell[at]
 
-def _seed_cells(state: PartitionState, ev: _Events) -> None:
-    """Find the cell row of every event whose total row has (or now gets) cells, creating the
-    cell-0 row of a total row that gets its first cells from the total before this batch."""
+
+def _seed_cells(state: PartitionState, ev: _Events, sel: slice) -> None:
+    """Find the cell row of every event of ``sel`` whose total row has (or now gets) cells,
+    creating the cell-0 row of a total row that gets its first cells from the total before
+    this batch."""
     tabs = state.tables
-    if ev.cell is None and not len(tabs.cells):
+    cell = ev.cell[sel] if ev.cell is not None else None
+    if (cell is None or not cell.any()) and not len(tabs.cells):
         return
     has_cells = tabs.rows.has_cells
-    need = has_cells[ev.rows] != 0
-    if ev.cell is not None:
-        new_rows = np.unique(ev.rows[(ev.cell != 0) & ~need])
+    rows = ev.rows[sel]
+    need = has_cells[rows] != 0
+    new_rows = rows[:0]
+    if cell is not None:
+        new_rows = np.unique(rows[(cell != 0) & ~need])
         if len(new_rows):
             # Every event of a row with cells updates a cell row (cell 0 for none),
             # including the batch's events before the one that gave it its first cells.
             has_cells[new_rows] = 1
-            need = has_cells[ev.rows] != 0
-    else:
-        new_rows = ev.rows[:0]
+            need = has_cells[rows] != 0
     if not need.any():
         return
-    cell = ev.cell if ev.cell is not None else np.zeros(len(ev.rows), np.int32)
+    if cell is None:
+        cell = np.zeros(len(rows), np.int32)
     if len(new_rows):
         seeds = tabs.cell_rows_for(new_rows, np.zeros(len(new_rows), I64))
-        rows = tabs.rows
+        store = tabs.rows
         for name in COLUMNS:
             if name != "next_level":
-                rows.cols[name][seeds] = rows.cols[name][new_rows]
+                store.cols[name][seeds] = store.cols[name][new_rows]
         for total, seed in zip(new_rows.tolist(), seeds.tolist(), strict=True):
-            if total in rows.big_sums:
-                rows.big_sums[seed] = rows.big_sums[total]
+            if total in store.big_sums:
+                store.big_sums[seed] = store.big_sums[total]
             uniq = tabs.uniq.get(total)
             if uniq is not None:
                 tabs.uniq[seed] = UniqRow(uniq.present.copy())
-    out = np.full(len(ev.rows), -1, I64)
-    out[need] = tabs.cell_rows_for(ev.rows[need], cell[need])
-    ev.cell_rows = out
+    if ev.cell_rows is None:
+        ev.cell_rows = np.full(len(ev.rows), -1, I64)
+    if need.all():
+        ev.cell_rows[sel] = tabs.cell_rows_for(rows, cell)
+    else:
+        at = np.flatnonzero(need)
+        ev.cell_rows[at + sel.start] = tabs.cell_rows_for(rows[at], cell[at])
 
 
 # --------------------------------------------------------------------------- COUNT_UNIQUE
@@ -295,33 +327,27 @@ def _seed_cells(state: PartitionState, ev: _Events) -> None:
 def _fold_unique(
     state: PartitionState,
     ev: _Events,
-    which: Array,
+    sel: slice,
     candidates: dict[int, NumState | None],
     found: list[Found],
 ) -> None:
-    """Apply the COUNT_UNIQUE events (positions ``which`` of ``ev``): one set update per
+    """Apply one COUNT_UNIQUE instance's events (``sel`` of ``ev``): one set update per
     distinct row, or event by event, in log order, where the order matters (REMOVEs, rows that
     may cross a threshold, and recurring instances with thresholds, whose periods' totals
     depend on each other)."""
     tabs = state.tables
-    in_order = np.zeros(len(which), dtype=bool)
-    for mid in np.unique(ev.mid[which]).tolist():
-        inst = state.instances[mid]
-        if inst.recurring and inst.thresholds:
-            in_order |= ev.mid[which] == mid
-    if in_order.any():
-        _one_by_one(state, ev, which[in_order].tolist(), found)
-        which = which[~in_order]
-    if not len(which):
+    inst = state.instances[int(ev.mid[sel.start])]
+    if inst.recurring and inst.thresholds:
+        _one_by_one(state, ev, list(range(sel.start, sel.stop)), found)
         return
     # Plain Python over lists from here: the rows are few and numpy scalars cost more.
-    rows = ev.rows[which].tolist()
-    values = ev.value[which].tolist()
-    positions = which.tolist()
-    cells = ev.cell_rows[which].tolist() if ev.cell_rows is not None else None
-    removing = set()
+    rows = ev.rows[sel].tolist()
+    values = ev.value[sel].tolist()
+    cells = ev.cell_rows[sel].tolist() if ev.cell_rows is not None else None
+    removing: set[int] = set()
     if ev.op is not None:
-        removing = set(ev.rows[which][ev.op[which] == REMOVE].tolist())
+        ops = ev.op[sel]
+        removing = set(ev.rows[sel][ops == REMOVE].tolist())
     by_row: dict[int, list[int]] = {}
     for k, row in enumerate(rows):
         found_k = by_row.get(row)
@@ -330,14 +356,12 @@ def _fold_unique(
         else:
             found_k.append(k)
     count = tabs.rows.count
-    mids = ev.mid[which].tolist()
-    accounts = ev.account[which].tolist()
+    accounts = ev.account[sel].tolist() if inst.recurring else None
     for row, ks in by_row.items():
         if row in candidates or row in removing:
-            _one_by_one(state, ev, [positions[k] for k in ks], found)
+            _one_by_one(state, ev, [sel.start + k for k in ks], found)
             continue
-        inst = state.instances[mids[ks[0]]]
-        if inst.recurring:
+        if accounts is not None:
             inst.ucache.pop(accounts[ks[0]], None)
         urow = _uniq(tabs.uniq, row)
         urow.present.update([values[k] for k in ks])  # one C call per distinct row

@@ -41,13 +41,14 @@ def stored_form(keys: Array) -> Array:
 class EventIdIndex:
     """The keys of stored event ids, with the day each was stored on."""
 
-    __slots__ = ("_bits", "_days", "_fill", "_keys", "size")
+    __slots__ = ("_bits", "_claim", "_days", "_fill", "_keys", "size")
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
         self._keys = np.zeros((1 << bits, SLOTS), U64)
         self._days = np.zeros((1 << bits, SLOTS), I32)
         self._fill = np.zeros(1 << bits, np.int8)  # used slots of each bucket, packed first
+        self._claim = np.full(1 << bits, -1, np.int64)  # scratch for ``_place``, all -1
         self.size = 0
 
     def __len__(self) -> int:
@@ -86,36 +87,44 @@ class EventIdIndex:
             left_keys, left_days = self._place(left_keys, left_days)
 
     def _place(self, keys: Array, days: Array) -> tuple[Array, Array]:
-        """Put keys in the emptier of their two buckets; return those that did not fit."""
+        """Put keys in the emptier of their two buckets (the other when that one is full);
+        return those that fit in neither. No sort: in each round a scatter elects one key
+        per bucket (whichever lands last), the others wait for the next round."""
         first, second = self._buckets(keys)
         fill = self._fill
         bucket = np.where(fill[second] < fill[first], second, first)
-        for attempt in range(2):
-            order = np.argsort(bucket, kind="stable")
-            ordered = bucket[order]
-            again = ordered[1:] == ordered[:-1]
-            slot = fill[ordered].astype(np.intp)
-            if again.any():  # several keys for one bucket: number them within it
-                starts = np.flatnonzero(np.concatenate(([True], ~again)))
-                sizes = np.diff(np.append(starts, len(ordered)))
-                slot += np.arange(len(ordered)) - np.repeat(starts, sizes)
+        other = np.where(bucket == first, second, first)
+        moved = np.zeros(len(keys), dtype=bool)  # already tried its other bucket
+        pending = np.arange(len(keys))
+        claim = self._claim
+        flat_keys = self._keys.reshape(-1)
+        flat_days = self._days.reshape(-1)
+        while len(pending):
+            at = bucket[pending]
+            claim[at] = pending
+            elected = claim[at] == pending
+            claim[at] = -1
+            winners = pending[elected]
+            target = at[elected]
+            slot = fill[target]
             fits = slot < SLOTS
-            placed = order[fits]
-            target = ordered[fits]
-            flat = target * SLOTS + slot[fits]  # 1-D indexing: far cheaper than 2-D
-            self._keys.reshape(-1)[flat] = keys[placed]
-            self._days.reshape(-1)[flat] = days[placed]
-            np.maximum.at(fill, target, (slot[fits] + 1).astype(np.int8))
+            placed, where = winners[fits], target[fits]
+            flat = where * SLOTS + slot[fits]
+            flat_keys[flat] = keys[placed]
+            flat_days[flat] = days[placed]
+            fill[where] += 1  # the elected buckets are distinct
             self.size += len(placed)
-            rest = order[~fits]
-            if not len(rest):
-                return keys[:0], days[:0]
-            keys, days = keys[rest], days[rest]
-            if attempt == 0:  # the other bucket of each key left over
-                f, s = first[rest], second[rest]
-                bucket = np.where(bucket[rest] == f, s, f)
-                first, second = f, s
-        return keys, days
+            full = winners[~fits]
+            tried = moved[full]
+            retry = full[~tried]
+            bucket[retry] = other[retry]
+            moved[retry] = True
+            waiting = np.concatenate([pending[~elected], retry])
+            if tried.any():  # full in both buckets: place these after the table grows
+                rest = np.concatenate([full[tried], waiting])
+                return keys[rest], days[rest]
+            pending = waiting
+        return keys[:0], days[:0]
 
     def _grow(self, size: int) -> None:
         keys, days = self.dump()

@@ -20,6 +20,8 @@ Array = npt.NDArray[Any]
 Cell = tuple[tuple[str, str], ...]
 I32 = np.dtype("<i4")
 
+_DENSE_COMBOS_MAX = 1 << 16  # up to this many possible combinations, count instead of sort
+
 # The properties table is rebuilt when it holds this many more entries than were live at the
 # last rebuild (and at least this many), so unique-per-event properties cannot leak forever.
 _PROPS_GC_SLACK = 4096
@@ -90,12 +92,20 @@ def _combos(codes: Sequence[Array], n: int) -> tuple[Array, Array]:
     radices = [int(col.max()) + 1 for col in codes]
     if float(np.prod(radices, dtype=np.float64)) < 2.0**62:
         # Mixed-radix: one int64 per event, and one sort finds the distinct combinations.
-        key = np.zeros(n, np.int64)
-        scale = 1
-        for col, radix in zip(codes, radices, strict=True):
+        key = codes[0].astype(np.int64)
+        scale = radices[0]
+        for col, radix in zip(codes[1:], radices[1:], strict=True):
             key += col.astype(np.int64) * scale
             scale *= radix
-        distinct, inverse = np.unique(key, return_inverse=True)
+        if scale <= _DENSE_COMBOS_MAX:
+            # Few possible combinations: count them, no sort.
+            seen = np.bincount(key, minlength=scale)
+            distinct = np.flatnonzero(seen)
+            number = np.zeros(scale, np.int64)
+            number[distinct] = np.arange(len(distinct))
+            inverse = number[key]
+        else:
+            distinct, inverse = np.unique(key, return_inverse=True)
         rows = np.zeros((len(distinct), len(codes)), np.int64)
         rest = distinct.copy()
         for j, radix in enumerate(radices):

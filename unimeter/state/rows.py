@@ -63,13 +63,23 @@ def exact_sum(values: Array) -> int:
 
 
 class RowStore:
-    __slots__ = ("big_sums", "cols", "fired", "has_cells", "newest_ts", "since_settle", "size")
+    __slots__ = (
+        "_best",
+        "big_sums",
+        "cols",
+        "fired",
+        "has_cells",
+        "newest_ts",
+        "since_settle",
+        "size",
+    )
 
     def __init__(self, capacity: int = 1024) -> None:
         self.size = 0
         self.since_settle = 0
         # No row's latest event is newer than this (a bound, not written: recomputed on load).
         self.newest_ts = INT64_MIN
+        self._best = np.zeros(0, I64)
         self.cols: dict[str, Array] = {
             name: np.full(capacity, _FILL[name], I64) for name in COLUMNS
         }
@@ -158,11 +168,40 @@ class RowStore:
         """Per row, the batch's latest event replaces the stored one unless that is later."""
         n = len(rows)
         low = int(stamps.min())
-        if (int(stamps.max()) - low) < (INT64_MAX // max(n, 1)):
-            # One sortable key per event: (timestamp, position) -- later wins, ties to later.
-            order = np.lexsort(((stamps - low) * n + np.arange(n), rows))
-        else:
-            order = np.lexsort((np.arange(n), stamps, rows))
+        if int(stamps.max()) - low >= INT64_MAX // max(n, 1) - 1:
+            self._latest_sorted(rows, values, stamps, offsets)
+            return
+        # One key per event, ordered as "later wins" (timestamp, then position): the largest
+        # key of each row is its latest event. The scratch column holds each row's best key
+        # for the length of this call and is left as it was found.
+        key = (stamps - low) * n + np.arange(n)
+        scratch = self._scratch()
+        np.maximum.at(scratch, rows, key)
+        won = scratch[rows] == key
+        scratch[rows] = INT64_MIN
+        cols = self.cols
+        targets = rows[won]
+        ts = stamps[won]
+        take = ts >= cols["last_ts"][targets]
+        if not take.all():
+            won = np.flatnonzero(won)[take]
+            targets, ts = rows[won], stamps[won]
+        cols["last_ts"][targets] = ts
+        cols["last_off"][targets] = offsets[won]
+        cols["last_val"][targets] = values[won]
+        if len(ts):
+            self.newest_ts = max(self.newest_ts, int(ts.max()))
+
+    def _scratch(self) -> Array:
+        """A column of INT64_MIN as long as the rows (not state: never written)."""
+        if len(self._best) < len(self.cols["count"]):
+            self._best = np.full(len(self.cols["count"]), INT64_MIN, I64)
+        return self._best
+
+    def _latest_sorted(self, rows: Array, values: Array, stamps: Array, offsets: Array) -> None:
+        """``_latest`` for timestamps too far apart to share one key with the position."""
+        n = len(rows)
+        order = np.lexsort((np.arange(n), stamps, rows))
         sorted_rows = rows[order]
         last = np.flatnonzero(np.append(sorted_rows[1:] != sorted_rows[:-1], True))
         winners = order[last]
