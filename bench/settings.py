@@ -18,6 +18,21 @@ PARTITIONS = 8  # the node's default partition count
 REGION_KEY = "region"
 REGIONS = ("eu", "us", "apac", "latam")
 
+# The realistic workload: what a billing producer sends (bench/workload.py). The same accounts;
+# every event has a 36-byte UUID event id, a producer timestamp within the last hour and two
+# properties; a COUNT metric declares both properties as dimensions, a SUM metric does not, and
+# one event in ten is an ADD of a seat (a user id) to a COUNT_UNIQUE metric.
+REAL_COUNT_CODE = "real.requests"
+REAL_SUM_CODE = "real.bytes"
+REAL_SEATS_CODE = "real.seats"
+REAL_ENDPOINT_KEY = "endpoint"
+REAL_ENDPOINTS = ("/v1/search", "/v1/items", "/v1/orders", "/v1/users")
+REAL_REGION_KEY = "region"
+REAL_REGIONS = ("eu", "us", "apac")
+REAL_SEAT_EVERY = 10  # one event in ten is a seat ADD
+REAL_SEATS_PER_ACCOUNT = 200  # seat (user) ids are drawn from 1..this, per account
+REAL_TIME_SPAN_US = 3_600_000_000  # producer timestamps fall within the last hour
+
 # Requests in flight per connection: enough to keep the node busy (and, for SYNC, to fill
 # each group commit), small enough to stay under the partition mailboxes (1024 each).
 WINDOW_ASYNC_B500 = 16
@@ -56,6 +71,7 @@ class Settings:
     client_query_samples: int
     server_query_samples: int
     memory_cells: int
+    memory_events: int  # stored events added to a warm state (bytes per stored event)
     recovery_events: int
     profile_duration_s: float
     profile: bool
@@ -81,6 +97,7 @@ QUICK = Settings(
     client_query_samples=500,
     server_query_samples=2_000,
     memory_cells=50_000,
+    memory_events=100_000,
     recovery_events=50_000,
     profile_duration_s=3.0,
     profile=False,
@@ -106,6 +123,7 @@ FULL = Settings(
     client_query_samples=3_000,
     server_query_samples=20_000,
     memory_cells=1_000_000,
+    memory_events=1_000_000,
     recovery_events=1_000_000,
     profile_duration_s=10.0,
     profile=True,
