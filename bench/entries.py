@@ -16,6 +16,7 @@ and the verdicts are the same.
 
 from __future__ import annotations
 
+import gc
 import random
 from collections.abc import Iterable, Iterator, Sequence
 
@@ -121,3 +122,12 @@ def fill(
         first_seq += count
         done += count
     return first_seq
+
+
+def node_gc() -> None:
+    """Collect, then set the cycle collector as the node does once it has recovered
+    (``unimeter.node.tune_gc``: thresholds raised, the heap so far frozen)."""
+    from unimeter.node import tune_gc
+
+    gc.collect()
+    tune_gc(recovered=True)

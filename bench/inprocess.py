@@ -48,14 +48,6 @@ APPLY_LAYOUTS = (1, 8)  # parts per entry
 APPLY_WARMUP_EVENTS_MIN = 200_000
 
 
-def _node_gc() -> None:
-    """The node's collector settings after recovery (thresholds raised, heap frozen)."""
-    from unimeter.node import tune_gc
-
-    gc.collect()
-    tune_gc(recovered=True)
-
-
 # --------------------------------------------------------------------------- apply
 
 
@@ -71,15 +63,13 @@ def apply_rate(workload_name: str, frames: int) -> dict[str, Any]:
     rates: dict[int, list[float]] = {n: [] for n in APPLY_LAYOUTS}
     for _ in range(APPLY_ROUNDS):
         for per_entry in APPLY_LAYOUTS:
-            raw = entries.random_batches(
-                workload_name, rng, settings.ACCOUNTS, 500, frames, now_us
-            )
+            raw = entries.random_batches(workload_name, rng, settings.ACCOUNTS, 500, frames, now_us)
             parts = entries.admitted(state, entries.received(raw, first_seq=seq), now_us)
             seq += frames
             batch_entries = entries.grouped(parts, per_entry, stamp)
             stamp += len(batch_entries)
             del raw, parts
-            _node_gc()
+            entries.node_gc()
             t0 = time.process_time()
             stored = entries.apply_entries(state, batch_entries)
             took = time.process_time() - t0
@@ -137,7 +127,7 @@ def server_queries(preload_events: int, samples: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     codec = ServerCodec()
     clock = time.perf_counter_ns
-    _node_gc()
+    entries.node_gc()
     for kind in workload.QUERY_KINDS:
         frames, _ = workload.encode_queries(
             kind, rng=rng, accounts=settings.ACCOUNTS, partitions=1, now_us=now_us, count=samples

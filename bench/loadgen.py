@@ -184,7 +184,9 @@ def build_pool(spec: LoadSpec, index: int, partitions: int) -> Pool:
     by_partition = workload.accounts_by_partition(job.accounts, partitions)
     if job.cover:
         assert job.workload == workload.PLAIN, "only the plain workload covers cells"
-        batches = list(workload.plain_pairs(workload.covering_batches(rng, by_partition, job.batch)))
+        batches = list(
+            workload.plain_pairs(workload.covering_batches(rng, by_partition, job.batch))
+        )
     else:
         batches = workload.batches_of(
             job.workload,

@@ -89,7 +89,7 @@ def fmt(value: float | None, unit: str) -> str:
         return "n/a"
     if unit in ("ev/s", "ops/s", "req/s", "B/cell", "B/event", "B"):
         return f"{value:,.0f}"
-    if unit == "us":
+    if unit in ("us", "calls"):
         return f"{value:,.1f}"
     if unit in ("s", "s/M ev"):
         return f"{value:,.3f}"

@@ -176,7 +176,10 @@ def ingest(res: Results, work: Path, s: Settings) -> None:
             )
         )
         res.detail(key, outcome.details())
-    for mode, window in (("async", settings.WINDOW_ASYNC_B500), ("sync", settings.WINDOW_SYNC_B500)):
+    for mode, window in (
+        ("async", settings.WINDOW_ASYNC_B500),
+        ("sync", settings.WINDOW_SYNC_B500),
+    ):
         key = f"ingest.realistic.{mode}.b500.p1"
         outcome = _ingest_run(work, s, key, mode, 500, 1, window, workload.REALISTIC)
         res.detail(key, outcome.details())

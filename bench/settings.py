@@ -70,9 +70,12 @@ class Settings:
     client_duration_s: float
     client_query_samples: int
     server_query_samples: int
+    range_read_samples: int  # per size (10k, 100k, 1M events in the account)
+    range_read_time_s_max: float  # per size, after the first few reads
+    call_count_requests: int  # per kind (one-event SYNC ingest, query), counted by cProfile
     memory_cells: int
     memory_events: int  # stored events added to a warm state (bytes per stored event)
-    recovery_events: int
+    recovery_events: int  # stored in the recovery section's node: half of them make the cells
     profile_duration_s: float
     profile: bool
     two_process_runs: bool
@@ -96,9 +99,12 @@ QUICK = Settings(
     client_duration_s=1.5,
     client_query_samples=500,
     server_query_samples=2_000,
+    range_read_samples=50,
+    range_read_time_s_max=3.0,
+    call_count_requests=300,
     memory_cells=50_000,
     memory_events=100_000,
-    recovery_events=50_000,
+    recovery_events=100_000,
     profile_duration_s=3.0,
     profile=False,
     two_process_runs=True,
@@ -122,9 +128,12 @@ FULL = Settings(
     client_duration_s=5.0,
     client_query_samples=3_000,
     server_query_samples=20_000,
+    range_read_samples=500,
+    range_read_time_s_max=15.0,
+    call_count_requests=2_000,
     memory_cells=1_000_000,
     memory_events=1_000_000,
-    recovery_events=1_000_000,
+    recovery_events=2_000_000,
     profile_duration_s=10.0,
     profile=True,
     two_process_runs=True,

@@ -44,7 +44,7 @@ REALISTIC = "realistic"
 WORKLOADS = (PLAIN, REALISTIC)
 # The realistic metrics, sorted by code: a batch's metric index points into this table.
 REAL_CODES = (st.REAL_SUM_CODE, st.REAL_COUNT_CODE, st.REAL_SEATS_CODE)
-assert REAL_CODES == tuple(sorted(REAL_CODES))
+assert tuple(sorted(REAL_CODES)) == REAL_CODES
 _SUM, _COUNT, _SEATS = range(3)
 
 Array = npt.NDArray[Any]
@@ -181,9 +181,7 @@ def uuid_ids(gen: np.random.Generator, n: int) -> tuple[bytes, Array]:
     return text.tobytes(), np.arange(0, 36 * n + 1, 36, dtype=np.uint32)
 
 
-def realistic_batch(
-    gen: np.random.Generator, accounts: Array, n: int, now_us: int
-) -> EventBatch:
+def realistic_batch(gen: np.random.Generator, accounts: Array, n: int, now_us: int) -> EventBatch:
     """``n`` realistic events of ``accounts`` (uint64), timestamps within the hour before
     ``now_us``; the code table lists only the metrics the batch uses, as the client's does."""
     seat = np.zeros(n, dtype=bool)
