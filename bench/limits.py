@@ -351,9 +351,22 @@ def _raise_failures(outcome: driver.LoadOutcome) -> None:
 
 def derived(res: Results) -> None:
     """The physical floor of one SYNC event: one round trip plus one fdatasync, taking the
-    faster of the back-to-back and the isolated fdatasync (which one is faster varies)."""
+    faster of the back-to-back and the isolated fdatasync (which one is faster varies); and
+    issue 11's floor, the round trip plus the fdatasync after idle (what a lone event meets),
+    which the lone SYNC event's bar is a ratio to."""
     for p in ("p50", "p99"):
         rtt = res.value(f"limit.rtt.{p}")
+        idle = res.value(f"limit.fsync_4k_idle.{p}")
+        if rtt is not None and idle is not None:
+            res.add(
+                Figure(
+                    key=f"limit.floor.sync_idle.{p}",
+                    label=f"limit: loopback round trip + 4 KiB fdatasync after idle, {p}",
+                    value=rtt + idle,
+                    unit="us",
+                    lower_is_better=True,
+                )
+            )
         syncs = [res.value(f"limit.fsync_4k.{p}"), res.value(f"limit.fsync_4k_idle.{p}")]
         known = [v for v in syncs if v is not None]
         if rtt is not None and known:

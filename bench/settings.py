@@ -70,6 +70,7 @@ class Settings:
     client_duration_s: float
     client_query_samples: int
     server_query_samples: int
+    apply_frames: int  # batches of 500 applied per layout and round (apply alone)
     range_read_samples: int  # per size (10k, 100k, 1M events in the account)
     range_read_time_s_max: float  # per size, after the first few reads
     call_count_requests: int  # per kind (one-event SYNC ingest, query), counted by cProfile
@@ -99,6 +100,7 @@ QUICK = Settings(
     client_duration_s=1.5,
     client_query_samples=500,
     server_query_samples=2_000,
+    apply_frames=200,
     range_read_samples=50,
     range_read_time_s_max=3.0,
     call_count_requests=300,
@@ -128,6 +130,7 @@ FULL = Settings(
     client_duration_s=5.0,
     client_query_samples=3_000,
     server_query_samples=20_000,
+    apply_frames=2_000,
     range_read_samples=500,
     range_read_time_s_max=15.0,
     call_count_requests=2_000,
