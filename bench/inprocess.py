@@ -41,7 +41,7 @@ from unimeter.wire.codec import ServerCodec
 # Issue 11: a read of a whole period, server side, within 20 us (p50). The range-cutting read
 # has its own bar (bench/rangeread.py).
 TARGET_QUERY_SERVER_P50_US = {"month": 20.0, "month_filtered": 20.0, "realtime": 20.0}
-# Issue 10's bars for apply alone (CPU time) and memory (DESIGN section 4).
+# Issue 10's bars for apply alone (CPU time) and memory.
 TARGET_APPLY = {workload.PLAIN: 5_000_000.0, workload.REALISTIC: 2_000_000.0}
 TARGET_BYTES_PER_CELL = 150.0
 TARGET_BYTES_PER_EVENT = 40.0

@@ -37,7 +37,7 @@ from bench.scenarios import applied_indices, create_metrics, settle
 from bench.settings import METRIC_CODES, SETTLE_S_MAX, Settings
 from unimeter import AsyncClient
 
-TARGET_BYTES_PER_CELL = 150.0  # issue 10 (DESIGN section 4)
+TARGET_BYTES_PER_CELL = 150.0  # issue 10
 TARGET_BYTES_PER_EVENT = 40.0
 TARGET_S_PER_M_EVENTS = 0.5
 VERIFY_SAMPLES = 300

@@ -22,8 +22,8 @@ from bench.report import Figure, Results
 from bench.settings import SETTLE_S_MAX, Settings
 from unimeter import AsyncClient
 
-# Issue 10's bars (DESIGN section 4): the plain workload at batch 500, one load-generator
-# process; the realistic workload at half the plain figure of the same run or better.
+# Issue 10's bars: the plain workload at batch 500, one load-generator process, and the
+# realistic workload at half the plain figure of the same run or better.
 TARGET_ASYNC_B500 = 1_200_000.0
 TARGET_SYNC_B500 = 1_000_000.0
 TARGET_REALISTIC_RATIO = 0.5
