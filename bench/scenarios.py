@@ -199,6 +199,14 @@ def ingest(res: Results, work: Path, s: Settings) -> None:
         )
 
 
+def _pool_frames(s: Settings, batch: int, workload_name: str) -> int:
+    if batch == 1:
+        return s.pool_frames_b1
+    return (
+        s.pool_frames_realistic_b500 if workload_name == workload.REALISTIC else s.pool_frames_b500
+    )
+
+
 def _ingest_run(
     work: Path,
     s: Settings,
@@ -218,7 +226,7 @@ def _ingest_run(
             window=window,
             conns=1,
             duration_s=s.ingest_duration_s,
-            frames=s.pool_frames_b500 if batch > 1 else s.pool_frames_b1,
+            frames=_pool_frames(s, batch, workload_name),
             workload_name=workload_name,
         )
         outcome = _checked(driver.run_load(specs, server=node.child))

@@ -236,6 +236,26 @@ def realistic_batches(
         yield p, realistic_batch(gen, columns[p], batch, now_us)
 
 
+def plain_batch(
+    gen: np.random.Generator, accounts: Array, n: int, *, with_region: bool = False
+) -> EventBatch:
+    """``n`` plain events of ``accounts`` (uint64), drawn as ``random_batches`` draws them but
+    a column at a time (a pool of millions of events builds in a second or two)."""
+    metric = gen.integers(0, len(METRIC_CODES), n)
+    used, index = np.unique(metric, return_inverse=True)
+    regions: tuple[PropertyColumn, ...] = ()
+    if with_region:
+        region = gen.integers(1, len(REGIONS) + 1, n).astype(np.uint8)
+        regions = (PropertyColumn(REGION_KEY, REGIONS, region),)
+    return EventBatch.from_columns(
+        tuple(METRIC_CODES[i] for i in used.tolist()),
+        index.astype(np.uint8),
+        gen.choice(accounts, n),
+        gen.integers(1, VALUE_MAX + 1, n).astype(np.int64),
+        property_columns=regions,
+    )
+
+
 def batches_of(
     workload: str,
     rng: random.Random,
@@ -246,11 +266,18 @@ def batches_of(
     now_us: int,
     with_region: bool = False,
 ) -> list[tuple[int, EventBatch]]:
-    """``count`` random (partition, batch) pairs of ``workload``."""
+    """``count`` random (partition, batch) pairs of ``workload``, round-robin over the
+    partitions that have accounts."""
     if workload == REALISTIC:
         return list(realistic_batches(rng, by_partition, batch, count, now_us))
-    raws = random_batches(rng, by_partition, batch, count, with_region=with_region)
-    return list(plain_pairs(raws))
+    assert workload == PLAIN, workload
+    gen = np.random.default_rng(rng.getrandbits(64))
+    columns = [np.array(accounts, dtype=np.uint64) for accounts in by_partition]
+    parts = [p for p, accounts in enumerate(by_partition) if accounts]
+    return [
+        (p, plain_batch(gen, columns[p], batch, with_region=with_region))
+        for p in (parts[i % len(parts)] for i in range(count))
+    ]
 
 
 # --------------------------------------------------------------------------- encoding
