@@ -1,16 +1,17 @@
 """Python function calls the node makes per request: a lone one-event SYNC ingest, a query.
 
-Issue 11's rows. In a fresh spawned process, a whole node (``unimeter.node.Node``, the same
-class ``python -m unimeter.node`` runs: connection, partition and catalog actors, WAL, fsync
-thread) serves on 127.0.0.1 from this process's uvloop, in the main thread; a driver thread of
-the same process is its client, on a blocking socket, one request at a time with pre-encoded
-frames (the load generator's ping-pong). ``cProfile`` is switched on and off *on the loop
-thread* (``call_soon_threadsafe``), and a profiler only sees the thread it was enabled in, so
-what it counts is the node's event loop: decode, dispatch, admission, the log append, the
-reply, and the completion of the fsync as it comes back to the loop (the fsync itself runs in
-a worker thread, not counted). cProfile counts every call, of Python functions and of C
-functions (builtins, methods of built-in types) alike; both totals are kept, the figure is the
-sum (as the earlier "376 calls per one-event request" was).
+Issue 11's rows. In a fresh spawned process, a whole node (``unimeter.node.Node``, the class
+``python -m unimeter.node`` runs: connection, partition and catalog actors, WAL, the storage
+thread that runs the fsyncs, under a supervisor) serves on 127.0.0.1 from this process's
+uvloop, in the main thread; a driver thread of the same process is its client, on a blocking
+socket, one request at a time with pre-encoded frames (the load generator's ping-pong).
+``cProfile`` is switched on and off *on the loop thread* (``call_soon_threadsafe``), and a
+profiler only sees the thread it was enabled in, so what it counts is the node's event loop:
+decode, dispatch, admission, the log append, the reply, and the completion of the fsync as it
+comes back to the loop (the fsync itself runs in the storage thread, not counted). cProfile
+counts every call, of Python functions and of C functions (builtins, methods of built-in types)
+alike; both totals are kept, the figure is the sum (as the earlier "376 calls per one-event
+request" was).
 
 Each phase is timed, and the node's calls over an idle stretch of the same length (timers,
 Raft ticks, the disk watch) are measured separately and subtracted. Before each counted phase
@@ -153,10 +154,14 @@ def _drive(loop: asyncio.AbstractEventLoop, address: str, requests: int) -> dict
 
 
 async def _serve_and_count(argv: list[str], address: str, requests: int) -> dict[str, Any]:
-    from unimeter.node import Node, parse_args, tune_gc
+    from unimeter.node import Node
+    from unimeter.node_cli import parse_args, tune_gc
+    from unimeter.supervisor import Supervisor
 
     tune_gc(recovered=False)
-    node = Node(parse_args(argv))
+    supervisor = Supervisor()
+    supervisor.install(asyncio.get_running_loop())
+    node = Node(parse_args(argv), supervisor)
     await node.start()
     tune_gc(recovered=True)
     loop = asyncio.get_running_loop()

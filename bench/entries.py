@@ -126,8 +126,8 @@ def fill(
 
 def node_gc() -> None:
     """Collect, then set the cycle collector as the node does once it has recovered
-    (``unimeter.node.tune_gc``: thresholds raised, the heap so far frozen)."""
-    from unimeter.node import tune_gc
+    (``unimeter.node_cli.tune_gc``: thresholds raised, the heap so far frozen)."""
+    from unimeter.node_cli import tune_gc
 
     gc.collect()
     tune_gc(recovered=True)

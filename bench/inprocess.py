@@ -2,7 +2,7 @@
 
 Entries are built as the partition leader builds them (``bench/entries.py``: encoded, decoded,
 judged by the leader's admission, the id keys hashed once), and the cycle collector is set as
-the node sets it (``unimeter.node.tune_gc``).
+the node sets it (``unimeter.node_cli.tune_gc``).
 
 - Apply rate: ``PartitionState.apply`` alone, in CPU time, on a warm state (every account and
   aggregate row of the workload exists already, the event store and the id index hold as many
