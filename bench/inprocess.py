@@ -1,16 +1,25 @@
 """Measurements that drive ``PartitionState`` directly, each in a fresh spawned process.
 
-- Apply rate: ``PartitionState.apply`` alone over the ingest workload, in CPU time: an upper
-  bound for the node's ingest rate whatever the rest of it does.
+Entries are built as the partition leader builds them (``bench/entries.py``: encoded, decoded,
+judged by the leader's admission, the id keys hashed once), and the cycle collector is set as
+the node sets it (``unimeter.node_cli.tune_gc``).
+
+- Apply rate: ``PartitionState.apply`` alone, in CPU time, on a warm state (every account and
+  aggregate row of the workload exists already, the event store and the id index hold as many
+  events as are measured), over fresh batches of 500 events. Two layouts of the same batches:
+  one part per entry (the batch-500 workload as one request per entry) and eight parts per
+  entry (what a partition that drains eight requests in one loop iteration logs). Plain and
+  realistic workloads; best of ``APPLY_ROUNDS`` rounds, each layout once per round.
 - Server-side query latency: a ``PartitionState`` holding the query scenario's workload (all
   10,000 accounts in one partition, the same events per cell); each read is timed twice: the
   state call alone, and the whole server path of one request in this process (``ServerCodec``
   decode, the state call, ``AggReply``, ``encode_response``). Not timed: the connection and
   partition actors' dispatch and the event loop.
-- Memory per active cell: ``tracemalloc`` over a ``PartitionState`` that gains N (account,
-  metric) cells with one event each (then N/10 cells with ten events each, for the cost of an
-  event), after ``gc.collect``. The floor is the same count of entries in a plain
-  ``dict[int, int]`` (one key and one running sum per cell).
+- Memory, by ``tracemalloc`` (which sees numpy's buffers; not pyroaring's, whose C library
+  allocates with ``malloc``: the node RSS rows of ``recovery`` count those), after
+  ``gc.collect``: per active cell, a state gaining N (account, metric) cells with one plain
+  event each; per stored event, a warm state (every cell exists) gaining N more events, plain
+  and realistic. The floor is the same count of entries in a plain ``dict[int, int]``.
 """
 
 from __future__ import annotations
@@ -19,66 +28,108 @@ import gc
 import random
 import time
 import tracemalloc
-from array import array
-from collections.abc import Iterator
 from typing import Any
 
-from bench import procs, settings, workload
+from bench import entries, procs, settings, workload
 from bench.report import Figure, Results
 from bench.settings import Settings
 from bench.stats import summary
-from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
 from unimeter.state.partition_state import PartitionState
 from unimeter.wire import messages as m
 from unimeter.wire.codec import ServerCodec
 
-TARGET_QUERY_SERVER_P50_US = 100.0
-TARGET_ASYNC_B500 = 1_000_000.0  # the node cannot ingest faster than its state applies
-TARGET_BYTES_PER_CELL = 300.0
+# Issue 11: a read of a whole period, server side, within 20 us (p50). The range-cutting read
+# has its own bar (bench/rangeread.py).
+TARGET_QUERY_SERVER_P50_US = {"month": 20.0, "month_filtered": 20.0, "realtime": 20.0}
+# Issue 10's bars for apply alone (CPU time) and memory.
+TARGET_APPLY = {workload.PLAIN: 5_000_000.0, workload.REALISTIC: 2_000_000.0}
+TARGET_BYTES_PER_CELL = 150.0
+TARGET_BYTES_PER_EVENT = 40.0
+APPLY_ROUNDS = 2
+APPLY_LAYOUTS = (1, 8)  # parts per entry
+APPLY_WARMUP_EVENTS_MIN = 200_000
 
 
-def _state(with_region: bool) -> PartitionState:
-    state = PartitionState(0)
-    metrics = tuple(
-        LiveMetric(generation=1, schema=schema)
-        for schema in sorted(workload.metric_schemas(with_region=with_region), key=lambda x: x.code)
-    )
-    state.apply(1, SchemaEntry(catalog_version=1, metrics=metrics))
-    return state
+# --------------------------------------------------------------------------- apply
 
 
-def _apply_all(state: PartitionState, batches: Iterator[workload.RawBatch], stamp: int) -> int:
-    """Apply the batches as the leader would log them (every event stamped); returns events."""
-    events = 0
-    for raw in batches:
-        n = len(raw.accounts)
-        entry = BatchEntry(
-            producer_id=0,
-            seq=0,
-            stamp_us=stamp,
-            batch=workload.event_batch(raw, timestamps=array("q", [stamp]) * n),
-            n_duplicates=0,
-            n_rejected=0,
-            rejected=(),
-        )
-        state.apply(state.applied_index + 1, entry)
-        events += n
-        stamp += 1
-    return events
+def apply_rate(workload_name: str, frames: int) -> dict[str, Any]:
+    """CPU-time rate of ``PartitionState.apply`` alone over ``frames`` fresh batches of 500
+    events per layout and round, on a state warmed up with as many events first."""
+    rng = random.Random(51)
+    now_us = time.time_ns() // 1000
+    state = entries.new_state(workload_name)
+    warmup = max(frames * 500, APPLY_WARMUP_EVENTS_MIN)
+    seq = entries.fill(state, workload_name, rng, events=warmup, now_us=now_us)
+    stamp = now_us + seq
+    rates: dict[int, list[float]] = {n: [] for n in APPLY_LAYOUTS}
+    for _ in range(APPLY_ROUNDS):
+        for per_entry in APPLY_LAYOUTS:
+            raw = entries.random_batches(workload_name, rng, settings.ACCOUNTS, 500, frames, now_us)
+            parts = entries.admitted(state, entries.received(raw, first_seq=seq), now_us)
+            seq += frames
+            batch_entries = entries.grouped(parts, per_entry, stamp)
+            stamp += len(batch_entries)
+            del raw, parts
+            entries.node_gc()
+            t0 = time.process_time()
+            stored = entries.apply_entries(state, batch_entries)
+            took = time.process_time() - t0
+            rates[per_entry].append(stored / took)
+    return {
+        "workload": workload_name,
+        "warmup_events": warmup,
+        "events_per_round": frames * 500,
+        "accounts": settings.ACCOUNTS,
+        "events_per_s": {str(n): max(r) for n, r in rates.items()},
+        "events_per_s_rounds": {str(n): r for n, r in rates.items()},
+    }
+
+
+def apply_figures(res: Results, s: Settings) -> None:
+    for name in workload.WORKLOADS:
+        out = procs.call_in_process(apply_rate, name, s.apply_frames, timeout_s=900)
+        res.detail(f"component.apply.{name}", out)
+        for per_entry in APPLY_LAYOUTS:
+            rate = out["events_per_s"][str(per_entry)]
+            layout = "1 part of 500 per entry" if per_entry == 1 else f"{per_entry} parts of 500"
+            res.add(
+                Figure(
+                    key=f"component.apply.{name}.x{per_entry}",
+                    label=f"component: PartitionState.apply alone, {name}, {layout} "
+                    "(CPU time, warm state)",
+                    value=rate,
+                    unit="ev/s",
+                    limit_key="limit.python.sum_loop",
+                    target=TARGET_APPLY[name],
+                    note=f"{1e6 / rate:.3f} us of CPU per event; best of {APPLY_ROUNDS} rounds "
+                    f"of {out['events_per_round']:,} events after {out['warmup_events']:,}",
+                )
+            )
+
+
+# --------------------------------------------------------------------------- server queries
 
 
 def server_queries(preload_events: int, samples: int) -> dict[str, Any]:
     rng = random.Random(21)
-    state = _state(with_region=True)
-    accounts = [list(range(1, settings.ACCOUNTS + 1))]
-    stamp = time.time_ns() // 1000 - 60_000_000
-    batches = workload.random_batches(rng, accounts, 500, preload_events // 500, with_region=True)
-    _apply_all(state, batches, stamp)
     now_us = time.time_ns() // 1000
+    state = entries.new_state(workload.PLAIN, with_region=True)
+    stamp = now_us - 60_000_000
+    batches = [
+        workload.event_batch(raw)
+        for raw in workload.random_batches(
+            rng, [list(range(1, settings.ACCOUNTS + 1))], 500, preload_events // 500,
+            with_region=True,
+        )
+    ]  # fmt: skip
+    parts = entries.admitted(state, entries.received(batches), stamp)
+    entries.apply_entries(state, entries.grouped(parts, 8, stamp))
+    del batches, parts
     out: dict[str, Any] = {}
     codec = ServerCodec()
     clock = time.perf_counter_ns
-    gc.collect()
+    entries.node_gc()
     for kind in workload.QUERY_KINDS:
         frames, _ = workload.encode_queries(
             kind, rng=rng, accounts=settings.ACCOUNTS, partitions=1, now_us=now_us, count=samples
@@ -92,7 +143,7 @@ def server_queries(preload_events: int, samples: int) -> dict[str, Any]:
             assert isinstance(request, m.RequestFrame)
             msg = request.message
             t1 = clock()
-            reply = _read(state, msg, now_us)
+            reply = read(state, msg, now_us)
             t2 = clock()
             codec.encode_response(request.request_id, 0, reply)
             t3 = clock()
@@ -102,86 +153,14 @@ def server_queries(preload_events: int, samples: int) -> dict[str, Any]:
     return out
 
 
-def _read(state: PartitionState, msg: object, now_us: int) -> m.AggReply:
+def read(state: PartitionState, msg: object, now_us: int) -> m.AggReply:
+    """What the partition answers to a Query or a QueryRealtime."""
     if isinstance(msg, m.QueryRealtime):
         value, start, end = state.query_realtime(msg.metric_code, msg.account_id, now_us)
         return m.AggReply(value=value, period_start_us=start, period_end_us=end)
     assert isinstance(msg, m.Query)
     value = state.query(msg.metric_code, msg.account_id, msg.start_us, msg.end_us, msg.filters)
     return m.AggReply(value=value, period_start_us=msg.start_us, period_end_us=msg.end_us)
-
-
-def apply_rate(frames: int) -> dict[str, float]:
-    """CPU-time rate of ``PartitionState.apply`` alone over the ingest workload (batch 500,
-    10,000 accounts, every event stamped as the leader logs it)."""
-    rng = random.Random(51)
-    state = _state(with_region=False)
-    accounts = [list(range(1, settings.ACCOUNTS + 1))]
-    stamp = time.time_ns() // 1000
-    entries = [
-        BatchEntry(
-            producer_id=1,
-            seq=i + 1,
-            stamp_us=stamp,
-            batch=workload.event_batch(raw, timestamps=array("q", [stamp]) * 500),
-            n_duplicates=0,
-            n_rejected=0,
-            rejected=(),
-        )
-        for i, raw in enumerate(workload.random_batches(rng, accounts, 500, frames))
-    ]
-    gc.collect()
-    t0 = time.process_time()
-    for entry in entries:
-        state.apply(state.applied_index + 1, entry)
-    took = time.process_time() - t0
-    return {"events_per_s": frames * 500 / took, "us_per_event": took / (frames * 500) * 1e6}
-
-
-def _cells_bytes(cells: int, events_per_cell: int) -> float:
-    accounts = [list(range(1, cells // len(settings.METRIC_CODES) + 1))]
-    rng = random.Random(31)
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    state = _state(with_region=False)
-    stamp = time.time_ns() // 1000 - 3_600_000_000
-    for _ in range(events_per_cell):
-        _apply_all(state, workload.covering_batches(rng, accounts, 500), stamp)
-        stamp += 1_000_000
-    gc.collect()
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    del state
-    return (after - before) / cells
-
-
-def _dict_floor_bytes(cells: int) -> float:
-    rng = random.Random(41)
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    table: dict[int, int] = {}
-    for key in range(cells):
-        table[key * 8 + 3] = rng.randint(1_000, 2**40)
-    after = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    return (after - before) / cells
-
-
-def memory(cells: int) -> dict[str, float]:
-    one = _cells_bytes(cells, 1)
-    ten = _cells_bytes(cells // 10, 10)
-    return {
-        "cells": cells,
-        "bytes_per_cell_1_event": one,
-        "bytes_per_cell_10_events": ten,
-        "bytes_per_extra_event": (ten - one) / 9,
-        "dict_floor_bytes_per_cell": _dict_floor_bytes(cells),
-    }
-
-
-# --------------------------------------------------------------------------- figures
 
 
 def server_query_figures(res: Results, s: Settings) -> None:
@@ -195,29 +174,88 @@ def server_query_figures(res: Results, s: Settings) -> None:
             f"server-side query ({kind}): codec + PartitionState",
             data["server_path_us"],
             limit_key="limit.codec.query",
-            target_p50=TARGET_QUERY_SERVER_P50_US,
+            target_p50=TARGET_QUERY_SERVER_P50_US.get(kind),
             notes={p: f"PartitionState alone {data['state_us'][p]:.1f} us" for p in ("p50", "p99")},
         )
 
 
-def apply_figures(res: Results, s: Settings) -> None:
-    out = procs.call_in_process(apply_rate, s.pool_frames_b500, timeout_s=600)
-    res.detail("component.apply", out)
-    res.add(
-        Figure(
-            key="component.apply.b500",
-            label="component: PartitionState.apply alone, batch 500 (CPU time)",
-            value=out["events_per_s"],
-            unit="ev/s",
-            limit_key="limit.python.sum_loop",
-            target=TARGET_ASYNC_B500,
-            note=f"{out['us_per_event']:.2f} us of CPU per event",
-        )
-    )
+# --------------------------------------------------------------------------- memory
+
+
+def _traced(build: Any) -> tuple[float, Any]:
+    """(bytes ``build()`` left allocated after ``gc.collect``, what it returned)."""
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    return after - before, kept
+
+
+def _cells_bytes(cells: int) -> float:
+    """Per cell, a state gaining ``cells`` (account, metric) cells of one plain event each."""
+    rng = random.Random(31)
+    accounts = [list(range(1, cells // len(settings.METRIC_CODES) + 1))]
+    stamp = time.time_ns() // 1000 - 3_600_000_000
+
+    def build() -> PartitionState:
+        state = entries.new_state(workload.PLAIN)
+        batches = [workload.event_batch(r) for r in workload.covering_batches(rng, accounts, 500)]
+        parts = entries.admitted(state, entries.received(batches), stamp)
+        del batches
+        entries.apply_entries(state, entries.grouped(parts, 8, stamp))
+        return state
+
+    took, state = _traced(build)
+    del state
+    return took / cells
+
+
+def _event_bytes(workload_name: str, events: int) -> float:
+    """Per stored event, a warm state (every account's rows exist) gaining ``events`` more.
+    The new batches are built and admitted before tracing starts; only the state is traced."""
+    rng = random.Random(61)
+    now_us = time.time_ns() // 1000
+    state = entries.new_state(workload_name)
+    warmup = max(events, APPLY_WARMUP_EVENTS_MIN)
+    seq = entries.fill(state, workload_name, rng, events=warmup, now_us=now_us)
+    raw = entries.random_batches(workload_name, rng, settings.ACCOUNTS, 500, events // 500, now_us)
+    parts = entries.admitted(state, entries.received(raw, first_seq=seq), now_us)
+    batch_entries = entries.grouped(parts, 8, now_us + seq)
+    del raw, parts
+    took, stored = _traced(lambda: entries.apply_entries(state, batch_entries))
+    return float(took / stored)
+
+
+def _dict_floor_bytes(cells: int) -> float:
+    rng = random.Random(41)
+
+    def build() -> dict[int, int]:
+        table: dict[int, int] = {}
+        for key in range(cells):
+            table[key * 8 + 3] = rng.randint(1_000, 2**40)
+        return table
+
+    took, table = _traced(build)
+    del table
+    return took / cells
+
+
+def memory(cells: int, events: int) -> dict[str, float]:
+    return {
+        "cells": cells,
+        "bytes_per_cell_1_event": _cells_bytes(cells),
+        "events": events,
+        "bytes_per_stored_event_plain": _event_bytes(workload.PLAIN, events),
+        "bytes_per_stored_event_realistic": _event_bytes(workload.REALISTIC, events),
+        "dict_floor_bytes_per_cell": _dict_floor_bytes(cells),
+    }
 
 
 def memory_figures(res: Results, s: Settings) -> None:
-    out = procs.call_in_process(memory, s.memory_cells, timeout_s=1800)
+    out = procs.call_in_process(memory, s.memory_cells, s.memory_events, timeout_s=1800)
     res.detail("memory.tracemalloc", out)
     res.add(
         Figure(
@@ -239,12 +277,15 @@ def memory_figures(res: Results, s: Settings) -> None:
             lower_is_better=True,
         )
     )
-    res.add(
-        Figure(
-            key="memory.event",
-            label="memory per further stored event in a cell (tracemalloc)",
-            value=out["bytes_per_extra_event"],
-            unit="B/event",
-            lower_is_better=True,
+    for name in workload.WORKLOADS:
+        res.add(
+            Figure(
+                key=f"memory.event.{name}",
+                label=f"memory per stored event, {name}, warm state (tracemalloc, "
+                f"{out['events']:,} events)",
+                value=out[f"bytes_per_stored_event_{name}"],
+                unit="B/event",
+                target=TARGET_BYTES_PER_EVENT if name == workload.PLAIN else None,
+                lower_is_better=True,
+            )
         )
-    )

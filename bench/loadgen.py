@@ -54,6 +54,7 @@ class IngestJob:
     catalog_version: int
     cover: bool = False  # every (account, metric) pair once; ``frames`` is then ignored
     with_region: bool = False
+    workload: str = "plain"  # workload.PLAIN or workload.REALISTIC (``cover``: plain only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -182,21 +183,28 @@ def build_pool(spec: LoadSpec, index: int, partitions: int) -> Pool:
         return Pool(frames, ids, 0, [])
     by_partition = workload.accounts_by_partition(job.accounts, partitions)
     if job.cover:
-        batches = list(workload.covering_batches(rng, by_partition, job.batch))
-    else:
+        assert job.workload == workload.PLAIN, "only the plain workload covers cells"
         batches = list(
-            workload.random_batches(
-                rng, by_partition, job.batch, job.frames, with_region=job.with_region
-            )
+            workload.plain_pairs(workload.covering_batches(rng, by_partition, job.batch))
+        )
+    else:
+        batches = workload.batches_of(
+            job.workload,
+            rng,
+            by_partition,
+            job.batch,
+            job.frames,
+            now_us=time.time_ns() // 1000,
+            with_region=job.with_region,
         )
     frames, ids, events = workload.encode_ingest(
-        iter(batches),
+        batches,
         partitions=partitions,
         producer_id=_producer_id(spec.seed, index),
         sync=job.sync,
         catalog_version=job.catalog_version,
     )
-    return Pool(frames, ids, events, [b.partition for b in batches])
+    return Pool(frames, ids, events, [p for p, _ in batches])
 
 
 def _hello_frame() -> bytes:

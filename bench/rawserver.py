@@ -3,9 +3,10 @@
 Modes:
 - ``echo``: writes back whatever it reads (the loopback round-trip limit, with uvloop).
 - ``async``: splits frames by their length prefix, decodes each with ``cbor2.loads`` (the C
-  decoder, no columnar conversion, no validation), appends the raw frames to a file per
-  partition once per loop iteration and answers each Ingest with an IngestReply-shaped map
-  after the append.
+  decoder), and the Ingest's batch (a byte string since protocol 2) with a second
+  ``cbor2.loads`` to count its events (no columnar conversion, no validation), appends the raw
+  frames to a file per partition once per loop iteration and answers each Ingest with an
+  IngestReply-shaped map after the append.
 - ``sync``: the same, but the answers wait for an ``fdatasync`` covering their bytes. Each
   file's fdatasync runs in a worker thread, one at a time per file; frames arriving meanwhile
   are appended and wait for the next one (group commit, as the node does).
@@ -144,7 +145,7 @@ class RawIngest(asyncio.Protocol):
             kind, request_id, body = cbor2.loads(memoryview(frame)[4:])
             pos = end
             if kind == _KIND_INGEST:
-                n = len(body["b"]["a"].value) // 8
+                n = len(cbor2.loads(body["b"])["a"].value) // 8
                 store.index += 1
                 reply = _frame([0, request_id, {"ns": n, "nd": 0, "nr": 0, "li": store.index}])
                 store.add(body["p"], self.transport, frame, reply)

@@ -18,6 +18,21 @@ PARTITIONS = 8  # the node's default partition count
 REGION_KEY = "region"
 REGIONS = ("eu", "us", "apac", "latam")
 
+# The realistic workload: what a billing producer sends (bench/workload.py). The same accounts;
+# every event has a 36-byte UUID event id, a producer timestamp within the last hour and two
+# properties; a COUNT metric declares both properties as dimensions, a SUM metric does not, and
+# one event in ten is an ADD of a seat (a user id) to a COUNT_UNIQUE metric.
+REAL_COUNT_CODE = "real.requests"
+REAL_SUM_CODE = "real.bytes"
+REAL_SEATS_CODE = "real.seats"
+REAL_ENDPOINT_KEY = "endpoint"
+REAL_ENDPOINTS = ("/v1/search", "/v1/items", "/v1/orders", "/v1/users")
+REAL_REGION_KEY = "region"
+REAL_REGIONS = ("eu", "us", "apac")
+REAL_SEAT_EVERY = 10  # one event in ten is a seat ADD
+REAL_SEATS_PER_ACCOUNT = 200  # seat (user) ids are drawn from 1..this, per account
+REAL_TIME_SPAN_US = 3_600_000_000  # producer timestamps fall within the last hour
+
 # Requests in flight per connection: enough to keep the node busy (and, for SYNC, to fill
 # each group commit), small enough to stay under the partition mailboxes (1024 each).
 WINDOW_ASYNC_B500 = 16
@@ -46,7 +61,10 @@ class Settings:
     raw_duration_s: float
     ingest_duration_s: float
     scaling_duration_s: float
-    pool_frames_b500: int  # per load-generator process
+    # Per load-generator process; batch 500: enough for 1.2 M events/s (the ASYNC bar) over
+    # the ingest duration, so a run at the bar does not use its pool up.
+    pool_frames_b500: int
+    pool_frames_realistic_b500: int  # enough for 0.6 M events/s (half the ASYNC bar)
     pool_frames_b1: int
     latency_samples: int
     latency_time_s_max: float
@@ -55,8 +73,13 @@ class Settings:
     client_duration_s: float
     client_query_samples: int
     server_query_samples: int
+    apply_frames: int  # batches of 500 applied per layout and round (apply alone)
+    range_read_samples: int  # per size (10k, 100k, 1M events in the account)
+    range_read_time_s_max: float  # per size, after the first few reads
+    call_count_requests: int  # per kind (one-event SYNC ingest, query), counted by cProfile
     memory_cells: int
-    recovery_events: int
+    memory_events: int  # stored events added to a warm state (bytes per stored event)
+    recovery_events: int  # stored in the recovery section's node: half of them make the cells
     profile_duration_s: float
     profile: bool
     two_process_runs: bool
@@ -71,7 +94,8 @@ QUICK = Settings(
     raw_duration_s=1.0,
     ingest_duration_s=1.5,
     scaling_duration_s=1.0,
-    pool_frames_b500=800,
+    pool_frames_b500=3_600,
+    pool_frames_realistic_b500=1_800,
     pool_frames_b1=10_000,
     latency_samples=300,
     latency_time_s_max=4.0,
@@ -80,8 +104,13 @@ QUICK = Settings(
     client_duration_s=1.5,
     client_query_samples=500,
     server_query_samples=2_000,
+    apply_frames=200,
+    range_read_samples=50,
+    range_read_time_s_max=3.0,
+    call_count_requests=300,
     memory_cells=50_000,
-    recovery_events=50_000,
+    memory_events=200_000,
+    recovery_events=100_000,
     profile_duration_s=3.0,
     profile=False,
     two_process_runs=True,
@@ -96,7 +125,8 @@ FULL = Settings(
     raw_duration_s=4.0,
     ingest_duration_s=6.0,
     scaling_duration_s=3.0,
-    pool_frames_b500=4_000,
+    pool_frames_b500=14_400,
+    pool_frames_realistic_b500=7_200,
     pool_frames_b1=100_000,
     latency_samples=3_000,
     latency_time_s_max=30.0,
@@ -105,8 +135,13 @@ FULL = Settings(
     client_duration_s=5.0,
     client_query_samples=3_000,
     server_query_samples=20_000,
+    apply_frames=2_000,
+    range_read_samples=500,
+    range_read_time_s_max=15.0,
+    call_count_requests=2_000,
     memory_cells=1_000_000,
-    recovery_events=1_000_000,
+    memory_events=1_000_000,
+    recovery_events=2_000_000,
     profile_duration_s=10.0,
     profile=True,
     two_process_runs=True,

@@ -1,17 +1,17 @@
 """``python -m bench.snapshot_codec``: CPU time and size of a partition snapshot per million cells.
 
-In one process, a ``PartitionState`` is filled through ``apply`` (batch-500 entries, 5 SUM
-metrics, CALENDAR periods, every event stamped as the leader logs it), then
-``state_snapshot.encode`` and ``decode`` are timed (``time.process_time``, best of
-``--repeat``) and the decoded state is encoded again to check it gives the same bytes. With
-``--baseline FILE`` another version of ``state_snapshot.py`` is measured on the same states,
-alternating with the current one.
+In one process, a ``PartitionState`` is filled through ``apply`` (5 SUM metrics, CALENDAR
+periods, batches of 500 judged by the leader's admission and logged eight to an entry, as
+``bench/entries.py`` builds them), then ``unimeter.state.snapshot.encode`` and ``decode`` are
+timed (``time.process_time``, best of ``--repeat``) and the decoded state is encoded again to
+check it gives the same bytes. With ``--baseline FILE`` another version of the snapshot module
+is measured on the same states, alternating with the current one.
 Workloads, each ``--cells`` (account, metric) cells:
 
 - ``1ev``: one event per cell (the recovery benchmark's shape);
 - ``10ev``: ten events per cell;
-- ``ids+dims``: one event per cell, each with an event id and a ``region`` property the
-  metrics declare as a dimension (the sparse columns: event ids, dimension cells).
+- ``ids+dims``: one event per cell, each with a UUID event id and a ``region`` property the
+  metrics declare as a dimension (id hashes in the dedup index, dimension cells).
 
 Figures are per million cells: seconds to encode, seconds to decode, megabytes.
 """
@@ -19,61 +19,58 @@ Figures are per million cells: seconds to encode, seconds to decode, megabytes.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import importlib.util
 import json
 import random
 import time
-from array import array
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from bench import workload
+import numpy as np
+
+from bench import entries, workload
 from bench.settings import METRIC_CODES, REGION_KEY, REGIONS
 from unimeter.state import snapshot as state_snapshot
-from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
 from unimeter.state.partition_state import PartitionState
+from unimeter.wire.batch import EventBatch, PropertyColumn
 
 WORKLOADS = ("1ev", "10ev", "ids+dims")
 
 
-def _entries(kind: str, cells: int, stamp: int) -> Iterator[BatchEntry]:
+def _batches(kind: str, cells: int) -> Iterator[EventBatch]:
     rng = random.Random(7)
+    gen = np.random.default_rng(7)
     accounts = [list(range(1, cells // len(METRIC_CODES) + 1))]
-    rounds = 10 if kind == "10ev" else 1
-    serial = 0
-    for _ in range(rounds):
+    for _ in range(10 if kind == "10ev" else 1):
         for raw in workload.covering_batches(rng, accounts, 500):
-            n = len(raw.accounts)
-            batch = workload.event_batch(raw, timestamps=array("q", [stamp]) * n)
+            batch = workload.event_batch(raw)
             if kind == "ids+dims":
-                ids = tuple(f"e{serial + i}" for i in range(n))
-                props = tuple({REGION_KEY: rng.choice(REGIONS)} for _ in range(n))
-                batch = dataclasses.replace(batch, properties=props, event_ids=ids)
-            serial += n
-            yield BatchEntry(
-                producer_id=0,
-                seq=0,
-                stamp_us=stamp,
-                batch=batch,
-                n_duplicates=0,
-                n_rejected=0,
-                rejected=(),
-            )
-            stamp += 1
+                n = len(batch)
+                ids, offsets = workload.uuid_ids(gen, n)
+                region = gen.integers(1, len(REGIONS) + 1, n).astype(np.uint8)
+                batch = EventBatch.from_columns(
+                    batch.metric_codes,
+                    batch.metric_index,
+                    batch.account_ids,
+                    batch.values,
+                    property_columns=(PropertyColumn(REGION_KEY, REGIONS, region),),
+                    event_id_data=ids,
+                    event_id_offsets=offsets,
+                )
+            yield batch
 
 
 def build(kind: str, cells: int) -> PartitionState:
-    state = PartitionState(0)
-    schemas = workload.metric_schemas(with_region=kind == "ids+dims")
-    metrics = tuple(
-        LiveMetric(generation=1, schema=s) for s in sorted(schemas, key=lambda x: x.code)
-    )
-    state.apply(1, SchemaEntry(catalog_version=1, metrics=metrics))
+    state = entries.new_state(workload.PLAIN, with_region=kind == "ids+dims")
     stamp = time.time_ns() // 1000 - 3_600_000_000
-    for entry in _entries(kind, cells, stamp):
-        state.apply(state.applied_index + 1, entry)
+    seq = 1
+    batches = list(_batches(kind, cells))
+    for start in range(0, len(batches), 400):  # admitted a chunk at a time, as they arrive
+        chunk = batches[start : start + 400]
+        parts = entries.admitted(state, entries.received(chunk, first_seq=seq), stamp + seq)
+        entries.apply_entries(state, entries.grouped(parts, 8, stamp + seq))
+        seq += len(chunk)
     return state
 
 
@@ -131,8 +128,8 @@ def main() -> None:
     parser.add_argument(
         "--baseline",
         metavar="FILE",
-        help="another state_snapshot.py to measure alongside, e.g. an older commit's "
-        "(git show COMMIT:unimeter/actors/state_snapshot.py > /tmp/old_snapshot.py)",
+        help="another snapshot module to measure alongside, e.g. an older commit's "
+        "(git show COMMIT:unimeter/state/snapshot.py > /tmp/old_snapshot.py)",
     )
     args = parser.parse_args()
     codecs: dict[str, Any] = {}
