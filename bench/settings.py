@@ -35,7 +35,7 @@ REAL_TIME_SPAN_US = 3_600_000_000  # producer timestamps fall within the last ho
 
 # Requests in flight per connection: enough to keep the node busy (and, for SYNC, to fill
 # each group commit), small enough to stay under the partition mailboxes (1024 each).
-WINDOW_ASYNC_B500 = 16
+WINDOW_ASYNC_B500 = 64
 WINDOW_SYNC_B500 = 64
 WINDOW_ASYNC_B1 = 256
 WINDOW_SYNC_B1 = 1024

@@ -79,22 +79,33 @@ def admit(
             id_hashes=None,
         )
     mi = b.metric_index
-    reason = np.zeros(n, np.uint8)
+    checks: list[tuple[Array, int]] = []  # (events breaking a rule, its reason), in rule order
     if not all(lm is not None for lm in known):
-        _flag(reason, ~np.array([lm is not None for lm in known])[mi], 1)
+        checks.append((~np.array([lm is not None for lm in known])[mi], 1))
     if b.timestamps is not None:
         stamps = b.timestamps
-        given = stamps != m.NO_TIMESTAMP
-        _flag(reason, given & (stamps < now_us - retention_us), 2)
-        _flag(reason, given & (stamps > now_us + limits.future_skew_us_max), 3)
+        # NO_TIMESTAMP is the smallest int64: below any bound, so "too old" must exclude it.
+        old = (stamps < now_us - retention_us) & (stamps != m.NO_TIMESTAMP)
+        checks.append((old, 2))
+        checks.append((stamps > now_us + limits.future_skew_us_max, 3))
     unique_ev = np.array(unique)[mi] if any(unique) else None
     if unique_ev is not None:
-        _flag(reason, unique_ev & (b.values < 0), 4)
+        checks.append((unique_ev & (b.values < 0), 4))
     if ops is not None:
         operated = ops != 0
-        _flag(reason, operated if unique_ev is None else operated & ~unique_ev, 5)
-    bad = np.flatnonzero(reason)
-    rejected = tuple(zip(bad.tolist(), [_REASONS[r] for r in reason[bad].tolist()], strict=True))
+        checks.append((operated if unique_ev is None else operated & ~unique_ev, 5))
+    broken = [(hit, code) for hit, code in checks if hit.any()]
+    bad = np.zeros(0, np.int64)
+    rejected: tuple[tuple[int, str], ...] = ()
+    ok: Array | None = None  # None: every event passes
+    if broken:
+        reason = np.zeros(n, np.uint8)
+        for hit, code in broken:
+            reason[hit & (reason == 0)] = code
+        bad = np.flatnonzero(reason)
+        rejected = tuple(zip(bad.tolist(), [_REASONS[r] for r in reason[bad].tolist()],
+                             strict=True))  # fmt: skip
+        ok = reason == 0
     dropped = bad
     n_duplicates = 0
     hashes = None
@@ -102,7 +113,8 @@ def admit(
         offsets = b.event_id_offsets
         assert offsets is not None
         lengths = np.diff(offsets.astype(np.int64))
-        with_id = np.flatnonzero((lengths > 0) & (reason == 0))
+        has_id = lengths > 0
+        with_id = np.flatnonzero(has_id if ok is None else has_id & ok)
         if len(with_id):
             code_keys = np.array([code_key(c) for c in b.metric_codes], U64)
             keys = event_id_keys(
@@ -112,15 +124,20 @@ def admit(
                 code_keys[mi[with_id]],
                 b.account_ids[with_id],
             )
-            # A key repeated in the batch: its first occurrence is the one stored.
-            _, first = np.unique(keys, return_index=True)
-            repeat = np.ones(len(keys), dtype=bool)
-            repeat[first] = False
-            duplicate = repeat | seen(keys)
+            duplicate = seen(keys)
+            ordered = np.sort(keys)
+            if (ordered[1:] == ordered[:-1]).any():
+                # A key repeated in the batch: its first occurrence is the one stored.
+                _, first = np.unique(keys, return_index=True)
+                repeat = np.ones(len(keys), dtype=bool)
+                repeat[first] = False
+                duplicate |= repeat
             n_duplicates = int(duplicate.sum())
             if n_duplicates:
                 dropped = np.union1d(bad, with_id[duplicate])
-            hashes = keys[~duplicate]
+                hashes = keys[~duplicate]
+            else:
+                hashes = keys
     return BatchPart(
         producer_id=req.producer_id,
         seq=req.seq,

@@ -134,7 +134,8 @@ class PartitionCore(ReplicatedCore):
         self._proposals: dict[int, tuple[int, Entry]] = {}
         # Claims of entries proposed but not yet applied (cleared as each one applies): the
         # event-id keys each entry stores, by log index, and the producer sequences.
-        self._pending_keys: dict[int, Array] = {}
+        self._pending_keys: dict[int, list[int]] = {}
+        self._claimed: set[int] = set()  # every key of ``_pending_keys``, for one lookup
         self._pending_seqs: dict[tuple[int, int], tuple[int, m.IngestReply]] = {}
         # Replies released when the entry at their index is applied.
         self._on_apply: dict[int, list[tuple[object, m.IngestReply | None]]] = {}
@@ -240,7 +241,7 @@ class PartitionCore(ReplicatedCore):
         """Admit the INGEST requests that arrived together and log those that store anything
         as one entry (one part each): one Raft proposal and one WAL record for all of them."""
         accepted: list[tuple[ClientRequest, BatchPart]] = []
-        group_keys: list[Array] = []
+        group_keys: set[int] = set()
         group_seqs: dict[tuple[int, int], int] = {}  # a retry within the group: its first part
         for msg in msgs:
             req = msg.request
@@ -261,7 +262,7 @@ class PartitionCore(ReplicatedCore):
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
                 continue
             if part.id_hashes is not None:
-                group_keys.append(part.id_hashes)
+                group_keys.update(part.id_hashes.tolist())
             if req.producer_id != 0:
                 group_seqs[key] = len(accepted)
             accepted.append((msg, part))
@@ -325,7 +326,9 @@ class PartitionCore(ReplicatedCore):
             return
         keys = [p.id_hashes for p in parts if p.id_hashes is not None]
         if keys:
-            self._pending_keys[index] = keys[0] if len(keys) == 1 else np.concatenate(keys)
+            claimed = (keys[0] if len(keys) == 1 else np.concatenate(keys)).tolist()
+            self._pending_keys[index] = claimed
+            self._claimed.update(claimed)
         replies: dict[int, m.IngestReply] = {}
         for part in parts:
             n_stored = part.n_stored
@@ -348,16 +351,18 @@ class PartitionCore(ReplicatedCore):
             else:
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
 
-    def _seen_keys(self, keys: Array, group_keys: list[Array]) -> Array:
+    def _seen_keys(self, keys: Array, group_keys: set[int]) -> Array:
         """Which event-id keys are already stored, claimed by an entry in flight, or by an
         earlier part of the entry being built."""
         if testing_switches.SKIP_EVENT_ID_DEDUP:
             seen = np.zeros(len(keys), dtype=bool)
         else:
             seen = self.state.event_keys_seen(keys)
-        claimed = [*self._pending_keys.values(), *group_keys]
-        if claimed:
-            seen |= np.isin(keys, claimed[0] if len(claimed) == 1 else np.concatenate(claimed))
+        for claimed in (self._claimed, group_keys):
+            if claimed:
+                as_ints = keys.tolist()
+                if not claimed.isdisjoint(as_ints):  # rare: a retry racing its first attempt
+                    seen |= np.fromiter(map(claimed.__contains__, as_ints), bool, len(as_ints))
         return seen
 
     # ------------------------------------------------------------------ log
@@ -398,7 +403,9 @@ class PartitionCore(ReplicatedCore):
         for part in entry.parts:
             if part.producer_id != 0:
                 self._pending_seqs.pop((part.producer_id, part.seq), None)
-        self._pending_keys.pop(index, None)
+        released = self._pending_keys.pop(index, None)
+        if released is not None:
+            self._claimed.difference_update(released)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         self.state = PartitionState.from_snapshot(snapshot.data)
@@ -419,6 +426,7 @@ class PartitionCore(ReplicatedCore):
         self._parked_ingests.clear()
         self._parked_leader.clear()
         self._pending_keys.clear()
+        self._claimed.clear()
         self._pending_seqs.clear()
         self._view_term = -1
 

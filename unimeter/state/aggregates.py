@@ -131,12 +131,77 @@ class RowCache:
 _CACHE_BYTES_MAX = 256 << 20
 
 
+class CellCache:
+    """Cell rows by (metric instance, cell) and account slot, for the table ingest is filling
+    -- the ``RowCache`` of cell rows: one gather instead of a binary search per event. Each
+    (instance, cell) pair gets a column; bounded like ``RowCache``."""
+
+    __slots__ = ("_col_of_cell", "_rows", "_table_of_col")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self._col_of_cell: dict[int, Array] = {}  # mid -> (cell id -> column, -1 none)
+        self._table_of_col = np.full(0, -1, I64)
+        self._rows = np.full((0, 0), -1, I64)
+
+    def get(self, mid: int, tables: Array, slots: Array, cells: Array) -> Array:
+        columns = self._col_of_cell.get(mid)
+        rows = self._rows
+        width = rows.shape[1]
+        if columns is None or int(cells.max()) >= len(columns) or not rows.size:
+            return np.full(len(cells), -1, I64)
+        cols = columns[cells]
+        hit = (cols >= 0) & (slots < width)
+        hit &= self._table_of_col[np.where(hit, cols, 0)] == tables
+        flat = np.where(hit, cols * width + slots, 0)
+        return np.where(hit, rows.reshape(-1)[flat], -1)
+
+    def put(self, mid: int, tables: Array, slots: Array, cells: Array, rows: Array) -> None:
+        columns = self._col_of_cell.get(mid)
+        top = int(cells.max()) + 1
+        if columns is None or len(columns) < top:
+            grown = np.full(max(top, 16), -1, I64)
+            if columns is not None:
+                grown[: len(columns)] = columns
+            columns = self._col_of_cell[mid] = grown
+        fresh = [c for c in np.unique(cells).tolist() if columns[c] < 0]
+        n_cols = len(self._table_of_col) + len(fresh)
+        width = max(self._rows.shape[1], int(slots.max()) + 1)
+        if n_cols * width * 8 > _CACHE_BYTES_MAX:
+            return
+        for cell in fresh:
+            columns[cell] = len(self._table_of_col)
+            self._table_of_col = np.append(self._table_of_col, -1)
+        self._grow(n_cols, width)
+        cols = columns[cells]
+        for col in np.unique(cols).tolist():
+            mine = cols == col
+            table = int(tables[mine][-1])
+            if self._table_of_col[col] != table:
+                self._table_of_col[col] = table
+                self._rows[col, :] = -1
+            same = mine & (tables == table)
+            self._rows[col, slots[same]] = rows[same]
+
+    def _grow(self, cols: int, slots: int) -> None:
+        have_cols, have_slots = self._rows.shape
+        if cols <= have_cols and slots <= have_slots:
+            return
+        new_slots = max(slots, 2 * have_slots, 1024) if slots > have_slots else have_slots
+        grown = np.full((max(cols, have_cols), new_slots), -1, I64)
+        grown[:have_cols, :have_slots] = self._rows
+        self._rows = grown
+
+
 class Tables:
     """The rows of a partition and the indexes that find them."""
 
     __slots__ = (
         "accounts",
         "cache",
+        "cell_cache",
         "cells",
         "dense_slots",
         "rows",
@@ -154,6 +219,7 @@ class Tables:
         self.slot_accounts = np.zeros(0, U64)  # slot -> account id
         self.totals = KeyIndex()  # slot << 32 | table -> total row
         self.cache = RowCache()  # the rows of the tables ingest is filling, by slot
+        self.cell_cache = CellCache()  # their cell rows, by (instance, cell) and slot
         self.cells = KeyIndex()  # total row << 16 | cell -> cell row
         self.rows = RowStore()
         self.uniq: dict[int, UniqRow] = {}  # COUNT_UNIQUE rows (totals and cells)
@@ -241,6 +307,19 @@ class Tables:
     def cell_rows_for(self, totals: Array, cells: Array) -> Array:
         keys = totals.astype(U64) << _S16 | cells.astype(U64)
         return self._rows_for(self.cells, keys, lambda at: INT64_MAX)
+
+    def cell_rows_of(self, mid: int, tables: Array, slots: Array, totals: Array,
+                     cells: Array) -> Array:  # fmt: skip
+        """The cell row of each event of one instance (made where missing), through the cell
+        cache when it knows them."""
+        found = self.cell_cache.get(mid, tables, slots, cells)
+        missing = found < 0
+        if missing.any():
+            at = np.flatnonzero(missing)
+            rows = self.cell_rows_for(totals[at], cells[at])
+            found[at] = rows
+            self.cell_cache.put(mid, tables[at], slots[at], cells[at], rows)
+        return found
 
 
 # --------------------------------------------------------------------------- thresholds

@@ -170,7 +170,8 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
             return []
         bounds = {} if simple else _slices(ev.mid, present)
         current = None
-    ev.rows = tabs.total_rows(tabs.slots(ev.account), ev.tables, ev.mid, level_of, current)
+    ev.slots = tabs.slots(ev.account)
+    ev.rows = tabs.total_rows(ev.slots, ev.tables, ev.mid, level_of, current)
     found: list[Found] = []
     if simple:
         tabs.rows.accumulate(ev.rows, ev.value, ev.ts, ev.offset, stamp=g.stamp)
@@ -243,6 +244,7 @@ class _Events:
         "op",
         "pos",
         "rows",
+        "slots",
         "tables",
         "ts",
         "value",
@@ -265,6 +267,7 @@ class _Events:
         self.offset = self.pos + first
         self.tables: Array = self.pos
         self.rows: Array = self.pos
+        self.slots: Array = self.pos
         self.cell_rows: Array | None = None
 
     def keep(self, at: Array) -> None:
@@ -314,11 +317,14 @@ def _seed_cells(state: PartitionState, ev: _Events, sel: slice) -> None:
                 tabs.uniq[seed] = UniqRow(uniq.present.copy())
     if ev.cell_rows is None:
         ev.cell_rows = np.full(len(ev.rows), -1, I64)
+    mid = int(ev.mid[sel.start])
+    tables, slots = ev.tables[sel], ev.slots[sel]
     if need.all():
-        ev.cell_rows[sel] = tabs.cell_rows_for(rows, cell)
+        ev.cell_rows[sel] = tabs.cell_rows_of(mid, tables, slots, rows, cell)
     else:
         at = np.flatnonzero(need)
-        ev.cell_rows[at + sel.start] = tabs.cell_rows_for(rows[at], cell[at])
+        ev.cell_rows[at + sel.start] = tabs.cell_rows_of(mid, tables[at], slots[at], rows[at],
+                                                         cell[at])  # fmt: skip
 
 
 # --------------------------------------------------------------------------- COUNT_UNIQUE
@@ -340,38 +346,59 @@ def _fold_unique(
     if inst.recurring and inst.thresholds:
         _one_by_one(state, ev, list(range(sel.start, sel.stop)), found)
         return
-    # Plain Python over lists from here: the rows are few and numpy scalars cost more.
-    rows = ev.rows[sel].tolist()
-    values = ev.value[sel].tolist()
-    cells = ev.cell_rows[sel].tolist() if ev.cell_rows is not None else None
-    removing: set[int] = set()
+    rows = ev.rows[sel]
+    slow: list[int] = []  # rows replayed event by event
+    if candidates:
+        slow = [r for r in np.unique(rows).tolist() if r in candidates]
     if ev.op is not None:
         ops = ev.op[sel]
-        removing = set(ev.rows[sel][ops == REMOVE].tolist())
-    by_row: dict[int, list[int]] = {}
-    for k, row in enumerate(rows):
-        found_k = by_row.get(row)
-        if found_k is None:
-            by_row[row] = [k]
+        if (ops == REMOVE).any():
+            slow = sorted(set(slow) | set(rows[ops == REMOVE].tolist()))
+    if slow:
+        replay = np.isin(rows, slow)
+        _one_by_one(state, ev, (np.flatnonzero(replay) + sel.start).tolist(), found)
+        keep = np.flatnonzero(~replay)
+        if not len(keep):
+            return
+        _add_members(state, inst, rows[keep], ev.value[sel][keep],
+                     None if ev.cell_rows is None else ev.cell_rows[sel][keep],
+                     ev.account[sel][keep])  # fmt: skip
+        return
+    _add_members(state, inst, rows, ev.value[sel],
+                 None if ev.cell_rows is None else ev.cell_rows[sel], ev.account[sel])  # fmt: skip
+
+
+def _add_members(state: PartitionState, inst: Instance, rows: Array, values: Array,
+                 cell_rows: Array | None, accounts: Array) -> None:  # fmt: skip
+    """ADD/NONE events (no REMOVE, no threshold to watch) into their rows' sets: grouped by
+    row with one sort, then one roaring call per distinct row."""
+    tabs = state.tables
+    uniq = tabs.uniq
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
+    distinct = ordered[starts].tolist()
+    members = values[order].tolist()  # pyroaring takes lists fastest
+    bounds = [*starts.tolist(), len(ordered)]
+    sizes: list[int] = []
+    for i, row in enumerate(distinct):
+        urow = uniq.get(row)
+        if urow is None:
+            urow = uniq[row] = UniqRow()
+        a, b = bounds[i], bounds[i + 1]
+        if b - a == 1:
+            urow.present.add(members[a])
         else:
-            found_k.append(k)
-    count = tabs.rows.count
-    accounts = ev.account[sel].tolist() if inst.recurring else None
-    for row, ks in by_row.items():
-        if row in candidates or row in removing:
-            _one_by_one(state, ev, [sel.start + k for k in ks], found)
-            continue
-        if accounts is not None:
-            inst.ucache.pop(accounts[ks[0]], None)
-        urow = _uniq(tabs.uniq, row)
-        urow.present.update([values[k] for k in ks])  # one C call per distinct row
-        count[row] = len(urow.present)
-        if cells is not None:
-            for k in ks:
-                if cells[k] >= 0:
-                    cell = _uniq(tabs.uniq, cells[k])
-                    cell.present.add(values[k])
-                    count[cells[k]] = len(cell.present)
+            urow.present.update(members[a:b])
+        sizes.append(len(urow.present))
+    tabs.rows.count[distinct] = sizes
+    if inst.recurring:  # the cached recurring sets of these accounts are stale now
+        for account in set(accounts.tolist()):
+            inst.ucache.pop(account, None)
+    if cell_rows is not None and (cell_rows >= 0).any():
+        with_cell = np.flatnonzero(cell_rows >= 0)
+        _add_members(state, inst, cell_rows[with_cell], values[with_cell], None,
+                     accounts[with_cell])  # fmt: skip
 
 
 def _one_by_one(
@@ -683,6 +710,7 @@ def _maybe_compact_rows(state: PartitionState) -> None:
     live = np.sort(np.concatenate([total_rows, cell_rows]))
     mapping = tabs.rows.compact(live)
     tabs.cache.clear()
+    tabs.cell_cache.clear()
     tabs.totals.remap_values(mapping)
     if len(tabs.cells):
         ckeys, cvals = tabs.cells.items()

@@ -8,7 +8,7 @@ is array work plus one Python step per *distinct* combination in the batch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,10 @@ _PROPS_GC_SLACK = 4096
 class PropsTable:
     """Property maps by id; equal maps (as sorted pairs) share one id."""
 
-    __slots__ = ("_index", "live_at_gc", "maps")
+    __slots__ = ("_index", "live_at_gc", "maps", "memo")
 
     def __init__(self) -> None:
+        self.memo = _Memo()  # ids by value-table combination (a cache)
         self.maps: list[dict[str, str]] = [{}]
         self._index: dict[tuple[tuple[str, str], ...], int] = {(): 0}
         self.live_at_gc = 1
@@ -58,6 +59,7 @@ class PropsTable:
 
     def restore(self, maps: list[dict[str, str]]) -> None:
         assert maps and not maps[0]
+        self.memo.clear()  # ids may have been renumbered
         self.maps = maps
         self._index = {tuple(sorted(m.items())): i for i, m in enumerate(maps)}
         self.live_at_gc = len(maps)
@@ -66,9 +68,10 @@ class PropsTable:
 class CellTable:
     """Dimension cells (sorted ``(key, value)`` tuples) by id."""
 
-    __slots__ = ("_index", "cells")
+    __slots__ = ("_index", "cells", "memo")
 
     def __init__(self) -> None:
+        self.memo = _Memo()  # ids by value-table combination (a cache)
         self.cells: list[Cell] = [()]
         self._index: dict[Cell, int] = {(): 0}
 
@@ -82,6 +85,7 @@ class CellTable:
 
     def restore(self, cells: list[Cell]) -> None:
         assert cells and cells[0] == ()
+        self.memo.clear()
         self.cells = cells
         self._index = {c: i for i, c in enumerate(cells)}
 
@@ -119,21 +123,74 @@ def _combos(codes: Sequence[Array], n: int) -> tuple[Array, Array]:
     return rows, inverse.reshape(-1)
 
 
+class _Memo:
+    """Interned ids by combination of dictionary codes, for one set of value tables.
+
+    Batches from the same producers carry the same small value tables over and over, so the
+    id of each combination is remembered in a lookup array indexed by the combination's
+    mixed-radix code: a batch's ids are then one gather, and Python runs only for a
+    combination never seen with these tables. A cache: cleared when ids are renumbered."""
+
+    __slots__ = ("_tables",)
+
+    def __init__(self) -> None:
+        self._tables: dict[object, Array] = {}
+
+    def clear(self) -> None:
+        self._tables.clear()
+
+    def ids(self, signature: object, codes: list[Array], radices: list[int],
+            make: Callable[[list[int]], int]) -> Array | None:  # fmt: skip
+        """The id of each event's combination, or None when the code space is too large."""
+        size = 1
+        for radix in radices:
+            size *= radix
+        if size > _DENSE_COMBOS_MAX:
+            return None
+        table = self._tables.get(signature)
+        if table is None:
+            if len(self._tables) >= _MEMO_TABLES_MAX:
+                self._tables.clear()
+            table = self._tables[signature] = np.full(size, -1, I32)
+        key = codes[0].astype(np.int64)
+        scale = radices[0]
+        for col, radix in zip(codes[1:], radices[1:], strict=True):
+            key += col.astype(np.int64) * scale
+            scale *= radix
+        found = table[key]
+        if (found < 0).any():
+            for code in np.unique(key[found < 0]).tolist():
+                row, rest = [], code
+                for radix in radices:
+                    row.append(rest % radix)
+                    rest //= radix
+                table[code] = make(row)
+            found = table[key]
+        return found
+
+
+_MEMO_TABLES_MAX = 1024
+
+
 def props_ids(columns: tuple[PropertyColumn, ...], n: int, table: PropsTable) -> Array | None:
     """Each event's interned property map id (int32), or None when no event has properties."""
     if not columns or not n:
         return None
-    if len(columns) == 1:
-        col = columns[0]
-        ids = np.zeros(len(col.values) + 1, I32)
-        for j, value in enumerate(col.values, 1):
-            ids[j] = table.intern({col.key: value})
-        return ids[col.index]
-    rows, inverse = _combos([c.index for c in columns], n)
+
+    def make(row: list[int]) -> int:
+        pairs = {c.key: c.values[j - 1] for c, j in zip(columns, row, strict=True) if j}
+        return table.intern(pairs) if pairs else 0
+
+    codes = [c.index for c in columns]
+    radices = [len(c.values) + 1 for c in columns]
+    signature = tuple((c.key, c.values) for c in columns)
+    found = table.memo.ids(signature, codes, radices, make)
+    if found is not None:
+        return found
+    rows, inverse = _combos(codes, n)
     ids = np.zeros(len(rows), I32)
     for r, row in enumerate(rows.tolist()):
-        pairs = {c.key: c.values[j - 1] for c, j in zip(columns, row, strict=True) if j}
-        ids[r] = table.intern(pairs) if pairs else 0
+        ids[r] = make(row)
     return ids[inverse]
 
 
@@ -153,19 +210,26 @@ def cell_ids(
         if col is None:
             continue
         # Map the column's value table onto "allowed value j" (0: absent or not allowed).
-        kept = [None] + [v if v in allowed else None for v in col.values]
+        kept = (None, *(v if v in allowed else None for v in col.values))
         if not any(v is not None for v in kept):
             continue
-        codes.append(col.index.astype(np.int64))
-        tables.append((key, tuple(kept)))
+        codes.append(col.index)
+        tables.append((key, kept))
     if not codes:
         return None
-    rows, inverse = _combos(codes, n)
-    ids = np.zeros(len(rows), I32)
-    for r, row in enumerate(rows.tolist()):
+
+    def make(row: list[int]) -> int:
         cell = tuple(
             (key, values[j]) for (key, values), j in zip(tables, row, strict=True) if values[j]
         )
-        ids[r] = table.intern(cell)
-    out = ids[inverse]
+        return table.intern(cell)  # type: ignore[arg-type]
+
+    radices = [len(values) for _, values in tables]
+    out = table.memo.ids(tuple(tables), codes, radices, make)
+    if out is None:
+        rows, inverse = _combos(codes, n)
+        ids = np.zeros(len(rows), I32)
+        for r, row in enumerate(rows.tolist()):
+            ids[r] = make(row)
+        out = ids[inverse]
     return out if out.any() else None
