@@ -341,7 +341,6 @@ def _fold_unique(
     distinct row, or event by event, in log order, where the order matters (REMOVEs, rows that
     may cross a threshold, and recurring instances with thresholds, whose periods' totals
     depend on each other)."""
-    tabs = state.tables
     inst = state.instances[int(ev.mid[sel.start])]
     if inst.recurring and inst.thresholds:
         _one_by_one(state, ev, list(range(sel.start, sel.stop)), found)
