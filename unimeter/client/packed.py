@@ -150,17 +150,17 @@ def numbered(column: Sequence[Any]) -> tuple[list[Any], Array]:
     return entries, np.fromiter(map(position.__getitem__, column), dtype, len(column))
 
 
-def key_column(key: str, column: Sequence[Any]) -> KeyColumn | None:
-    """The dictionary encoding of one key's values (``ABSENT`` where an event lacks it); None
+def key_column(key: str, column: Sequence[Any], absent: Any = ABSENT) -> KeyColumn | None:
+    """The dictionary encoding of one key's values (``absent`` where an event lacks it); None
     when no event has the key. Every other entry must be an exact ``str``."""
     entries, numbers = numbered(column)
-    if ABSENT not in entries:
+    if absent not in entries:
         # No event lacks it: shift the numbers so that 0 still means "absent".
         dtype = index_dtype(len(entries))
         return KeyColumn(key, tuple(entries), numbers.astype(dtype) + dtype.type(1))
     if len(entries) == 1:
         return None
-    where = entries.index(ABSENT)
+    where = entries.index(absent)
     values = entries[:where] + entries[where + 1 :]
     # Renumber: ABSENT -> 0, the values 1..len(values) in their order.
     lut = np.arange(len(entries), dtype=np.int64) + 1
