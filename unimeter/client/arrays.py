@@ -41,8 +41,10 @@ from .packed import I64, U8, U64, Array, KeyColumn, Packed
 # The order in which ``Event.validate`` checks an event's fields: it breaks ties.
 FIELDS = ("account_id", "metric_code", "value", "timestamp", "operation_type", "properties",
           "event_id")  # fmt: skip
-_TIME_MIN_US = periods.to_us(datetime.min.replace(tzinfo=UTC))
-_TIME_MAX_US = periods.to_us(datetime.max.replace(tzinfo=UTC))
+# What aware datetimes can express: years 1-9999 local time, UTC offsets under a day.
+_DAY_US = 86_400_000_000
+_TIME_MIN_US = periods.to_us(datetime.min.replace(tzinfo=UTC)) - _DAY_US
+_TIME_MAX_US = periods.to_us(datetime.max.replace(tzinfo=UTC)) + _DAY_US
 _OPERATION_MAX = max(OperationType)
 _INTS = frozenset({int})
 _INT_OR_NONE = frozenset({int, type(None)})
@@ -95,6 +97,8 @@ def pack_arrays(
                 first = (bad.index, order, bad.message)
     if first is not None:
         raise InvalidRequestError(f"event {first[0]}: {first[2]}")
+    if n == 0:
+        return pk.empty()
     code_table, code_ids = read["metric_code"]
     id_data, id_offsets, id_width = read["event_id"]
     return Packed(
@@ -174,10 +178,12 @@ def _integers(column: Array | list[Any], check: Any, typecode: str, dtype: Any) 
             return np.frombuffer(array(typecode, column), dtype)
         except OverflowError:
             raise _first_refused(column, check) from None
-    for index, entry in enumerate(column):
-        if isinstance(entry, bool | np.bool_) or not isinstance(entry, int | np.integer):
-            raise Bad(index, _message(check, entry))
-    return _integers([int(entry) for entry in column], check, typecode, dtype)
+    # Unusual types: each entry judged in turn (numpy integers are as good as ints here).
+    plain = [int(e) if isinstance(e, np.integer) else e for e in column]
+    bad = _find_refused(plain, check)
+    if bad is not None:
+        raise bad
+    return _integers([int(entry) for entry in plain], check, typecode, dtype)
 
 
 def _message(check: Any, entry: object) -> str:

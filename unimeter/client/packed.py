@@ -154,6 +154,8 @@ def key_column(key: str, column: Sequence[Any], absent: Any = ABSENT) -> KeyColu
     """The dictionary encoding of one key's values (``absent`` where an event lacks it); None
     when no event has the key. Every other entry must be an exact ``str``."""
     entries, numbers = numbered(column)
+    if not entries:
+        return None
     if absent not in entries:
         # No event lacks it: shift the numbers so that 0 still means "absent".
         dtype = index_dtype(len(entries))
