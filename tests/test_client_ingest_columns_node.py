@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import numpy as np
 
 from tests.support.nodeproc import NodeProcess
+from tests.test_sdk_page import run_snippets
 from unimeter import (
     AggType,
     AsyncClient,
@@ -29,6 +32,32 @@ REQUESTS = MetricSchema(
 )
 BYTES = MetricSchema(code="bytes", agg_type=AggType.SUM)
 SEATS = MetricSchema(code="seats", agg_type=AggType.COUNT_UNIQUE)
+
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "client.md"
+
+
+def docs_example() -> str:
+    """The page's ``ingest_columns`` example, as the page shows it."""
+    blocks = re.findall(r"^```python\n(.*?)^```", DOCS.read_text(), re.MULTILINE | re.DOTALL)
+    [example] = [b for b in blocks if "ingest_columns(" in b]
+    return str(example)
+
+
+async def test_the_pages_example_runs_as_written(node: NodeProcess) -> None:
+    async with AsyncClient([node.address]) as client:
+        await client.metrics.create(
+            MetricSchema(
+                code="compute_seconds",
+                agg_type=AggType.SUM,
+                filters=[DimensionFilter(key="provider", values=["aws", "gcp", "azure"])],
+            )
+        )
+        out = await run_snippets(docs_example(), client=client)
+        assert out == "stored 3 events\n"
+        aws = await client.query(42, "compute_seconds", current_month(), {"provider": "aws"})
+        assert (aws.value.count, aws.value.sum) == (1, 1_500_000)
+        assert (await client.query(7, "compute_seconds", current_month())).value.sum == 250_000
 
 
 async def create_metrics(client: AsyncClient) -> None:
