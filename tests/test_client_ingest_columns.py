@@ -197,10 +197,7 @@ COLUMN = {
 
 def plain_columns(events: list[Any]) -> dict[str, Any]:
     """Every field of ``events`` as a list (bad entries included)."""
-    return {
-        COLUMN[field]: [getattr(e, field) for e in events]
-        for field in COLUMN
-    }
+    return {COLUMN[field]: [getattr(e, field) for e in events] for field in COLUMN}
 
 
 def message_of(check: Any) -> str:
@@ -241,28 +238,26 @@ def test_columns_of_the_wrong_length_or_shape_are_refused() -> None:
         pack_arrays(account_ids=np.zeros((2, 2), np.uint64), metric_codes="m", values=1)
     with pytest.raises(InvalidRequestError, match="account_ids must be a sequence"):
         pack_arrays(account_ids=5, metric_codes="m", values=1)
-    with pytest.raises(InvalidRequestError, match="^event 0: metric code"):
+    with pytest.raises(InvalidRequestError, match=r"^event 0: metric code"):
         pack_arrays(account_ids=[1, 2], metric_codes="bad code", values=1)
-    with pytest.raises(InvalidRequestError, match="^event 0: value must be an integer"):
+    with pytest.raises(InvalidRequestError, match=r"^event 0: value must be an integer"):
         pack_arrays(account_ids=[1, 2], metric_codes="m", values=2.5)
 
 
 def test_out_of_range_columns_name_their_first_bad_entry() -> None:
-    with pytest.raises(InvalidRequestError, match=r"^event 2: account_id must be in \[0, 2\*\*64\)"):
+    with pytest.raises(
+        InvalidRequestError, match=r"^event 2: account_id must be in \[0, 2\*\*64\)"
+    ):
         pack_arrays(account_ids=np.array([1, 2, -3, -4]), metric_codes="m", values=1)
-    with pytest.raises(InvalidRequestError, match="^event 1: value 9223372036854775808 does"):
-        pack_arrays(
-            account_ids=[1, 2], metric_codes="m", values=np.array([1, 2**63], np.uint64)
-        )
-    with pytest.raises(InvalidRequestError, match="^event 1: 7 is not a valid OperationType"):
+    with pytest.raises(InvalidRequestError, match=r"^event 1: value 9223372036854775808 does"):
+        pack_arrays(account_ids=[1, 2], metric_codes="m", values=np.array([1, 2**63], np.uint64))
+    with pytest.raises(InvalidRequestError, match=r"^event 1: 7 is not a valid OperationType"):
         pack_arrays(
             account_ids=[1, 2], metric_codes="m", values=1, operation_types=np.array([1, 7])
         )
-    with pytest.raises(InvalidRequestError, match="^event 1: timestamp .* outside the years"):
-        pack_arrays(
-            account_ids=[1, 2], metric_codes="m", values=1, timestamps=[0, 2**62]
-        )
-    with pytest.raises(InvalidRequestError, match="^event 3: an event has at most 16"):
+    with pytest.raises(InvalidRequestError, match=r"^event 1: timestamp .* outside the years"):
+        pack_arrays(account_ids=[1, 2], metric_codes="m", values=1, timestamps=[0, 2**62])
+    with pytest.raises(InvalidRequestError, match=r"^event 3: an event has at most 16"):
         pack_arrays(
             account_ids=[1, 2, 3, 4],
             metric_codes="m",
@@ -274,7 +269,7 @@ def test_out_of_range_columns_name_their_first_bad_entry() -> None:
 async def test_bad_columns_fail_before_anything_is_sent() -> None:
     # The seed refuses connections: reaching the network would raise UnavailableError.
     client = AsyncClient([closed_address()], request_timeout=2)
-    with pytest.raises(InvalidRequestError, match="^event 1: event_id"):
+    with pytest.raises(InvalidRequestError, match=r"^event 1: event_id"):
         await client.ingest_columns(
             account_ids=[1, 2], metric_codes="m", values=[1, 2], event_ids=["a", ""]
         )
@@ -282,6 +277,9 @@ async def test_bad_columns_fail_before_anything_is_sent() -> None:
     assert (empty.n_stored, empty.rejected) == (0, [])
     with pytest.raises(InvalidRequestError, match="delivery"):
         await client.ingest_columns(
-            account_ids=[1], metric_codes="m", values=1, delivery=9  # type: ignore[arg-type]
+            account_ids=[1],
+            metric_codes="m",
+            values=1,
+            delivery=9,  # type: ignore[arg-type]
         )
     await client.close()

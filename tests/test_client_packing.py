@@ -56,8 +56,7 @@ def batches(draw: st.DrawFn) -> EventBatch:
         account_ids=draw(st.lists(st.integers(0, 2**64 - 1), min_size=n, max_size=n)),
         values=draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)),
         timestamps=draw(
-            st.none()
-            | st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)
+            st.none() | st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)
         ),
         operation_types=draw(st.none() | st.lists(st.integers(0, 2), min_size=n, max_size=n)),
         properties=draw(
@@ -69,7 +68,8 @@ def batches(draw: st.DrawFn) -> EventBatch:
             )
         ),
         event_ids=draw(
-            st.none() | st.lists(st.none() | st.text(min_size=1, max_size=8), min_size=n, max_size=n)
+            st.none()
+            | st.lists(st.none() | st.text(min_size=1, max_size=8), min_size=n, max_size=n)
         ),
     )
 

@@ -5,7 +5,6 @@ end-to-end tests do); "sending" is a scripted stand-in for the retrying call."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import random
 from collections.abc import Awaitable, Callable

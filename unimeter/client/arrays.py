@@ -169,17 +169,20 @@ def _integers(column: Array | list[Any], check: Any, typecode: str, dtype: Any) 
     """An integer column in ``dtype``; ``Bad`` for the first entry ``check`` refuses. Numpy
     arrays of integers and sequences of exact ``int`` take the fast path; a sequence of numpy
     integers or ``int`` subclasses is converted entry by entry."""
+    entries: list[Any]
     if isinstance(column, np.ndarray):
         if column.dtype.kind in "iu":
             return column
-        column = column.tolist()  # bool, float...: judged entry by entry, as validate does
-    if set(map(type, column)) <= _INTS:
+        entries = column.tolist()  # bool, float...: judged entry by entry, as validate does
+    else:
+        entries = column
+    if set(map(type, entries)) <= _INTS:
         try:
-            return np.frombuffer(array(typecode, column), dtype)
+            return np.frombuffer(array(typecode, entries), dtype)
         except OverflowError:
-            raise _first_refused(column, check) from None
+            raise _first_refused(entries, check) from None
     # Unusual types: each entry judged in turn (numpy integers are as good as ints here).
-    plain = [int(e) if isinstance(e, np.integer) else e for e in column]
+    plain = [int(e) if isinstance(e, np.integer) else e for e in entries]
     bad = _find_refused(plain, check)
     if bad is not None:
         raise bad
@@ -239,19 +242,21 @@ def _operations(data: Any, n: int) -> Array | None:
     if column is None:
         operation = _one(data, OperationType)
         return np.full(n, int(operation), U8) if operation else None
-    if isinstance(column, np.ndarray) and column.dtype.kind not in "iu":
-        column = column.tolist()  # judged entry by entry, as validate does
-    if isinstance(column, list):
+    if isinstance(column, np.ndarray) and column.dtype.kind in "iu":
+        numbers = column
+    else:
+        # Judged entry by entry, as validate does.
+        entries = column.tolist() if isinstance(column, np.ndarray) else column
         try:
-            column = np.frombuffer(bytes(column), U8)  # refuses non-integers and 256 and up
+            numbers = np.frombuffer(bytes(entries), U8)  # refuses non-integers, 256 and up
         except (TypeError, ValueError):
-            bad = _find_refused(column, OperationType)
+            bad = _find_refused(entries, OperationType)
             if bad is not None:
                 raise bad from None
             # Valid to OperationType, in an unusual spelling (1.0 is ADD): convert each.
-            column = np.array([int(OperationType(op)) for op in column], U8)
-    _in_range(column, 0, _OPERATION_MAX, OperationType)
-    operations = column.astype(U8, copy=False)
+            numbers = np.array([int(OperationType(op)) for op in entries], U8)
+    _in_range(numbers, 0, _OPERATION_MAX, OperationType)
+    operations = numbers.astype(U8, copy=False)
     return operations if np.count_nonzero(operations) else None
 
 

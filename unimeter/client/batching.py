@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -115,7 +116,7 @@ def split_packed(
         counts = np.bincount(keys)
         used = np.flatnonzero(counts)
         ends = np.cumsum(counts)[used]
-        runs = list(zip(used.tolist(), (ends - counts[used]).tolist(), ends.tolist()))
+        runs = list(zip(used.tolist(), (ends - counts[used]).tolist(), ends.tolist(), strict=True))
     cutter = _Cutter(packed, order, frame_bytes_max // 2)
     for partition, start, end in runs:
         for low in range(start, end, events_per_batch_max):
@@ -149,7 +150,7 @@ class _Cutter:
             return
         pieces = max(2, -(-size // self.bytes_budget), -(-keys // _KEYS_PER_BATCH_MAX))
         bounds = np.linspace(low, high, min(pieces, high - low) + 1).astype(int).tolist()
-        for a, b in zip(bounds, bounds[1:]):
+        for a, b in pairwise(bounds):
             self.cut(partition, a, b)
 
     def batch(self, low: int, high: int) -> tuple[EventBatch, int]:

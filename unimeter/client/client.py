@@ -11,8 +11,9 @@ also triggers a map refresh in the background (as does a timer every ``map_refre
 ``ingest`` (``Event`` objects) and ``ingest_columns`` (parallel columns) validate every
 event and pack them into columns (``columns.py``, ``arrays.py``), which are split into
 per-partition batches (``batching.py``) sent in parallel, each with its own sequence number
-that every retry reuses (``session.py``), so a retry is never applied twice. Reads carry the highest log index this client was acknowledged
-for their partition, so they see this client's own writes.
+that every retry reuses (``session.py``), so a retry is never applied twice. Reads carry the
+highest log index this client was acknowledged for their partition, so they see this client's
+own writes.
 
 Every task the client starts (dials, map fetches, the refresh timer, the per-partition sends of
 one ingest) is owned: ``close`` cancels and awaits the background ones, and the sends of an
@@ -76,8 +77,8 @@ from . import convert
 from .alerts import AlertsApi
 from .arrays import pack_arrays
 from .batching import empty_result, split_packed
-from .columns import pack_events
 from .cluster_map import ANY_NODE, ClusterMap, Router, split_address
+from .columns import pack_events
 from .connection import Exchange
 from .ingest import send_groups
 from .metrics import MetricsApi

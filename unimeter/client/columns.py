@@ -168,7 +168,7 @@ def codes_of(metric_codes: list[Any]) -> tuple[tuple[str, ...], Array | None]:
     table = tuple(sorted(distinct))
     if len(table) == 1:
         return table, None
-    position = dict(zip(table, range(len(table))))
+    position = dict(zip(table, range(len(table)), strict=True))
     dtype = pk.index_dtype(len(table) - 1)
     if dtype is U8:
         return table, np.frombuffer(bytes(map(position.__getitem__, metric_codes)), U8)
@@ -216,7 +216,7 @@ def _properties(mappings: list[Any]) -> tuple[KeyColumn, ...]:
         raise _Unsure
     out = []
     for key in sorted(keys):
-        column = [p[key] if key in p else ABSENT for p in mappings]  # faster than get()
+        column = [p[key] if key in p else ABSENT for p in mappings]  # noqa: SIM401 - faster
         if not set(map(type, column)) <= _VALUE_OR_ABSENT:
             raise _Unsure
         encoded = pk.key_column(key, column)
@@ -316,9 +316,10 @@ def pack_lists(columns: Columns) -> Packed:
     properties: tuple[KeyColumn, ...] = ()
     if columns.properties is not None:
         maps = [p or {} for p in columns.properties]
-        keyed = [pk.key_column(key, [p.get(key, ABSENT) for p in maps]) for key in sorted(
-            set().union(*maps)
-        )]
+        keyed = [
+            pk.key_column(key, [p.get(key, ABSENT) for p in maps])
+            for key in sorted(set().union(*maps))
+        ]
         properties = tuple(c for c in keyed if c is not None)
     id_data = id_offsets = None
     id_width = 0

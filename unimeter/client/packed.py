@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, pairwise
 from typing import Any
 
 import numpy as np
@@ -110,26 +110,24 @@ class Packed:
     def property_maps(self) -> list[dict[str, str] | None]:
         out: list[dict[str, str] | None] = [None] * len(self)
         for column in self.properties:
-            table = (None, *column.values)
+            table = column.values
             for i, j in enumerate(column.index.tolist()):
                 if j:
                     found = out[i]
                     if found is None:
                         found = out[i] = {}
-                    found[column.key] = table[j]  # type: ignore[assignment]
+                    found[column.key] = table[j - 1]
         return out
 
     def event_ids(self) -> list[str | None]:
         if self.id_data is None or self.id_offsets is None:
             return [None] * len(self)
         data, bounds = self.id_data, self.id_offsets.tolist()
-        return [data[a:b].decode() if b > a else None for a, b in zip(bounds, bounds[1:])]
+        return [data[a:b].decode() if b > a else None for a, b in pairwise(bounds)]
 
 
 def empty() -> Packed:
-    return Packed(
-        np.zeros(0, U64), np.zeros(0, I64), (), None, None, None, (), None, None
-    )
+    return Packed(np.zeros(0, U64), np.zeros(0, I64), (), None, None, None, (), None, None)
 
 
 # --------------------------------------------------------------------------- packing helpers
@@ -143,7 +141,7 @@ def numbered(column: Sequence[Any]) -> tuple[list[Any], Array]:
     entries = list(table)
     if len(entries) == 1:
         return entries, np.zeros(len(column), U8)
-    position = dict(zip(entries, range(len(entries))))
+    position = dict(zip(entries, range(len(entries)), strict=True))
     dtype = index_dtype(len(entries) - 1)
     if dtype is U8:
         return entries, np.frombuffer(bytes(map(position.__getitem__, column)), U8)
