@@ -209,9 +209,11 @@ def _properties(mappings: list[Any]) -> tuple[KeyColumn, ...]:
         raise _Unsure
     if not any(mappings):
         return ()
-    if max(map(len, mappings)) > _PROPERTIES_MAX:
-        raise _Unsure
     keys = set().union(*mappings)
+    # No event has more properties than there are keys: count them only when that could be
+    # more than an event may have.
+    if len(keys) > _PROPERTIES_MAX and max(map(len, mappings)) > _PROPERTIES_MAX:
+        raise _Unsure
     if not texts_within(list(keys), 1, _KEY_BYTES_MAX):
         raise _Unsure
     out = []
