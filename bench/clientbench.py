@@ -36,19 +36,15 @@ from typing import Any
 import numpy as np
 import uvloop
 
-from bench import procs, settings
+from bench import procs, settings, workload
 from bench.report import Figure, Results
 from bench.settings import Settings
 from bench.stats import summary
 from unimeter import (
-    AggType,
     AsyncClient,
-    DimensionFilter,
     Event,
     IngestResult,
-    MetricSchema,
     OperationType,
-    PeriodType,
     current_month,
 )
 from unimeter.client.arrays import pack_arrays
@@ -80,24 +76,9 @@ CALLS_IN_FLIGHT = {"events": 8, "columns": 2}
 PLAIN_INPUTS = {"events": 16, "columns": 2}
 REALISTIC_RATE_EV_S = 80_000
 
-# The realistic workload of the node rows (same codes, schemas and shape).
-REGIONS = ("eu", "us", "apac")
-ENDPOINTS = ("/v1/search", "/v1/items", "/v1/orders", "/v1/users")
-SEAT_EVERY = 10
-SEATS_PER_ACCOUNT = 200
-HOUR_US = 3_600_000_000
+HOUR_US = settings.REAL_TIME_SPAN_US
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-REAL_SUM, REAL_COUNT, REAL_SEATS = "real.bytes", "real.requests", "real.seats"
-REALISTIC_SCHEMAS = (
-    MetricSchema(code=REAL_SUM, agg_type=AggType.SUM, period_type=PeriodType.CALENDAR),
-    MetricSchema(
-        code=REAL_COUNT,
-        agg_type=AggType.COUNT,
-        period_type=PeriodType.CALENDAR,
-        filters=(DimensionFilter("endpoint", ENDPOINTS), DimensionFilter("region", REGIONS)),
-    ),
-    MetricSchema(code=REAL_SEATS, agg_type=AggType.COUNT_UNIQUE, period_type=PeriodType.CALENDAR),
-)
+REAL_SUM, REAL_COUNT, REAL_SEATS = workload.REAL_CODES
 
 
 # --------------------------------------------------------------------------- workloads
@@ -113,13 +94,16 @@ def plain_columns(rng: np.random.Generator, n: int) -> dict[str, Any]:
 
 
 def realistic_columns(rng: np.random.Generator, n: int) -> dict[str, Any]:
-    seat = rng.random(n) < 1 / SEAT_EVERY
+    """The node rows' realistic workload (``bench/workload.py``), as columns."""
+    seat = rng.random(n) < 1 / settings.REAL_SEAT_EVERY
     codes = np.where(seat, REAL_SEATS, np.where(rng.random(n) < 0.5, REAL_COUNT, REAL_SUM))
     values = np.where(
-        seat, rng.integers(1, SEATS_PER_ACCOUNT + 1, n), rng.integers(1, settings.VALUE_MAX + 1, n)
+        seat,
+        rng.integers(1, settings.REAL_SEATS_PER_ACCOUNT + 1, n),
+        np.where(codes == REAL_SUM, rng.integers(1, settings.VALUE_MAX + 1, n), 1),
     )
-    region = np.array(REGIONS, dtype=object)[rng.integers(0, len(REGIONS), n)]
-    endpoint = np.array(ENDPOINTS, dtype=object)[rng.integers(0, len(ENDPOINTS), n)]
+    regions = np.array(settings.REAL_REGIONS, dtype=object)
+    endpoints = np.array(settings.REAL_ENDPOINTS, dtype=object)
     raw = rng.bytes(16 * n)
     return {
         "account_ids": rng.integers(1, settings.ACCOUNTS + 1, n, dtype=np.uint64),
@@ -127,7 +111,10 @@ def realistic_columns(rng: np.random.Generator, n: int) -> dict[str, Any]:
         "values": values.astype(np.int64),
         "timestamps": time.time_ns() // 1000 - rng.integers(0, HOUR_US, n, dtype=np.int64),
         "event_ids": [str(uuid.UUID(bytes=raw[i : i + 16])) for i in range(0, 16 * n, 16)],
-        "properties": {"region": region.tolist(), "endpoint": endpoint.tolist()},
+        "properties": {
+            settings.REAL_REGION_KEY: regions[rng.integers(0, len(regions), n)].tolist(),
+            settings.REAL_ENDPOINT_KEY: endpoints[rng.integers(0, len(endpoints), n)].tolist(),
+        },
         "operation_types": np.where(seat, int(OperationType.ADD), 0).astype(np.uint8),
     }
 
@@ -143,8 +130,8 @@ def events_of(columns: dict[str, Any]) -> list[Event]:
     one_us = timedelta(microseconds=1)
     stamps = [EPOCH + us * one_us for us in columns["timestamps"].tolist()]
     operations = [OperationType(o) for o in columns["operation_types"].tolist()]
-    regions = columns["properties"]["region"]
-    endpoints = columns["properties"]["endpoint"]
+    regions = columns["properties"][settings.REAL_REGION_KEY]
+    endpoints = columns["properties"][settings.REAL_ENDPOINT_KEY]
     return [
         Event(
             account_id=accounts[i],
@@ -152,7 +139,10 @@ def events_of(columns: dict[str, Any]) -> list[Event]:
             value=values[i],
             timestamp=stamps[i],
             operation_type=operations[i],
-            properties={"region": regions[i], "endpoint": endpoints[i]},
+            properties={
+                settings.REAL_REGION_KEY: regions[i],
+                settings.REAL_ENDPOINT_KEY: endpoints[i],
+            },
             event_id=columns["event_ids"][i],
         )
         for i in range(len(accounts))
@@ -192,7 +182,7 @@ async def _ingest(address: str, kind: str, duration_s: float) -> dict[str, Any]:
     answered = stored = duplicates = stored_calls = 0
     latencies: list[float] = []
     async with AsyncClient([address]) as client:
-        for schema in REALISTIC_SCHEMAS:
+        for schema in workload.realistic_schemas():
             await client.metrics.create(schema)
         warm = calls[-1]  # connections and map are warm before the clock
         await _send(client, kind, warm[:10] if form == "events" else warm)
