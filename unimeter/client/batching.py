@@ -1,52 +1,44 @@
-"""The caller's list of events -> per-partition columnar batches, and the replies -> one result.
+"""One call's packed columns -> per-partition batches, and the replies -> one result.
 
-Theory of operation: ``columns_of`` checks every event (before anything is sent, so a bad
-event fails the whole call locally) and takes the events apart into one list per field. The
-account column is routed in one go (``Partitioner.many``) and one loop notes each event's index
-under its partition (the only Python code run per event). Each batch's slice of every column is
-then picked with one ``operator.itemgetter`` and becomes a typed array; building the arrays is
-also the range check of account ids and values (they raise OverflowError, and the events are
-then validated one by one to name the culprit).
+Theory of operation: the account column is routed in one vectorised call (the documented mix,
+``routing.py``), a stable sort by partition gives the order in which every column is gathered,
+once, and each partition's events are then one contiguous slice of every gathered column: a
+batch is made of views, its metric codes and property values renumbered to the entries it uses
+(``np.bincount`` says which), and its bytes assembled once (``batch_bytes.py``). Python runs
+per batch, never per event.
 
 A partition's events are split into several batches (each its own ``Ingest`` with its own
-sequence number) when they exceed the events-per-batch limit or a conservative estimate of
-their encoded size exceeds half a frame. ``Group.origin`` maps an event's position in its batch
-back to its index in the caller's list, which is how ``merge_results`` reports rejections in
-the caller's terms.
+sequence number) when they exceed the events-per-batch limit, or when a batch's encoded map
+turns out larger than half a frame or holds more property keys than a batch may: it is then cut
+into as many equal pieces as needed, and each piece encoded again (measured, not estimated;
+ordinary calls are far below both limits and never pay for this). ``Group.origin`` maps an
+event's position in its batch back to its index in the caller's events, which is how
+``merge_results`` reports rejections in the caller's terms.
 """
 
 from __future__ import annotations
 
-import struct
-from array import array
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from operator import itemgetter
-from typing import Any
+from itertools import pairwise
+
+import numpy as np
 
 from unimeter import limits
 from unimeter.errors import ProtocolError
-from unimeter.model import Event, IngestResult
-from unimeter.wire.messages import NO_TIMESTAMP, EventBatch, IngestReply
+from unimeter.model import IngestResult
+from unimeter.wire.batch import NO_TIMESTAMP, EventBatch, PropertyColumn
+from unimeter.wire.messages import IngestReply
 
-from .columns import Columns, columns_of, validate_each
+from . import packed as pk
+from .batch_bytes import batch_bytes
+from .columns import Columns, pack_events, pack_lists
+from .packed import U8, U32, Array, Packed
 
-# Upper bounds of an event's encoded size, used to keep a batch well under a frame. They are
-# bounds, not measurements: checking a length is cheap, encoding to measure is not.
-_EVENT_FIXED_BYTES = 48  # numeric columns, list and map headers
-_PROPERTY_BYTES = limits.property_key_bytes_max + limits.property_value_bytes_max + 8
-_EVENT_ID_BYTES = limits.event_id_bytes_max + 8
-_CODE_BYTES = limits.metric_code_bytes_max + 8
-_EVENT_BYTES_WORST = (
-    _EVENT_FIXED_BYTES
-    + limits.properties_per_event_max * _PROPERTY_BYTES
-    + _EVENT_ID_BYTES
-    + _CODE_BYTES
-)
-_METRIC_INDEX_B_MAX = 256  # an 'B' index column addresses at most 256 codes
+# Routes a uint64 column of (valid) account ids to their partitions, e.g. ``Partitioner.many``.
+Route = Callable[[Array], Array]
 
-# Routes a column of (valid) account ids to their partitions, e.g. ``Partitioner.many``.
-Route = Callable[[list[int]], list[int]]
+_KEYS_PER_BATCH_MAX = limits.property_keys_per_batch_max
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs a microsecond more
@@ -54,17 +46,17 @@ class Group:
     """One ``Ingest`` message worth of events, all of one partition (never changed)."""
 
     partition: int
-    origin: Sequence[int]  # origin[i]: index in the caller's list of the batch's event i
+    origin: Array  # origin[i]: index in the caller's events of the batch's event i
     batch: EventBatch
 
 
 def validate_events(events: Sequence[object]) -> None:
     """Raise ``InvalidRequestError`` naming the index and problem of the first bad event."""
-    columns_of(events)
+    pack_events(events)
 
 
 def build_groups(
-    events: Sequence[Event],
+    events: Sequence[object],
     route: Route,
     *,
     events_per_batch_max: int = limits.events_per_batch_max,
@@ -75,17 +67,12 @@ def build_groups(
     Groups come out ordered by partition, then by the position of their first event, so the
     order (and so the sequence numbers they receive) is deterministic for a given input.
     """
-    columns = columns_of(events, ranges=False)
-    try:
-        return split_columns(
-            columns,
-            route,
-            events_per_batch_max=events_per_batch_max,
-            frame_bytes_max=frame_bytes_max,
-        )
-    except OverflowError:
-        validate_each(events)  # raises, naming the event out of range
-        raise AssertionError("a column overflowed its array but every event is valid") from None
+    return split_packed(
+        pack_events(events),
+        route,
+        events_per_batch_max=events_per_batch_max,
+        frame_bytes_max=frame_bytes_max,
+    )
 
 
 def split_columns(
@@ -95,147 +82,158 @@ def split_columns(
     events_per_batch_max: int = limits.events_per_batch_max,
     frame_bytes_max: int = limits.frame_bytes_max,
 ) -> list[Group]:
-    """``build_groups`` for events already taken apart (by ``columns_of``, or by a reader of
-    another format, such as the HTTP API's JSON). OverflowError if an account id or a value
-    does not fit its column (only possible for columns made with ``ranges=False``)."""
+    """``build_groups`` for events already taken apart by a reader of another format (the HTTP
+    API's JSON); OverflowError if an account id or a value does not fit its column."""
+    return split_packed(
+        pack_lists(columns),
+        route,
+        events_per_batch_max=events_per_batch_max,
+        frame_bytes_max=frame_bytes_max,
+    )
+
+
+def split_packed(
+    packed: Packed,
+    route: Route,
+    *,
+    events_per_batch_max: int = limits.events_per_batch_max,
+    frame_bytes_max: int = limits.frame_bytes_max,
+) -> list[Group]:
     assert events_per_batch_max >= 1
-    n = len(columns)
+    n = len(packed)
     if n == 0:
         return []
-    partitions = route(columns.account_ids)
-    first = partitions[0]
-    by_partition: list[tuple[int, Sequence[int]]]
-    if partitions.count(first) == n:
-        by_partition = [(first, range(n))]
+    partitions = route(packed.account_ids)
+    first = int(partitions[0])
+    runs: list[tuple[int, int, int]]
+    if bool((partitions == first).all()):
+        order = np.arange(n)
+        runs = [(first, 0, n)]
     else:
-        top = max(partitions)
-        # A list indexed by partition while that is small, else a dict (4096 partitions).
-        buckets: list[list[int]] | dict[int, list[int]] = (
-            [[] for _ in range(top + 1)] if top < n else {p: [] for p in set(partitions)}
+        keys = partitions.astype(np.uint16)  # partitions_max fits: a radix sort
+        order = np.argsort(keys, kind="stable")
+        packed = packed.take(order)
+        counts = np.bincount(keys)
+        used = np.flatnonzero(counts)
+        ends = np.cumsum(counts)[used]
+        runs = list(zip(used.tolist(), (ends - counts[used]).tolist(), ends.tolist(), strict=True))
+    cutter = _Cutter(packed, order, frame_bytes_max // 2)
+    for partition, start, end in runs:
+        for low in range(start, end, events_per_batch_max):
+            cutter.cut(partition, low, min(low + events_per_batch_max, end))
+    return cutter.groups
+
+
+class _Cutter:
+    """Makes the batches of contiguous slices of ``packed`` (already in partition order)."""
+
+    __slots__ = ("bytes_budget", "gaps", "groups", "id_offsets", "order", "packed", "zeros")
+
+    def __init__(self, packed: Packed, order: Array, bytes_budget: int) -> None:
+        self.packed = packed
+        self.order = order
+        self.bytes_budget = bytes_budget
+        self.groups: list[Group] = []
+        stamps = packed.timestamps
+        # Whether a batch may lack timestamps altogether (then it carries no column).
+        self.gaps = stamps is not None and bool(np.count_nonzero(stamps == NO_TIMESTAMP))
+        self.zeros = np.zeros(len(packed), U8) if packed.code_ids is None else None
+        # Ids of one width have the same offsets in every batch: slices of one column.
+        width = packed.id_width
+        self.id_offsets = pk.uniform_offsets(width, len(packed)).astype(U32) if width else None
+
+    def cut(self, partition: int, low: int, high: int) -> None:
+        batch, keys = self.batch(low, high)
+        size = len(batch.raw)
+        if (size <= self.bytes_budget and keys <= _KEYS_PER_BATCH_MAX) or high - low == 1:
+            self.groups.append(Group(partition, self.order[low:high], batch))
+            return
+        pieces = max(2, -(-size // self.bytes_budget), -(-keys // _KEYS_PER_BATCH_MAX))
+        bounds = np.linspace(low, high, min(pieces, high - low) + 1).astype(int).tolist()
+        for a, b in pairwise(bounds):
+            self.cut(partition, a, b)
+
+    def batch(self, low: int, high: int) -> tuple[EventBatch, int]:
+        """The batch of events ``low:high`` (encoded), and how many property keys it has.
+        Runs once per batch: numpy calls on views, no copies but the bytes."""
+        p = self.packed
+        table, index = self.codes(low, high)
+        stamps = operations = None
+        if p.timestamps is not None:
+            stamps = p.timestamps[low:high]
+            if self.gaps and not np.count_nonzero(stamps != NO_TIMESTAMP):
+                stamps = None
+        if p.operation_types is not None:
+            operations = p.operation_types[low:high]
+            if not np.count_nonzero(operations):  # count_nonzero: a tenth of any()'s cost
+                operations = None
+        properties = []
+        for column in p.properties:
+            sliced = _key_slice(column, low, high)
+            if sliced is not None:
+                properties.append(sliced)
+        id_data = id_offsets = None
+        if self.id_offsets is not None:
+            assert p.id_data is not None
+            width = p.id_width
+            id_data = p.id_data[low * width : high * width]
+            id_offsets = self.id_offsets[: high - low + 1]
+        elif p.id_data is not None:
+            assert p.id_offsets is not None
+            start, end = p.id_offsets[low : high + 1 : high - low].tolist()
+            if end > start:
+                id_data = p.id_data[start:end]
+                id_offsets = (p.id_offsets[low : high + 1] - start).astype(U32)
+        accounts, values = p.account_ids[low:high], p.values[low:high]
+        raw = batch_bytes(
+            table, index, accounts, values, stamps, operations, properties, id_data, id_offsets
         )
-        # A counter instead of enumerate: a third cheaper, and this is the one loop run per event.
-        index = 0
-        for partition in partitions:
-            buckets[partition].append(index)
-            index += 1  # noqa: SIM113
-        pairs = enumerate(buckets) if isinstance(buckets, list) else sorted(buckets.items())
-        by_partition = [(partition, indices) for partition, indices in pairs if indices]
-    bytes_budget = frame_bytes_max // 2
-    return [
-        _group(partition, columns, chunk)
-        for partition, indices in by_partition
-        for chunk in _chunks(columns, indices, events_per_batch_max, bytes_budget)
-    ]
-
-
-def _chunks(
-    columns: Columns, indices: Sequence[int], count_max: int, bytes_budget: int
-) -> Iterator[Sequence[int]]:
-    if len(indices) <= count_max and len(indices) * _EVENT_BYTES_WORST <= bytes_budget:
-        yield indices  # the common case: no event needs a closer look
-        return
-    properties, event_ids, code_ids = columns.properties, columns.event_ids, columns.code_ids
-    chunk: list[int] = []
-    size = 0
-    codes: set[int] = set()
-    for index in indices:
-        cost = _EVENT_FIXED_BYTES
-        if properties is not None and (mapping := properties[index]) is not None:
-            cost += _PROPERTY_BYTES * len(mapping)
-        if event_ids is not None and event_ids[index] is not None:
-            cost += _EVENT_ID_BYTES
-        code = 0 if code_ids is None else code_ids[index]
-        new_code = code not in codes
-        if chunk and (
-            len(chunk) >= count_max or size + cost + new_code * _CODE_BYTES > bytes_budget
-        ):
-            yield chunk
-            chunk, size, codes, new_code = [], 0, set(), True
-        chunk.append(index)
-        size += cost + new_code * _CODE_BYTES
-        codes.add(code)
-    if chunk:
-        yield chunk
-
-
-def _signed64(column: Sequence[int]) -> array[int]:
-    """``array("q", column)``; building it through struct is half the cost. OverflowError
-    for an int out of range, as ``array`` raises."""
-    try:
-        return array("q", struct.pack(f"={len(column)}q", *column))
-    except struct.error:
-        raise OverflowError("a column entry does not fit a signed 64-bit integer") from None
-
-
-def _whole(column: Sequence[Any]) -> Sequence[Any]:
-    return column
-
-
-def _group(partition: int, columns: Columns, indices: Sequence[int]) -> Group:
-    """The batch of the events at ``indices``; OverflowError if an account id or a value is
-    out of range."""
-    n = len(indices)
-    pick: Callable[[Sequence[Any]], Sequence[Any]]
-    if n == len(columns):
-        pick = _whole  # indices is every index, in order
-    elif n == 1:
-        only = indices[0]
-
-        def pick(column: Sequence[Any]) -> Sequence[Any]:
-            return (column[only],)
-
-    else:
-        pick = itemgetter(*indices)
-    codes = len(columns.code_table)
-    table: Sequence[str] = columns.code_table
-    if columns.code_ids is None:
-        metric_index = array("B", bytes(n))
-    elif codes <= _METRIC_INDEX_B_MAX:
-        raw = bytes(pick(columns.code_ids))
-        present = [i for i in range(codes) if i in raw]  # `in` on bytes is a memchr
-        if len(present) < codes:  # renumber the codes this batch uses from 0
-            table = [table[i] for i in present]
-            raw = raw.translate(bytes.maketrans(bytes(present), bytes(range(len(present)))))
-        metric_index = array("B", raw)
-    else:
-        code_ids = pick(columns.code_ids)
-        position = {old: new for new, old in enumerate(sorted(set(code_ids)))}
-        table = [table[i] for i in position]
-        metric_index = array(
-            "B" if len(table) <= _METRIC_INDEX_B_MAX else "H",
-            map(position.__getitem__, code_ids),
+        batch = EventBatch.from_columns(
+            table,
+            index,
+            accounts,
+            values,
+            stamps,
+            operations,
+            tuple([PropertyColumn(key, values, index) for key, values, index in properties]),
+            id_data,
+            id_offsets,
+            raw,
         )
-    timestamps = None
-    if columns.timestamps_us is not None:
-        stamps = pick(columns.timestamps_us)
-        if stamps.count(NO_TIMESTAMP) != n:
-            timestamps = _signed64(stamps)
-    operation_types = None
-    if columns.operation_types is not None:
-        operations = pick(columns.operation_types)
-        if any(operations):
-            operation_types = array("B", operations)
-    properties = None
-    if columns.properties is not None:
-        mappings = tuple(pick(columns.properties))
-        if mappings.count(None) != n:
-            properties = mappings
-    event_ids = None
-    if columns.event_ids is not None:
-        ids = tuple(pick(columns.event_ids))
-        if ids.count(None) != n:
-            event_ids = ids
-    batch = EventBatch(
-        metric_codes=tuple(table),
-        metric_index=metric_index,
-        account_ids=array("Q", pick(columns.account_ids)),
-        values=_signed64(pick(columns.values)),
-        timestamps=timestamps,
-        operation_types=operation_types,
-        properties=properties,
-        event_ids=event_ids,
-    )
-    return Group(partition=partition, origin=indices, batch=batch)
+        return batch, len(properties)
+
+    def codes(self, low: int, high: int) -> tuple[tuple[str, ...], Array]:
+        """The codes events ``low:high`` use (in table order) and their index column."""
+        p = self.packed
+        if p.code_ids is None:
+            assert self.zeros is not None
+            return p.code_table, self.zeros[low:high]
+        ids = p.code_ids[low:high]
+        counts = np.bincount(ids, minlength=len(p.code_table))
+        if np.count_nonzero(counts) == len(counts):
+            return p.code_table, ids
+        used = np.flatnonzero(counts)
+        lut = np.zeros(len(counts), pk.index_dtype(len(used) - 1))
+        lut[used] = np.arange(len(used))
+        table = p.code_table
+        return tuple([table[i] for i in used.tolist()]), lut[ids]
+
+
+def _key_slice(
+    column: pk.KeyColumn, low: int, high: int
+) -> tuple[str, tuple[str, ...], Array] | None:
+    """(key, the values events ``low:high`` use, their index column); None if none has it."""
+    index = column.index[low:high]
+    counts = np.bincount(index, minlength=len(column.values) + 1)
+    if counts[0] == high - low:
+        return None
+    if np.count_nonzero(counts) + (counts[0] == 0) == len(counts):
+        return column.key, column.values, index
+    used = np.flatnonzero(counts[1:])
+    lut = np.zeros(len(counts), pk.index_dtype(len(used)))
+    lut[used + 1] = np.arange(1, len(used) + 1)
+    values = column.values
+    return column.key, tuple([values[i] for i in used.tolist()]), lut[index]
 
 
 def empty_result() -> IngestResult:
@@ -258,7 +256,7 @@ def merge_results(parts: Sequence[tuple[Group, IngestReply]]) -> IngestResult:
                     f"partition {group.partition} rejected event {batch_index} of a batch of "
                     f"{len(group.origin)}"
                 )
-            rejected.append((group.origin[batch_index], reason))
+            rejected.append((int(group.origin[batch_index]), reason))
         if reply.last_offset is not None and (
             last_offset is None or reply.last_offset > last_offset
         ):

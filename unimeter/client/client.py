@@ -8,10 +8,12 @@ which retries whatever the error classes call retriable, with jittered exponenti
 after re-routing: a NOT_LEADER naming the leader is followed at once, and any routing failure
 also triggers a map refresh in the background (as does a timer every ``map_refresh_s``).
 
-``ingest`` validates every event, splits them into per-partition batches and sends those in
-parallel, each with its own sequence number that every retry reuses (``session.py``), so a
-retry is never applied twice. Reads carry the highest log index this client was acknowledged
-for their partition, so they see this client's own writes.
+``ingest`` (``Event`` objects) and ``ingest_columns`` (parallel columns) validate every
+event and pack them into columns (``columns.py``, ``arrays.py``), which are split into
+per-partition batches (``batching.py``) sent in parallel, each with its own sequence number
+that every retry reuses (``session.py``), so a retry is never applied twice. Reads carry the
+highest log index this client was acknowledged for their partition, so they see this client's
+own writes.
 
 Every task the client starts (dials, map fetches, the refresh timer, the per-partition sends of
 one ingest) is owned: ``close`` cancels and awaits the background ones, and the sends of an
@@ -24,9 +26,12 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
+from typing import Any
+
+import numpy.typing as npt
 
 from unimeter import limits
 from unimeter.errors import (
@@ -43,6 +48,7 @@ from unimeter.model import (
     Event,
     EventRecord,
     IngestResult,
+    OperationType,
     Period,
     UsageResult,
 )
@@ -69,11 +75,14 @@ from unimeter.wire.messages import (
 
 from . import convert
 from .alerts import AlertsApi
-from .batching import build_groups, empty_result, validate_events
+from .arrays import pack_arrays
+from .batching import empty_result, split_packed
 from .cluster_map import ANY_NODE, ClusterMap, Router, split_address
+from .columns import pack_events
 from .connection import Exchange
 from .ingest import send_groups
 from .metrics import MetricsApi
+from .packed import Packed
 from .paging import Pages
 from .pool import NodePool
 from .retry import Attempts, Backoff, retry_until
@@ -192,20 +201,58 @@ class AsyncClient:
         If a group fails after its retries, the error of the first failed group is raised; the
         groups of other partitions may have been stored (a note on the error says which).
         """
-        try:
-            sync = (self._delivery if delivery is None else DeliveryMode(delivery)) is (
-                DeliveryMode.SYNC
-            )
-        except ValueError:
-            raise InvalidRequestError(f"unknown delivery mode {delivery!r}") from None
+        sync = self._sync(delivery)
         batch = events if isinstance(events, list | tuple) else list(events)
         if not batch:
             return empty_result()
+        packed = pack_events(batch)  # a bad event fails before anything, even HELLO, is sent
+        return await self._send_packed(packed, sync)
+
+    async def ingest_columns(
+        self,
+        *,
+        account_ids: Sequence[int] | npt.NDArray[Any],
+        metric_codes: str | Sequence[str] | npt.NDArray[Any],
+        values: int | Sequence[int] | npt.NDArray[Any],
+        timestamps: Sequence[datetime | int | None] | npt.NDArray[Any] | None = None,
+        event_ids: Sequence[str | None] | npt.NDArray[Any] | None = None,
+        properties: (
+            Mapping[str, Sequence[str | None] | npt.NDArray[Any]]
+            | Sequence[Mapping[str, str] | None]
+            | None
+        ) = None,
+        operation_types: OperationType | int | Sequence[int] | npt.NDArray[Any] | None = None,
+        delivery: DeliveryMode | None = None,
+    ) -> IngestResult:
+        """Store the events described by parallel columns (entry ``i`` of each is event ``i``)
+        exactly as ``ingest`` would store the ``Event`` objects they describe: same checks,
+        routing, retries and result, with rejections named by index into the columns."""
+        sync = self._sync(delivery)
+        packed = pack_arrays(
+            account_ids=account_ids,
+            metric_codes=metric_codes,
+            values=values,
+            timestamps=timestamps,
+            operation_types=operation_types,
+            properties=properties,
+            event_ids=event_ids,
+        )
+        if not len(packed):
+            return empty_result()
+        return await self._send_packed(packed, sync)
+
+    def _sync(self, delivery: DeliveryMode | None) -> bool:
+        try:
+            mode = self._delivery if delivery is None else DeliveryMode(delivery)
+        except ValueError:
+            raise InvalidRequestError(f"unknown delivery mode {delivery!r}") from None
+        return mode is DeliveryMode.SYNC
+
+    async def _send_packed(self, packed: Packed, sync: bool) -> IngestResult:
         if self._state is not _State.OPEN:
-            validate_events(batch)  # a bad event fails before anything, even HELLO, is sent
             await self._ensure_open()
-        groups = build_groups(
-            batch,
+        groups = split_packed(
+            packed,
             self._map.partitions_of,
             events_per_batch_max=self._events_per_batch_max,
             frame_bytes_max=self._frame_bytes_max,

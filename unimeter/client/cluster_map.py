@@ -10,12 +10,18 @@ with a newer epoch (which already knows about that leadership change) clears the
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy.typing as npt
+
 from unimeter.errors import NotLeaderError, ProtocolError, UnavailableError, UnimeterError
 from unimeter.routing import partition_of
+from unimeter.state.hashing import partitions_of
 from unimeter.wire.messages import PartitionMap
 
 NO_LEADER = -1
 ANY_NODE = -1  # the routing target of requests any node can serve (catalog, cluster status)
+Array = npt.NDArray[Any]
 _PARTITION_MEMO_MAX = 1 << 20  # accounts remembered (about 100 MB at most)
 
 
@@ -33,9 +39,9 @@ def split_address(address: str) -> tuple[str, int]:
 
 
 class Partitioner:
-    """``routing.partition_of`` for one partition count, remembered per account (bounded: the
-    memory is dropped when it grows past ``size_max``); ``many`` routes a whole column with
-    C-level dictionary lookups once its accounts have been seen."""
+    """``routing.partition_of`` for one partition count: remembered per account for single
+    accounts (bounded: the memory is dropped when it grows past ``size_max``), and for a whole
+    column computed with numpy (``many``)."""
 
     __slots__ = ("_memo", "_size_max", "partitions")
 
@@ -53,20 +59,9 @@ class Partitioner:
             partition = self._memo[account_id] = partition_of(account_id, self.partitions)
         return partition
 
-    def many(self, account_ids: list[int]) -> list[int]:
-        """The partition of each account in ``account_ids`` (valid account ids)."""
-        memo = self._memo
-        try:
-            return list(map(memo.__getitem__, account_ids))
-        except KeyError:
-            pass
-        new = set(account_ids).difference(memo)
-        if len(memo) + len(new) > self._size_max:
-            memo = self._memo = {}
-            new = set(account_ids)
-        n = self.partitions
-        memo.update({a: partition_of(a, n) for a in new})
-        return list(map(memo.__getitem__, account_ids))
+    def many(self, account_ids: Array) -> Array:
+        """The partition of each account of a uint64 column."""
+        return partitions_of(account_ids, self.partitions)
 
 
 class ClusterMap:
@@ -118,7 +113,7 @@ class ClusterMap:
         assert self._partition_of is not None, "no partition map yet"
         return self._partition_of(account_id)
 
-    def partitions_of(self, account_ids: list[int]) -> list[int]:
+    def partitions_of(self, account_ids: Array) -> Array:
         assert self._partition_of is not None, "no partition map yet"
         return self._partition_of.many(account_ids)
 

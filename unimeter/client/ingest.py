@@ -262,7 +262,7 @@ def partial_failure_note(
     parts: Sequence[tuple[Group, IngestReply]], failures: Sequence[tuple[Group, BaseException]]
 ) -> str:
     """What the caller needs to retry without double-counting: which events were settled."""
-    failed = sorted(i for group, _ in failures for i in group.origin)
+    failed = sorted(i for group, _ in failures for i in group.origin.tolist())
     lines = [
         f"{len(failed)} event(s) in {len(failures)} batch(es) were not acknowledged and may or "
         "may not have been stored: resend them only if they carry an event_id, or they may be "
