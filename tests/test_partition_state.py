@@ -135,10 +135,18 @@ class PartitionMachine(RuleBasedStateMachine):
         retention=st.sampled_from([2, 5, 400]),
         window=st.sampled_from([1, 3, 35]),
         first=st.tuples(*(schemas(code) for code in CODES)),
+        # Small chunks seal, sort and merge into runs within a test's few dozen events.
+        chunk_events=st.sampled_from([1, 3, 7, 65536]),
     )
-    def setup(self, retention: int, window: int, first: tuple[MetricSchema, ...]) -> None:
+    def setup(
+        self, retention: int, window: int, first: tuple[MetricSchema, ...], chunk_events: int
+    ) -> None:
         self.model = Model(5, retention, window)
-        self.states = [PartitionState(5, retention_days=retention, dedup_window_days=window)]
+        self.states = [
+            PartitionState(
+                5, retention_days=retention, dedup_window_days=window, chunk_events=chunk_events
+            )
+        ]
         self.index = 0
         self.stamp = T0
         self.generations = dict.fromkeys(CODES, 1)

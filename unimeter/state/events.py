@@ -18,13 +18,16 @@ Retention drops a chunk whole once every instance's newest event in it is invisi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from unimeter.state.runs import RUNS_PER_CHUNK, Blocks, _exact
+
 Array = npt.NDArray[Any]
+Totals = tuple[int, int, int, tuple[int, int, int]]
 CHUNK_EVENTS = 65536
 _INT64_MIN = -(2**63)
 
@@ -45,7 +48,17 @@ OPTIONAL: dict[str, np.dtype[Any]] = {
 
 
 class Chunk:
-    __slots__ = ("_max_ts", "cols", "first_offset", "id_data", "pos", "size")
+    __slots__ = (
+        "_max_ts",
+        "blocks",
+        "cols",
+        "extent_newest",
+        "extents",
+        "first_offset",
+        "id_data",
+        "pos",
+        "size",
+    )
 
     def __init__(self, first_offset: int, capacity: int = CHUNK_EVENTS) -> None:
         # Allocated whole: ``np.zeros`` maps zero pages lazily, so an open chunk costs memory
@@ -56,6 +69,11 @@ class Chunk:
         self.id_data = bytearray()
         self._max_ts: dict[int, int] | None = None  # once sealed: mid -> newest timestamp
         self.pos: Array | None = None  # set once sorted: each row's position in log order
+        self.blocks: Blocks | None = None  # set once sorted: block sums and maxima of values
+        # A merged run: the chunks it was made of, as (first offset, size, start of their id
+        # bytes in ``id_data``), so a snapshot writes the same chunks whatever was merged.
+        self.extents: list[tuple[int, int, int]] | None = None
+        self.extent_newest: list[dict[int, int]] | None = None  # max_ts() of each extent
 
     @property
     def capacity(self) -> int:
@@ -102,6 +120,52 @@ class Chunk:
         """No more appends (the unused tail was never touched, so it holds no memory)."""
         self._max_ts = self._newest()
 
+    def parts(self) -> list[tuple[int, int, int]]:
+        """The chunks this one was made of (itself when it is not a merged run)."""
+        return self.extents if self.extents is not None else [(self.first_offset, self.size, 0)]
+
+    def end_offset(self) -> int:
+        """One past the last offset held (a merged run may skip offsets between chunks)."""
+        first, size, _ = self.parts()[-1]
+        return first + size
+
+    def parts_newest(self) -> list[dict[int, int]]:
+        """``max_ts()`` of each chunk this one was made of, in ``parts()`` order."""
+        return self.extent_newest if self.extent_newest is not None else [self.max_ts()]
+
+    def split(self) -> list[Chunk]:
+        """The sealed chunks this merged run was made of, in log order and unsorted, exactly
+        as they were appended (itself when it is not a merged run). Retention drops whole
+        chunks and a snapshot writes them, so neither depends on what reads merged."""
+        if self.extents is None or self.extent_newest is None or self.pos is None:
+            return [self]
+        cols = self.log_columns()
+        pieces = []
+        at = 0
+        for k, ((first, size, blob), newest) in enumerate(
+            zip(self.extents, self.extent_newest, strict=True)
+        ):
+            end = self.extents[k + 1][2] if k + 1 < len(self.extents) else len(self.id_data)
+            piece = Chunk(first, capacity=1)
+            piece.cols = {name: col[at : at + size] for name, col in cols.items()}
+            if "id_start" in piece.cols:
+                piece.cols["id_start"] = piece.cols["id_start"] - np.uint32(blob)
+            piece.id_data = bytearray(self.id_data[blob:end])
+            piece.size = size
+            piece._max_ts = newest
+            pieces.append(piece)
+            at += size
+        return pieces
+
+    def log_columns(self) -> dict[str, Array]:
+        """Every column's rows in log order (a sorted chunk's order is only an index)."""
+        n = self.size
+        cols = {name: col[:n] for name, col in self.cols.items()}
+        if self.pos is None:
+            return cols
+        order = np.argsort(self.pos, kind="stable")
+        return {name: col[order] for name, col in cols.items()}
+
     def max_ts(self) -> dict[int, int]:
         """Per metric instance, the newest timestamp of its events here (retention's view)."""
         return self._max_ts if self._max_ts is not None else self._newest()
@@ -127,6 +191,39 @@ class Chunk:
         for name, col in c.items():
             c[name] = col[:n][order]
         self.pos = order.astype(np.int64)
+        self.blocks = Blocks(c["value"])
+
+    def range_totals(self, account: int, mid: int, lo: int, hi: int) -> Totals | None:
+        """(count, exact sum, max, latest (ts, offset, value)) of the account's events of
+        ``mid`` with ``lo <= ts < hi``, or None when there are none. Binary searches and
+        block sums on a sorted chunk; array compares on the open one."""
+        c = self.cols
+        if self.pos is None or self.blocks is None:
+            rows = self.rows_of(account, mid)
+            if not len(rows):
+                return None
+            ts = c["ts"][rows]
+            rows = rows[(ts >= lo) & (ts < hi)]
+            if not len(rows):
+                return None
+            values = c["value"][rows]
+            ts = c["ts"][rows]
+            # Rows are in log order here, so the latest is the last row holding the newest
+            # timestamp: argmax of the reversed stamps finds it without a sort.
+            best = len(ts) - 1 - int(np.argmax(ts[::-1]))
+            row = int(rows[best])
+            latest = (int(ts[best]), row + self.first_offset, int(values[best]))
+            return len(rows), _exact(values), int(values.max()), latest
+        a, b = self._span(account, mid)
+        stamps = c["ts"][a:b]
+        i = a + int(stamps.searchsorted(np.int64(lo), "left"))
+        j = a + int(stamps.searchsorted(np.int64(hi), "left"))
+        if i >= j:
+            return None
+        values = c["value"]
+        last = j - 1  # sorted by (ts, offset): the range's latest event is its last row
+        latest = (int(c["ts"][last]), int(self.pos[last]) + self.first_offset, int(values[last]))
+        return j - i, self.blocks.sum(values, i, j), self.blocks.max(values, i, j), latest
 
     # ------------------------------------------------------------------ lookups
 
@@ -140,16 +237,26 @@ class Chunk:
             if mid is not None:
                 hit &= c["mid"][:n] == mid
             return np.flatnonzero(hit)
+        a, b = self._span(account, mid)
+        return np.arange(a, b)
+
+    def _span(self, account: int, mid: int | None) -> tuple[int, int]:
+        """The rows [a, b) of ``account`` (and ``mid``) in a sorted chunk. Keys are cast to
+        the column's type first: a Python int against an int32 or uint64 column would make
+        numpy convert the whole column for every search."""
+        c = self.cols
         accounts = c["account"]
-        a = int(np.searchsorted(accounts, np.uint64(account), "left"))
-        b = int(np.searchsorted(accounts, np.uint64(account), "right"))
+        key = np.uint64(account)
+        a = int(accounts.searchsorted(key, "left"))
+        b = int(accounts.searchsorted(key, "right"))
         if mid is not None and b > a:
             mids = c["mid"][a:b]
+            key_mid = mids.dtype.type(mid)
             a, b = (
-                a + int(np.searchsorted(mids, mid, "left")),
-                a + int(np.searchsorted(mids, mid, "right")),
+                a + int(mids.searchsorted(key_mid, "left")),
+                a + int(mids.searchsorted(key_mid, "right")),
             )
-        return np.arange(a, b)
+        return a, b
 
     def offsets(self, rows: Array) -> Array:
         positions = rows if self.pos is None else self.pos[rows]
@@ -166,10 +273,12 @@ class Chunk:
 class EventStore:
     """Every stored event of the partition, in chunks, with offsets counted from ``base``."""
 
-    __slots__ = ("base", "chunks", "next_offset")
+    __slots__ = ("base", "chunk_events", "chunks", "next_offset")
 
-    def __init__(self, base: int) -> None:
+    def __init__(self, base: int, chunk_events: int = CHUNK_EVENTS) -> None:
+        assert chunk_events >= 1
         self.base = base
+        self.chunk_events = chunk_events  # events per sealed chunk (tests use small ones)
         self.next_offset = base
         self.chunks: list[Chunk] = []
 
@@ -179,25 +288,87 @@ class EventStore:
         assert mids is not None
         n = len(mids)
         chunk = self.chunks[-1] if self.chunks else None
-        if chunk is None or (chunk.size and chunk.size + n > CHUNK_EVENTS):
+        if chunk is None or (chunk.size and chunk.size + n > self.chunk_events):
             if chunk is not None:
                 chunk.seal()
-            chunk = Chunk(self.next_offset, max(CHUNK_EVENTS, n))
+            chunk = Chunk(self.next_offset, max(self.chunk_events, n))
             self.chunks.append(chunk)
         chunk.append(columns, id_data)
         self.next_offset += n
 
     def readable(self) -> Iterator[Chunk]:
-        """Every chunk, sorting sealed ones on first use (all but the open one)."""
-        last = len(self.chunks) - 1
-        for i, chunk in enumerate(self.chunks):
-            if i < last:
+        """Every chunk: sealed ones as sorted runs (made on first use, adjacent runs of
+        similar size merged), then the open one."""
+        sealed = self.chunks[:-1]
+        if any(chunk.pos is None for chunk in sealed):
+            runs: list[Chunk] = []
+            for chunk in sealed:
                 chunk.sort()
-            yield chunk
+                runs.append(chunk)
+                # A binary counter: merge while the last two runs are of one size class.
+                while (
+                    len(runs) > 1
+                    and runs[-2].size <= 2 * runs[-1].size
+                    and runs[-2].size + runs[-1].size <= RUNS_PER_CHUNK * self.chunk_events
+                ):
+                    right = runs.pop()
+                    runs[-1] = merge(runs[-1], right)
+            self.chunks = [*runs, self.chunks[-1]]
+        yield from self.chunks
 
-    def drop_while(self, droppable: Any) -> None:
-        """Drop chunks for which ``droppable(chunk)`` holds (never the open one)."""
+    def drop_while(self, droppable: Callable[[dict[int, int]], bool]) -> None:
+        """Drop the sealed chunks for which ``droppable(chunk.max_ts())`` holds (never the
+        open one). A merged run is judged chunk by chunk, as if it had never been merged: a
+        run partly droppable is split back into its chunks (they are sorted and merged again
+        when a read needs them), so what stays never depends on what was read."""
         if len(self.chunks) <= 1:
             return
-        open_chunk = self.chunks[-1]
-        self.chunks = [c for c in self.chunks[:-1] if not droppable(c)] + [open_chunk]
+        kept: list[Chunk] = []
+        for chunk in self.chunks[:-1]:
+            verdicts = [droppable(newest) for newest in chunk.parts_newest()]
+            if not any(verdicts):
+                kept.append(chunk)
+            elif not all(verdicts):
+                pieces = chunk.split()
+                kept.extend(p for p, drop in zip(pieces, verdicts, strict=True) if not drop)
+        self.chunks = [*kept, self.chunks[-1]]
+
+
+def merge(left: Chunk, right: Chunk) -> Chunk:
+    """One sorted run of two adjacent sorted runs (``right`` follows ``left`` in the log)."""
+    assert left.pos is not None and right.pos is not None
+    assert left.first_offset + left.size <= right.first_offset
+    run = Chunk(left.first_offset, capacity=1)
+    names = sorted(set(left.cols) | set(right.cols))
+    for name in names:
+        parts = []
+        for chunk in (left, right):
+            col = chunk.cols.get(name)
+            if col is None:
+                dtype = REQUIRED.get(name, OPTIONAL.get(name))
+                col = np.zeros(chunk.size, dtype)
+            else:
+                col = col[: chunk.size]
+            if name == "id_start" and chunk is right:
+                col = col + len(left.id_data)
+            parts.append(col)
+        run.cols[name] = np.concatenate(parts)
+    run.id_data = left.id_data + right.id_data
+    pos = np.concatenate([left.pos, right.pos + (right.first_offset - left.first_offset)])
+    c = run.cols
+    order = np.lexsort((pos, c["ts"], c["mid"], c["account"]))
+    for name in names:
+        c[name] = c[name][order]
+    run.pos = pos[order]
+    run.size = len(pos)
+    run.blocks = Blocks(c["value"])
+    run.extents = [
+        *left.parts(),
+        *((first, size, blob + len(left.id_data)) for first, size, blob in right.parts()),
+    ]
+    run.extent_newest = [*left.parts_newest(), *right.parts_newest()]
+    newest = dict(left.max_ts())
+    for mid, ts in right.max_ts().items():
+        newest[mid] = max(ts, newest.get(mid, ts))
+    run._max_ts = newest
+    return run

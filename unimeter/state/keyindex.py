@@ -55,8 +55,10 @@ class KeyIndex:
 
     def get1(self, key: int) -> int:
         """One key's value, MISSING when absent (for reads: no arrays built)."""
+        # The key as uint64: numpy would convert the whole column to search for a Python int.
+        probe = np.uint64(key)
         for keys, vals in ((self._keys, self._vals), (self._delta_keys, self._delta_vals)):
-            pos = int(np.searchsorted(keys, key))
+            pos = int(keys.searchsorted(probe))
             if pos < len(keys) and int(keys[pos]) == key:
                 return int(vals[pos])
         return MISSING
@@ -90,8 +92,8 @@ class KeyIndex:
     def range(self, low: int, high: int) -> tuple[Array, Array]:
         """The (keys, values) with ``low <= key < high``, keys sorted."""
         keys, vals = self.items()
-        a = int(np.searchsorted(keys, low))
-        b = int(np.searchsorted(keys, high))
+        a = int(keys.searchsorted(np.uint64(low)))
+        b = int(keys.searchsorted(np.uint64(high)))
         return keys[a:b], vals[a:b]
 
     def keep(self, mask_of: Any) -> None:

@@ -31,7 +31,7 @@ from unimeter.state.aggregates import Tables
 from unimeter.state.alerts import AlertLog
 from unimeter.state.dedup import SEEN, EventIdIndex, ProducerTable, Seen
 from unimeter.state.entries import Entry, LiveMetric, SchemaEntry
-from unimeter.state.events import EventStore
+from unimeter.state.events import CHUNK_EVENTS, EventStore
 from unimeter.state.hashing import code_key, event_id_key
 from unimeter.state.instances import Instance, shape_of
 from unimeter.state.props import CellTable, PropsTable
@@ -63,6 +63,7 @@ class PartitionState:
         *,
         retention_days: int = limits.retention_days_default,
         dedup_window_days: int = limits.dedup_window_days_default,
+        chunk_events: int = CHUNK_EVENTS,
     ) -> None:
         assert 0 <= partition < limits.partitions_max
         assert retention_days >= 1 and dedup_window_days >= 1
@@ -81,7 +82,7 @@ class PartitionState:
         self.props = PropsTable()
         self.cells = CellTable()
         self.tables = Tables()
-        self.events = EventStore(partition << 48)
+        self.events = EventStore(partition << 48, chunk_events)
         self.ids = EventIdIndex()
         self.producers = ProducerTable()
         self.alerts = AlertLog()
@@ -159,8 +160,8 @@ class PartitionState:
                 dropped = True
         visible_from = self.visible_from()
         self.events.drop_while(
-            lambda chunk: all(
-                ts < visible_from.get(mid, reads.NEVER) for mid, ts in chunk.max_ts().items()
+            lambda newest: all(
+                ts < visible_from.get(mid, reads.NEVER) for mid, ts in newest.items()
             )
         )
         for inst in [i for i in self.instances.values() if not i.live and not i.periods]:

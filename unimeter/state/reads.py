@@ -278,6 +278,12 @@ def _read_num(
                 group = view.group(cell)
                 if group is not None:
                     _add_row(state, _acc(groups, group), crow)
+        elif view.total:
+            # An edge of the total: per chunk, binary searches and block sums (runs.py).
+            for chunk in state.events.readable():
+                found = chunk.range_totals(account, inst.mid, a, b)
+                if found is not None:
+                    _acc(groups, ()).add(*found)
         else:
             _scan_num(groups, _Events(state, inst, account, a, b), view)
     if inst.agg == AggType.LATEST and inst.recurring and pieces:
@@ -532,7 +538,7 @@ def list_events(
     visible_from = state.visible_from()
     out: list[StoredEvent] = []
     for chunk in state.events.readable():
-        if chunk.first_offset + chunk.size - 1 <= after_offset:
+        if chunk.end_offset() - 1 <= after_offset:
             continue
         rows = chunk.rows_of(account)
         if not len(rows):

@@ -32,7 +32,7 @@ from pyroaring import BitMap64
 from unimeter.model import MetricSchema
 from unimeter.state.aggregates import UniqRow
 from unimeter.state.entries import LiveMetric
-from unimeter.state.events import Chunk
+from unimeter.state.events import REQUIRED, Chunk
 from unimeter.state.instances import Base, Instance, NumBase, UniqBase
 from unimeter.state.keyindex import KeyIndex
 from unimeter.state.partition_state import PartitionState
@@ -150,19 +150,25 @@ def _load_instance(row: list[Any]) -> Instance:
     return inst
 
 
-def _dump_chunk(chunk: Chunk, blobs: _Blobs) -> list[Any]:
-    n = chunk.size
-    cols = {name: col[:n] for name, col in chunk.cols.items()}
-    if chunk.pos is not None:  # written in log order: the sorted order is an index
-        inverse = np.empty(n, np.int64)
-        inverse[chunk.pos] = np.arange(n)
-        cols = {name: col[inverse] for name, col in cols.items()}
-    return [
-        chunk.first_offset,
-        n,
-        {name: blobs.add(col) for name, col in sorted(cols.items())},
-        bytes(chunk.id_data),
-    ]
+def _dump_chunks(chunk: Chunk, blobs: _Blobs) -> list[list[Any]]:
+    """The chunk in log order -- or, for a merged run, each chunk it was made of -- so the
+    snapshot is the same whatever reads sorted or merged; an optional column that is all
+    zeros (its default) is left out."""
+    out = []
+    for piece in chunk.split():
+        mine = piece.log_columns()
+        # ``id_start`` means something only beside ``id_len``: kept exactly when it is.
+        starts = mine.pop("id_start", None)
+        mine = {name: col for name, col in mine.items() if name in REQUIRED or col.any()}
+        if "id_len" in mine and starts is not None:
+            mine["id_start"] = starts
+        out.append([
+            piece.first_offset,
+            piece.size,
+            {name: blobs.add(col) for name, col in sorted(mine.items())},
+            bytes(piece.id_data),
+        ])  # fmt: skip
+    return out
 
 
 def _load_chunk(row: list[Any], blobs: memoryview) -> Chunk:
@@ -272,8 +278,9 @@ def encode(state: PartitionState) -> bytes:
                 for row, u in sorted(tabs.uniq.items())
             ],
             "events": [
+                state.events.chunk_events,
                 state.events.next_offset,
-                [_dump_chunk(chunk, blobs) for chunk in state.events.chunks],
+                [row for chunk in state.events.chunks for row in _dump_chunks(chunk, blobs)],
             ],
             "event_ids": [blobs.add(id_keys), blobs.add(id_days)],
             "producers": state.producers.dump(),
@@ -328,7 +335,8 @@ def decode(data: bytes) -> PartitionState:
         for row, present, removed in body["uniq"]:
             urow = tabs.uniq[row] = UniqRow(BitMap64.deserialize(present))
             urow.removed = None if removed is None else BitMap64.deserialize(removed)
-        next_offset, chunks = body["events"]
+        chunk_events, next_offset, chunks = body["events"]
+        state.events.chunk_events = chunk_events
         state.events.chunks = [_load_chunk(row, blobs) for row in chunks]
         state.events.next_offset = next_offset
         for chunk in state.events.chunks[:-1]:
