@@ -55,10 +55,16 @@ class KeyIndex:
 
     def get1(self, key: int) -> int:
         """One key's value, MISSING when absent (for reads: no arrays built)."""
-        for keys, vals in ((self._keys, self._vals), (self._delta_keys, self._delta_vals)):
-            pos = int(np.searchsorted(keys, key))
-            if pos < len(keys) and int(keys[pos]) == key:
-                return int(vals[pos])
+        # The arrays' own searchsorted (one C call each), the delta only when it holds keys.
+        keys = self._keys
+        pos = int(keys.searchsorted(key))
+        if pos < keys.size and int(keys[pos]) == key:
+            return int(self._vals[pos])
+        keys = self._delta_keys
+        if keys.size:
+            pos = int(keys.searchsorted(key))
+            if pos < keys.size and int(keys[pos]) == key:
+                return int(self._delta_vals[pos])
         return MISSING
 
     def add(self, keys: Array, vals: Array) -> None:
