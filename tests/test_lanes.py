@@ -101,7 +101,7 @@ async def test_a_full_peer_lane_pauses_the_link_and_delivers_everything_in_order
     conn = ClientConnection(node)
     transport = FakeTransport()
     conn.connection_made(transport)  # type: ignore[arg-type]
-    conn.greeted, conn.peer_node_id = True, 2
+    conn.core.greeted, conn.core.peer_node_id = True, 2
     frames = [
         peer_frame([cbor2.dumps(encode_message(0, heartbeat(t))) for t in (1, 2, 3)]),
         peer_frame([cbor2.dumps(encode_message(0, heartbeat(4)))]),

@@ -126,6 +126,9 @@ class Node:
         self.catalog_mailbox: Mailbox[object] = Mailbox(
             limits.mailbox_catalog_capacity, bytes_max=limits.mailbox_catalog_bytes_max
         )
+        # What a connection core calls (``ConnectionHost``): bound once, no wrapper per call.
+        self.runtime_of = self.partitions.get
+        self.submit_catalog = self.catalog_mailbox.try_send
         self.storage = StorageThread()  # every fsync of every replica, off the loop
         self.connections: set[ClientConnection] = set()
         self.client_connections = 0  # greeted, not peers (config.max_connections)

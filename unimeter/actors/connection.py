@@ -1,9 +1,27 @@
-"""The connection actor: one per client connection, an asyncio Protocol around ``ServerCodec``.
+"""The connection actor: a pure core (``ConnectionCore``) and its asyncio Protocol.
 
-It decodes frames, answers the connection-level requests itself (HELLO, the partition map,
-cluster status), and hands everything else to the owning actor with a non-blocking send: a full
-mailbox is answered BACKPRESSURE at once, so one slow partition never stalls the connection or
-the node. Replies may leave in any order; each carries its request id.
+Theory of operation. ``ConnectionCore`` is sans-I/O: bytes in (``receive``), reply frames out
+(``take_output``; ``wake`` tells the runtime the first one of a batch is waiting). It holds the
+codec, the HELLO gate, the in-flight limit and the dispatch: it answers the connection-level
+requests itself (HELLO, the partition map, cluster status) and hands everything else to the
+owning actor with a non-blocking send, so a full mailbox is answered BACKPRESSURE at once and
+one slow partition never stalls the connection or the node. Replies may leave in any order;
+each carries its request id. What the core needs of the node it is handed as ``node`` (a
+``ConnectionHost``): the real ``Node``, or the simulator's node, which drives this same core.
+
+The read fast path: an unfiltered QUERY of a whole stored period, or a QUERY_REALTIME, that
+needs no waiting is decoded by the direct decoders (``wire/fast.py``), answered from the
+partition's state in this callback (the state is this thread's; a mailbox hop would only add a
+task switch) and its reply frame built from the row in one encode: no request, token or reply
+object. Anything else on that path -- a read that must wait for ``min_index``, a replica that
+does not lead, a traced node (``--trace`` sends every request through the mailbox so the trace
+shows it), a body the direct decoder does not take -- falls through to the general path,
+which answers exactly as before.
+
+``ClientConnection`` is the asyncio Protocol around a core: ``data_received`` feeds it, one
+``flush`` per loop iteration writes every reply frame the core produced (one system call for all
+of them), peer frames (Raft traffic) are delivered to the replicas' lanes with flow control, and
+live alert subscriptions push through the transport.
 
 Per connection state machine (one rule table; anything else is answered INVALID_REQUEST):
     AWAIT_HELLO --HELLO--> READY        (any other request before HELLO is refused)
@@ -15,17 +33,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from bisect import bisect_left
+from collections.abc import Callable
 from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from unimeter import errors, limits
 from unimeter.actors.alert_feed import ConnectionFeeds
 from unimeter.actors.catalog import CatalogRequest
 from unimeter.actors.mailbox import MailboxClosed, MailboxFull
-from unimeter.actors.partition import ClientRequest
+from unimeter.actors.partition import ClientRequest, PartitionCore
 from unimeter.consensus.codec import PeerMessageError, decode_message
-from unimeter.observe import RequestStats
+from unimeter.observe import NodeStats, RequestStats
 from unimeter.peer import GOSSIP_TAG
+from unimeter.wire import fast
 from unimeter.wire import messages as m
 from unimeter.wire.codec import BadRequest, ServerCodec
 
@@ -43,6 +64,67 @@ _PARTITION_KINDS = (
     m.ListAlerts,
 )
 _CATALOG_KINDS = (m.MetricCreate, m.MetricUpdate, m.MetricGet, m.MetricList, m.MetricDelete)
+_OK = int(errors.Status.OK)
+_IN_FLIGHT_MAX = limits.in_flight_requests_per_connection_max
+
+
+class PartitionTarget(Protocol):
+    """What a connection uses of a partition replica's runtime."""
+
+    @property
+    def core(self) -> PartitionCore: ...
+
+    @property
+    def tracer(self) -> object | None: ...
+
+    def now(self) -> int: ...
+
+    def submit(self, item: ClientRequest, nbytes: int, /) -> None:
+        """Queue a request (``Mailbox.try_send``: MailboxFull, MailboxClosed)."""
+
+
+class ConnectionHost(Protocol):
+    """What a connection core is handed of its node (``Node``, or the simulator's node)."""
+
+    client_connections: int  # greeted client connections (max_connections)
+
+    @property
+    def serving(self) -> bool: ...
+
+    @property
+    def partition_count(self) -> int: ...
+
+    @property
+    def node_id(self) -> int: ...
+
+    @property
+    def addresses(self) -> dict[int, str]: ...
+
+    @property
+    def config(self) -> Any: ...  # .max_connections
+
+    @property
+    def peers(self) -> Any: ...  # .peer_dialed(node_id)
+
+    @property
+    def stats(self) -> NodeStats: ...
+
+    def route(self, account_id: int, /) -> int: ...
+
+    def runtime_of(self, partition: int, /) -> PartitionTarget | None: ...
+
+    def submit_catalog(self, item: CatalogRequest, nbytes: int, /) -> None:
+        """As ``PartitionTarget.submit``, to the catalog."""
+
+    def welcome(self) -> m.Welcome: ...
+
+    def partition_map(self) -> m.PartitionMap: ...
+
+    def cluster_status(self) -> m.ClusterStatusReply: ...
+
+    def leader_of(self, p: int) -> int | None: ...
+
+    def check_ingest(self, msg: m.Ingest) -> tuple[errors.Status, str] | None: ...
 
 
 class Reply:
@@ -53,7 +135,7 @@ class Reply:
 
     def __init__(
         self,
-        conn: ClientConnection,
+        conn: ConnectionCore,
         request_id: int,
         stats: RequestStats,
         batch: m.EventBatch | None = None,
@@ -71,56 +153,71 @@ class Reply:
             self.conn.node.stats.ingest.note(self.batch, message)
 
 
-class ClientConnection(asyncio.Protocol):
-    def __init__(self, node: Node) -> None:
+class ConnectionCore:
+    """One client (or peer) connection's logic, without I/O: see the module docstring."""
+
+    # Set by the runtime: called when a reply frame is queued and none was (flush soon).
+    wake: Callable[[], None] | None = None
+    # Set by the runtime of a peer connection: takes a frame of Raft messages; False stops
+    # reading (the frame was bad and the connection closes, or a lane is full: ``process``
+    # is called again once it has room).
+    on_peer_frame: Callable[[m.PeerFrame], bool] | None = None
+    # Set by the runtime: the connection's live alert subscriptions (None: not offered).
+    alert_feeds: Callable[[], ConnectionFeeds] | None = None
+    # The runtime driving this core (opaque to it).
+    owner: object | None = None
+    # Set by the simulator: told of every read this core answered itself, from the state.
+    on_read_here: Callable[[PartitionTarget, int, int, m.Reply], None] | None = None
+
+    def __init__(self, node: ConnectionHost, peer: str = "?") -> None:
         self.node = node
         self.codec = ServerCodec()
-        self.transport: asyncio.Transport | None = None
+        self.peer = peer
         self.greeted = False
         self.peer_node_id: int | None = None  # set when a cluster peer says HELLO
         self.in_flight = 0
-        self.peer = "?"
-        self.feeds: ConnectionFeeds | None = None  # live alert subscriptions, made on demand
-        # Reply frames of this loop iteration, written together by ``flush`` (one syscall for
-        # all the replies an iteration produces, instead of one each).
-        self._out: list[bytes] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        # Raft messages of a peer frame that found their replica's lane full: reading this
-        # peer is paused until they are all delivered (flow control, nothing dropped).
-        self._peer_backlog: list[tuple[int, object, int]] = []
         self.counted = False  # counted among the node's client connections (max_connections)
+        self.closing = False  # the core asked for the connection to be closed
+        self.lost = False  # the transport is gone: replies are dropped
+        self.paused = False  # the runtime stopped reading (a peer's lane is full)
+        self.receiving = False  # inside ``receive``
+        self.out: list[bytes] = []  # reply frames not yet taken by the runtime
+        self._query_stats: RequestStats | None = None
+        self._realtime_stats: RequestStats | None = None
 
-    # ------------------------------------------------------------------ transport
+    # ------------------------------------------------------------------ I/O boundary
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement the interface without subclassing asyncio.Transport.
-        self.transport = transport  # type: ignore[assignment]
-        self._loop = asyncio.get_running_loop()
-        self.peer = str(transport.get_extra_info("peername"))
-        self.node.connections.add(self)
+    def receive(self, data: bytes) -> None:
+        """Take bytes from the socket. Replies made while they are handled are not announced
+        through ``wake``: the runtime takes them when this returns (one write)."""
+        self.codec.feed(data)
+        self.receiving = True
+        try:
+            self.process()
+        finally:
+            self.receiving = False
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.node.connections.discard(self)
+    def take_output(self) -> list[bytes]:
+        out = self.out
+        self.out = []
+        return out
+
+    def connection_lost(self) -> None:
+        self.lost = True
+        self.out = []
         if self.counted:
             self.node.client_connections -= 1
             self.counted = False
-        self.transport = None
-        self._peer_backlog.clear()
-        if self.peer_node_id is not None and self.node.serving:
-            # Most often the peer's process died (the kernel closed its end at once): its
-            # replicas' followers here need not wait out an election timeout to replace it.
-            self.node.peer_lost(self.peer_node_id)
-        if self.feeds is not None:
-            self.feeds.close_all()
 
-    def data_received(self, data: bytes) -> None:
-        self.codec.feed(data)
-        self._process()
+    def close(self) -> None:
+        """Ask the runtime to write what is queued, then close the connection."""
+        self.closing = True
+        if not self.receiving and self.wake is not None:
+            self.wake()
 
     def respond(self, request_id: int, status: int, message: m.Reply) -> None:
         self.in_flight -= 1
-        transport = self.transport
-        if transport is None or transport.is_closing():
+        if self.lost:
             return  # the client went away; its request may still have been applied
         try:
             frame = self.codec.encode_response(request_id, status, message)
@@ -128,106 +225,133 @@ class ClientConnection(asyncio.Protocol):
             frame = self.codec.encode_response(
                 request_id, errors.Status.INTERNAL, m.ErrorReply(message=exc.message)
             )
-        out = self._out
+        self._queue(frame)
+
+    def _queue(self, frame: bytes) -> None:
+        out = self.out
         out.append(frame)
-        if len(out) == 1 and self._loop is not None:
-            self._loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        """Write the replies waiting since the last flush, in order (before any push)."""
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        if len(out) == 1:
-            transport.write(out[0])
-        else:
-            transport.writelines(out)
-
-    def close(self) -> None:
-        self.flush()
-        if self.transport is not None:
-            self.transport.close()
+        if not self.receiving and len(out) == 1 and self.wake is not None:
+            self.wake()
 
     # ------------------------------------------------------------------ dispatch
 
-    def _process(self) -> None:
-        while True:
-            if self._peer_backlog:
-                return  # paused: the rest waits until the backlog is delivered
+    def process(self) -> None:
+        """Handle every complete frame received (stops early while peer reading is paused)."""
+        codec = self.codec
+        decoder = codec.decoder
+        while not self.closing and not self.paused:
             try:
-                frame = self.codec.next_frame()
+                item = codec.next_item()
             except errors.ProtocolError as exc:
-                log.info("event=protocol_error peer=%s error=%r", self.peer, exc.message)
-                if self.transport is not None:
-                    self.in_flight += 1
-                    self.respond(0, errors.Status.PROTOCOL, m.ErrorReply(message=exc.message))
-                    self.close()
+                self._protocol_error(exc)
                 return
-            if frame is None:
+            if item is None:
                 return
-            self.in_flight += 1
-            if isinstance(frame, m.PeerFrame):
-                self.in_flight -= 1  # peer frames are never answered
-                if not self._on_peer_frame(frame):
-                    return
-                continue
-            if isinstance(frame, BadRequest):
-                self._refuse(frame.request_id, errors.Status.INVALID_REQUEST, frame.message)
-                continue
-            self._dispatch(frame)
+            if (type(item) is not list or not self._fast(item)) and not self._general(item):
+                return
+            if not decoder.frame_ready:
+                return  # (next_item would say None)
 
-    def _on_peer_frame(self, frame: m.PeerFrame) -> bool:
-        """Hand each Raft message to its replica; False (and close) if the frame is bad."""
-        if self.peer_node_id is None:
-            log.info("event=peer_frame_refused peer=%s reason=not_a_peer", self.peer)
-            self.close()
-            return False
-        node = self.node
-        each = max(1, self.codec.last_frame_bytes // max(1, len(frame.items)))
+    def _general(self, item: Any) -> bool:
+        """Decode an item generically and act on it; False: stop reading for now."""
         try:
-            for item in frame.items:
-                if type(item) is list and len(item) == 3 and item[0] == GOSSIP_TAG:
-                    node.note_gossip(item[2])
-                    continue
-                group, message = decode_message(item)
-                self._peer_backlog.append((group, message, each))
-        except (PeerMessageError, TypeError, ValueError) as exc:
-            log.warning("event=peer_frame_bad peer=%s error=%r", self.peer, exc)
-            self._peer_backlog.clear()
-            self.close()
+            frame = self.codec.request_of(item)
+        except errors.ProtocolError as exc:
+            self._protocol_error(exc)
             return False
-        self._deliver_peer_backlog()
+        self.in_flight += 1
+        if isinstance(frame, m.PeerFrame):
+            self.in_flight -= 1  # peer frames are never answered
+            if self.peer_node_id is None or self.on_peer_frame is None:
+                log.info("event=peer_frame_refused peer=%s reason=not_a_peer", self.peer)
+                self.close()
+                return False
+            return self.on_peer_frame(frame)
+        if isinstance(frame, BadRequest):
+            self._refuse(frame.request_id, errors.Status.INVALID_REQUEST, frame.message)
+            return True
+        self._dispatch(frame)
         return True
 
-    def _deliver_peer_backlog(self) -> None:
-        """Deliver queued Raft messages in order; at a full lane, pause reading this peer and
-        go on once that lane has been drained."""
-        backlog = self._peer_backlog
-        for delivered, (group, message, nbytes) in enumerate(backlog):
-            full = self.node.deliver_peer(group, message, nbytes)
-            if full is not None:
-                del backlog[:delivered]
-                if self.transport is not None:
-                    self.transport.pause_reading()
-                full.when_room(self._resume_soon)
-                return
-        backlog.clear()
+    def _protocol_error(self, exc: errors.ProtocolError) -> None:
+        log.info("event=protocol_error peer=%s error=%r", self.peer, exc.message)
+        if not self.lost:
+            self.in_flight += 1
+            self.respond(0, errors.Status.PROTOCOL, m.ErrorReply(message=exc.message))
+            self.close()
 
-    def _resume_soon(self) -> None:
-        # Called from inside the draining actor's run(): go on in a later loop iteration.
-        asyncio.get_running_loop().call_soon(self._resume_peer)
+    # ------------------------------------------------------------------ read fast path
 
-    def _resume_peer(self) -> None:
-        if self.transport is None:
-            return
-        self._deliver_peer_backlog()
-        if not self._peer_backlog:
-            self.transport.resume_reading()
-            self._process()  # frames that arrived with the paused one
+    def _fast(self, item: list[Any]) -> bool:
+        """Answer a whole-period QUERY or a QUERY_REALTIME here if it needs nothing else;
+        False: the general path handles the item (decoding it again, generically)."""
+        try:
+            kind, rid, body = item
+        except ValueError:
+            return False  # not 3 items: the general path names the problem
+        if (
+            not self.greeted
+            or self.in_flight >= _IN_FLIGHT_MAX
+            or type(rid) is not int
+            or not 0 <= rid <= fast.REQUEST_ID_MAX
+        ):
+            return False
+        if kind == fast.KIND_QUERY:
+            q = fast.query(body)
+            if q is None:
+                return False
+            part, account, code, start, end, min_index, catalog = q
+        elif kind == fast.KIND_QUERY_REALTIME:
+            r = fast.query_realtime(body)
+            if r is None:
+                return False
+            part, account, code, catalog = r
+            start = end = min_index = 0
+        else:
+            return False
+        # The partition's runtime, if this node may answer the read from it here: serving,
+        # hosting it, untraced, and the account routes there.
+        node = self.node
+        if not node.serving:
+            return False
+        target = node.runtime_of(part)
+        if target is None or target.tracer is not None or node.route(account) != part:
+            return False
+        started = perf_counter()
+        if kind == fast.KIND_QUERY:
+            reply = target.core.read_period_body(account, code, start, end, min_index, catalog)
+            stats = self._query_stats
+        else:
+            reply = target.core.read_realtime_body(account, code, catalog, target.now())
+            stats = self._realtime_stats
+        if reply is None:
+            return False
+        if stats is None:
+            stats = self._fast_stats(kind)
+        if not self.lost:
+            frame = self.codec.encode_ok(rid, reply)
+            if self.receiving:
+                self.out.append(frame)  # taken when ``receive`` returns
+            else:
+                self._queue(frame)
+        # stats.done(OK, seconds), inlined: the histogram bucket, the total, the status count
+        seconds = perf_counter() - started
+        latency = stats.latency
+        latency.counts[bisect_left(latency.bounds, seconds)] += 1
+        latency.total += seconds
+        stats.statuses[_OK] += 1
+        if self.on_read_here is not None:
+            self.on_read_here(target, rid, _OK, self.codec.reply_of(kind, reply))
+        return True
+
+    def _fast_stats(self, kind: int) -> RequestStats:
+        if kind == fast.KIND_QUERY:
+            stats = self._query_stats = self.node.stats.request("binary", "query")
+        else:
+            stats = self._realtime_stats = self.node.stats.request("binary", "query_realtime")
+        return stats
+
+    # ------------------------------------------------------------------ general path
 
     def _refuse(
         self, request_id: int, status: errors.Status, message: str, leader: str | None = None
@@ -288,22 +412,17 @@ class ClientConnection(asyncio.Protocol):
             self._to_partition(rid, msg)
         elif isinstance(msg, _CATALOG_KINDS):
             reply = Reply(self, rid, node.stats.binary(msg))
-            self._send(
-                node.catalog_mailbox, CatalogRequest(reply, msg), self.codec.last_frame_bytes
-            )
+            self._send(node.submit_catalog, CatalogRequest(reply, msg), self.codec.last_frame_bytes)
         elif isinstance(msg, m.ClusterStatus):
             self.respond(rid, errors.Status.OK, node.cluster_status())
+        elif isinstance(msg, m.SubscribeAlerts | m.UnsubscribeAlerts) and self.alert_feeds is None:
+            self._refuse(rid, errors.Status.INVALID_REQUEST, "alert subscriptions not offered")
         elif isinstance(msg, m.SubscribeAlerts):
-            self._alert_feeds().subscribe(rid, msg)
+            self.alert_feeds().subscribe(rid, msg)
         elif isinstance(msg, m.UnsubscribeAlerts):
-            self._alert_feeds().unsubscribe(rid, msg)
+            self.alert_feeds().unsubscribe(rid, msg)
         else:  # pragma: no cover - the codec only yields known kinds
             self._refuse(rid, errors.Status.INVALID_REQUEST, f"unexpected request {msg!r}")
-
-    def _alert_feeds(self) -> ConnectionFeeds:
-        if self.feeds is None:
-            self.feeds = ConnectionFeeds(self)
-        return self.feeds
 
     def _to_partition(
         self,
@@ -319,7 +438,7 @@ class ClientConnection(asyncio.Protocol):
                 f"partition {part} does not exist (this cluster has {node.partition_count})",
             )
             return
-        runtime = node.partitions.get(part)
+        runtime = node.runtime_of(part)
         if runtime is None:
             leader = node.leader_of(part)
             self._refuse(
@@ -353,17 +472,151 @@ class ClientConnection(asyncio.Protocol):
             answer = runtime.core.read_now(request, runtime.now())
             if answer is not None:
                 reply.send(answer.status, answer.message)
+                if self.on_read_here is not None:
+                    self.on_read_here(runtime, rid, answer.status, answer.message)
                 return
-        self._send(runtime.mailbox, request, self.codec.last_frame_bytes)
+        self._send(runtime.submit, request, self.codec.last_frame_bytes)
 
-    def _send(self, mailbox: object, item: ClientRequest | CatalogRequest, nbytes: int) -> None:
+    def _send(self, submit: Callable[[Any, int], None], item: ClientRequest | CatalogRequest,
+              nbytes: int) -> None:  # fmt: skip
         # Refusals go through the request's token, so they are counted like any answer.
         reply: Reply = item.token  # type: ignore[assignment]
         try:
-            mailbox.try_send(item, nbytes)  # type: ignore[attr-defined]
+            submit(item, nbytes)
         except MailboxFull:
             reply.send(
                 errors.Status.BACKPRESSURE, m.ErrorReply(message="the node is busy; retry shortly")
             )
         except MailboxClosed:
             reply.send(errors.Status.UNAVAILABLE, m.ErrorReply(message="the node is stopping"))
+
+
+class ClientConnection(asyncio.Protocol):
+    """The asyncio runtime of one connection's core."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.core = ConnectionCore(node)
+        self.codec = self.core.codec
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.feeds: ConnectionFeeds | None = None  # live alert subscriptions, made on demand
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_soon = False
+        # Raft messages of a peer frame that found their replica's lane full: reading this
+        # peer is paused until they are all delivered (flow control, nothing dropped).
+        self._peer_backlog: list[tuple[int, object, int]] = []
+        core = self.core
+        core.owner = self
+        core.wake = self._wake
+        core.on_peer_frame = self._on_peer_frame
+        core.alert_feeds = self._alert_feeds
+
+    # ------------------------------------------------------------------ transport
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement the interface without subclassing asyncio.Transport.
+        self.transport = transport  # type: ignore[assignment]
+        self._loop = asyncio.get_running_loop()
+        self.peer = self.core.peer = str(transport.get_extra_info("peername"))
+        self.node.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.node.connections.discard(self)
+        core = self.core
+        core.connection_lost()
+        self.transport = None
+        self._peer_backlog.clear()
+        if core.peer_node_id is not None and self.node.serving:
+            # Most often the peer's process died (the kernel closed its end at once): its
+            # replicas' followers here need not wait out an election timeout to replace it.
+            self.node.peer_lost(core.peer_node_id)
+        if self.feeds is not None:
+            self.feeds.close_all()
+
+    def data_received(self, data: bytes) -> None:
+        core = self.core
+        core.receive(data)
+        if core.out or core.closing:
+            self.flush()  # the replies this data made, in one write
+
+    def respond(self, request_id: int, status: int, message: m.Reply) -> None:
+        self.core.respond(request_id, status, message)
+
+    def _wake(self) -> None:
+        if not self._flush_soon and self._loop is not None:
+            self._flush_soon = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write the replies waiting since the last flush, in order (before any push); close
+        the connection if the core asked to."""
+        self._flush_soon = False
+        core = self.core
+        out = core.out
+        transport = self.transport
+        if out:
+            core.out = []
+            if transport is not None and not transport.is_closing():
+                transport.writelines(out)
+        if core.closing and transport is not None:
+            transport.close()
+
+    def close(self) -> None:
+        self.core.close()
+        self.flush()
+
+    # ------------------------------------------------------------------ peers
+
+    def _on_peer_frame(self, frame: m.PeerFrame) -> bool:
+        """Hand each Raft message to its replica; False (and close) if the frame is bad, or
+        (paused) if a lane is full."""
+        node = self.node
+        each = max(1, self.codec.last_frame_bytes // max(1, len(frame.items)))
+        try:
+            for item in frame.items:
+                if type(item) is list and len(item) == 3 and item[0] == GOSSIP_TAG:
+                    node.note_gossip(item[2])
+                    continue
+                group, message = decode_message(item)
+                self._peer_backlog.append((group, message, each))
+        except (PeerMessageError, TypeError, ValueError) as exc:
+            log.warning("event=peer_frame_bad peer=%s error=%r", self.peer, exc)
+            self._peer_backlog.clear()
+            self.close()
+            return False
+        self._deliver_peer_backlog()
+        return not self.core.paused
+
+    def _deliver_peer_backlog(self) -> None:
+        """Deliver queued Raft messages in order; at a full lane, pause reading this peer and
+        go on once that lane has been drained."""
+        backlog = self._peer_backlog
+        for delivered, (group, message, nbytes) in enumerate(backlog):
+            full = self.node.deliver_peer(group, message, nbytes)
+            if full is not None:
+                del backlog[:delivered]
+                self.core.paused = True
+                if self.transport is not None:
+                    self.transport.pause_reading()
+                full.when_room(self._resume_soon)
+                return
+        backlog.clear()
+
+    def _resume_soon(self) -> None:
+        # Called from inside the draining actor's run(): go on in a later loop iteration.
+        asyncio.get_running_loop().call_soon(self._resume_peer)
+
+    def _resume_peer(self) -> None:
+        if self.transport is None:
+            return
+        self.core.paused = False
+        self._deliver_peer_backlog()
+        if not self.core.paused:
+            self.transport.resume_reading()
+            self.core.process()  # frames that arrived with the paused one
+
+    def _alert_feeds(self) -> ConnectionFeeds:
+        if self.feeds is None:
+            self.feeds = ConnectionFeeds(self)
+        return self.feeds

@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -37,11 +38,12 @@ from unimeter import errors, limits, testing_switches
 from unimeter.actors.admission import Array, admit
 from unimeter.actors.effects import Effects, Outgoing
 from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seconds
-from unimeter.consensus.config import ProposalRejected, RaftConfig
+from unimeter.consensus.config import ProposalRejected, RaftConfig, Role
 from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.periods import US_PER_DAY
 from unimeter.state.entries import BatchEntry, BatchPart, Entry, LiveMetric, SchemaEntry
 from unimeter.state.partition_state import PartitionState
+from unimeter.state.reads import whole_period_wire
 from unimeter.state.records import decode_entry, encode_entry
 from unimeter.wire import messages as m
 
@@ -487,6 +489,41 @@ class PartitionCore(ReplicatedCore):
         if getattr(req, "catalog_version", 0) > state.catalog_version:
             return None
         return self._answer_read(msg, now_us)
+
+    def read_period_body(
+        self, account: int, code: str, start: int, end: int, min_index: int, catalog_version: int
+    ) -> dict[str, Any] | None:
+        """The OK reply body of an unfiltered QUERY of exactly one stored period, read straight
+        from its row (the read fast path: no request or reply object is built); None whenever
+        the answer needs anything else, and the request then goes through ``read_now`` or
+        ``step`` as usual. Like ``read_now`` it changes nothing."""
+        if self.role is not Role.LEADER or not self.raft.leader_ready:  # self.leader_ready
+            return None
+        state = self.state
+        if min_index > state.applied_index or catalog_version > state.catalog_version:
+            return None
+        value = whole_period_wire(state, code, account, start, end)
+        if value is None:
+            return None
+        return {"v": value, "ps": start, "pe": end}
+
+    def read_realtime_body(
+        self, account: int, code: str, catalog_version: int, now_us: int
+    ) -> dict[str, Any] | None:
+        """``read_period_body`` for QUERY_REALTIME: the period ingest is filling."""
+        if self.role is not Role.LEADER or not self.raft.leader_ready:  # self.leader_ready
+            return None
+        state = self.state
+        if catalog_version > state.catalog_version:
+            return None
+        inst = state.live.get(code)
+        if inst is None or inst.table < 0 or not inst.ps <= now_us < inst.pe:
+            return None
+        start, end = inst.ps, inst.pe
+        value = whole_period_wire(state, code, account, start, end)
+        if value is None:
+            return None
+        return {"v": value, "ps": start, "pe": end}
 
     def _release_reads(self, now_us: int, fx: Effects) -> None:
         if not self._parked_reads:

@@ -128,6 +128,7 @@ class ReplicaRuntime:
         self.wal = wal
         self.directory = directory
         self.mailbox = mailbox
+        self.submit = mailbox.try_send  # a client request (MailboxFull, MailboxClosed)
         # Raft messages from peers: a lane of their own, drained first (see run).
         self.peer_lane: Mailbox[Any] = Mailbox(
             limits.mailbox_peer_capacity, bytes_max=limits.mailbox_peer_bytes_max

@@ -459,6 +459,11 @@ class Checkers:
     def on_reply(self, replica: SimReplica, out: Outgoing) -> None:
         self._queued.append(_Queued(replica, out))
 
+    def judge_now(self, replica: SimReplica, out: Outgoing) -> None:
+        """A read answered outside any step (the connection's read fast path): judged against
+        the state as it is now."""
+        self._judge_reply(replica, out, int(replica.core.state.applied_index))
+
     def _judge_reply(self, replica: SimReplica, out: Outgoing, before: int) -> None:
         call: Call | None = getattr(out.token, "call", None)
         if call is None:

@@ -73,7 +73,7 @@ class Cluster:
             self._fail(call, f"lost the connection to node {call.node_id}")
             return
         self._inflight[node.node_id][call.number] = call
-        node.on_request(call, call.request)
+        node.client_request(call)
 
     def reply_to_client(self, node: SimNode, call: Any, status: int, message: m.Reply) -> None:
         if self._inflight[node.node_id].pop(call.number, None) is None:

@@ -9,31 +9,40 @@
   partitions the recovered catalog (``_publish_catalog_locally``).
 - The catalog's publications go to this node's partitions as ``CatalogUpdate`` with a token;
   the requester hears back once every local partition took it in (``CatalogRuntime._publish``).
-- Requests from clients are routed like the connection actor does: not serving -> UNAVAILABLE,
-  a partition this node does not host -> NOT_LEADER with the gossiped leader, ingest refused
-  with BACKPRESSURE while the disk is full, a full mailbox -> BACKPRESSURE.
+- Client requests reach the real connection core (``unimeter/sim/connections.py``), one per
+  client and node incarnation; this node is its ``ConnectionHost``: not serving ->
+  UNAVAILABLE, a partition this node does not host -> NOT_LEADER with the gossiped leader,
+  ingest refused with BACKPRESSURE while the disk is full, a full mailbox -> BACKPRESSURE.
 - Leader gossip every ``gossip_interval_s``; the disk-space watch every 100 ms.
 """
 
 from __future__ import annotations
 
 import traceback
+from types import SimpleNamespace
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from unimeter import errors, limits
 from unimeter.actors.catalog import CatalogRequest, Publication
 from unimeter.actors.effects import Outgoing, Send
-from unimeter.actors.partition import CatalogUpdate, ClientRequest
+from unimeter.actors.mailbox import MailboxFull
+from unimeter.actors.partition import CatalogUpdate
 from unimeter.actors.replicated import DiskState, PeerMessage
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.config import RaftConfig
+from unimeter.observe import NodeStats
 from unimeter.peer import gossip_interval_s
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
+from unimeter.sim.connections import PartitionLane, SimConnection, judged
 from unimeter.sim.disk import NodeDisk, ReplicaDisk, recover
 from unimeter.sim.replica import SimReplica
+from unimeter.state.hashing import partitions_of
 from unimeter.tracefile import CoreSpec, build_core
 from unimeter.wire import messages as m
+from unimeter.wire.codec import announced_limits
 
 if TYPE_CHECKING:
     from unimeter.sim.checkers import Checkers
@@ -41,28 +50,6 @@ if TYPE_CHECKING:
 
 _GOSSIP_US = int(gossip_interval_s * 1_000_000)
 _DISK_WATCH_US = 100_000
-_PARTITION_KINDS = (
-    m.Ingest,
-    m.Query,
-    m.QueryRealtime,
-    m.QueryBreakdown,
-    m.ListEvents,
-    m.ListAlerts,
-)
-_CATALOG_KINDS = (m.MetricCreate, m.MetricUpdate, m.MetricGet, m.MetricList, m.MetricDelete)
-
-
-class ReplyToken:
-    """The token a core carries for one client request (the connection actor's ``Reply``)."""
-
-    __slots__ = ("call", "node")
-
-    def __init__(self, node: SimNode, call: object) -> None:
-        self.node = node
-        self.call = call
-
-    def send(self, status: int, message: m.Reply) -> None:
-        self.node.cluster.reply_to_client(self.node, self.call, status, message)
 
 
 class PublishToken:
@@ -107,6 +94,15 @@ class SimNode:
         self.gossip: dict[int, tuple[int, int]] = {}
         self.disk_ok = True
         self.route = PartitionCache(cluster.settings.partitions)
+        # What a connection core reads of its node (``ConnectionHost``).
+        self.partition_count = cluster.settings.partitions
+        self.addresses = cluster.addresses
+        self.client_connections = 0
+        self.config = SimpleNamespace(max_connections=1 << 30)
+        self.peers = SimpleNamespace(peer_dialed=lambda node_id: None)
+        self.stats = NodeStats()
+        self.connections: dict[int, SimConnection] = {}  # by client index, this incarnation
+        self._lanes: dict[int, PartitionLane] = {}
         election_ms = cluster.settings.election_timeout_ms
         self.raft_config = RaftConfig(
             election_timeout_s=election_ms / 1000, heartbeat_interval_s=election_ms / 10_000
@@ -129,6 +125,11 @@ class SimNode:
         for replica in (self.catalog, *self.partitions.values()):
             replica.prime()
         self._publish_catalog_locally()
+        self.connections = {}
+        self._lanes = {
+            p: PartitionLane(replica, limits.mailbox_partition_capacity)
+            for p, replica in self.partitions.items()
+        }
         self.gossip = {}
         self.disk_ok = True
         self.serving = True
@@ -176,6 +177,9 @@ class SimNode:
                 lost = replica.disk.crash()
                 if lost:
                     notes.append(f"{replica.name}: {lost}")
+        for conn in self.connections.values():
+            conn.core.connection_lost()
+        self.connections = {}
         self.cluster.connections_lost(self)
         self.world.note(
             f"node {self.node_id} {'stopped' if graceful else 'crashed'} " + "; ".join(notes)
@@ -267,7 +271,7 @@ class SimNode:
     def deliver(self, replica: SimReplica | None, replies: list[Outgoing]) -> None:
         for out in replies:
             if replica is not None:
-                self.checkers.on_reply(replica, out)
+                self.checkers.on_reply(replica, judged(out))
             out.token.send(out.status, out.message)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ disk watch
@@ -284,55 +288,44 @@ class SimNode:
 
     # ------------------------------------------------------------------ client requests
 
-    def on_request(self, call: object, msg: m.Request) -> None:
-        """A request arrived on a client connection (``ClientConnection._dispatch``)."""
-        token = ReplyToken(self, call)
-        if not self.serving:
-            self._refuse(token, errors.Status.UNAVAILABLE, "the node is starting or stopping")
-        elif isinstance(msg, _PARTITION_KINDS):
-            self._to_partition(token, msg)
-        elif isinstance(msg, _CATALOG_KINDS):
-            assert self.catalog is not None
-            item = CatalogRequest(token, msg)
-            if not self.catalog.try_send(item, limits.mailbox_catalog_capacity):
-                self._refuse(token, errors.Status.BACKPRESSURE, "the node is busy")
-        elif isinstance(msg, m.GetPartitionMap):
-            token.send(errors.Status.OK, self.partition_map())
-        else:
-            self._refuse(token, errors.Status.INVALID_REQUEST, f"unexpected request {msg!r}")
+    def client_request(self, call: object) -> None:
+        """A request arrived on the client's connection to this node (made on first use)."""
+        index: int = call.client.index  # type: ignore[attr-defined]
+        conn = self.connections.get(index)
+        if conn is None:
+            conn = self.connections[index] = SimConnection(self, f"client{index}")
+        conn.request(call)
 
-    def _refuse(
-        self, token: ReplyToken, status: errors.Status, text: str, leader: str | None = None
-    ) -> None:
-        token.send(status, m.ErrorReply(message=text, leader=leader))
+    # ------------------------------------------------------------------ ConnectionHost
 
-    def _to_partition(
-        self,
-        token: ReplyToken,
-        msg: m.Ingest | m.Query | m.QueryRealtime | m.QueryBreakdown | m.ListEvents | m.ListAlerts,
-    ) -> None:
-        part = msg.partition
-        replica = self.partitions.get(part)
-        if replica is None:
-            leader = self.leader_of(part)
-            hint = self.cluster.addresses.get(leader) if leader is not None else None
-            self._refuse(
-                token, errors.Status.NOT_LEADER, f"node {self.node_id} holds no replica", hint
-            )
-            return
-        if isinstance(msg, m.Ingest):
-            if not self.disk_ok or replica.disk_full:
-                self._refuse(token, errors.Status.BACKPRESSURE, "free disk under the reserve")
-                return
-            for account in sorted(set(msg.batch.account_ids.tolist())):
-                if self.route(account) != part:
-                    self._refuse(token, errors.Status.INVALID_REQUEST, "wrong partition")
-                    return
-        elif self.route(msg.account_id) != part:
-            self._refuse(token, errors.Status.INVALID_REQUEST, "wrong partition")
-            return
-        if not replica.try_send(ClientRequest(token, msg), limits.mailbox_partition_capacity):
-            self._refuse(token, errors.Status.BACKPRESSURE, "the node is busy; retry shortly")
+    def runtime_of(self, partition: int, /) -> PartitionLane | None:
+        return self._lanes.get(partition)
+
+    def submit_catalog(self, item: CatalogRequest, nbytes: int, /) -> None:
+        assert self.catalog is not None
+        if not self.catalog.try_send(item, limits.mailbox_catalog_capacity):
+            raise MailboxFull()
+
+    def welcome(self) -> m.Welcome:
+        return m.Welcome(
+            node_id=self.node_id, cluster_id="sim", version=m.PROTOCOL_VERSION,
+            limits=announced_limits(), partitions=self.partition_count,
+        )  # fmt: skip
+
+    def cluster_status(self) -> m.ClusterStatusReply:
+        raise AssertionError("simulated clients never ask for the cluster status")
+
+    def check_ingest(self, msg: m.Ingest) -> tuple[errors.Status, str] | None:
+        """``Node.check_ingest``: the disk reserve, then the routing of every account."""
+        lane = self._lanes[msg.partition]
+        if not self.disk_ok or lane.replica.disk_full:
+            return errors.Status.BACKPRESSURE, "free disk under the reserve"
+        accounts = msg.batch.account_ids
+        wrong = partitions_of(accounts, self.partition_count) != msg.partition
+        if wrong.any():
+            account = int(accounts[int(np.argmax(wrong))])
+            return errors.Status.INVALID_REQUEST, f"account {account} is in another partition"
+        return None
 
     def partition_map(self) -> m.PartitionMap:
         leaders = []

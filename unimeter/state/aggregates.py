@@ -257,7 +257,7 @@ class Tables:
         return grown
 
     def slot_of(self, account: int) -> int:
-        if account < len(self.dense_slots):
+        if account < self.dense_slots.size:
             return int(self.dense_slots[account])
         return self.accounts.get1(account)
 

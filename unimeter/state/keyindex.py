@@ -55,12 +55,18 @@ class KeyIndex:
 
     def get1(self, key: int) -> int:
         """One key's value, MISSING when absent (for reads: no arrays built)."""
-        # The key as uint64: numpy would convert the whole column to search for a Python int.
+        # The key as uint64 (numpy would convert the whole column to search for a Python
+        # int), the arrays' own searchsorted, the delta only when it holds keys.
         probe = np.uint64(key)
-        for keys, vals in ((self._keys, self._vals), (self._delta_keys, self._delta_vals)):
+        keys = self._keys
+        pos = int(keys.searchsorted(probe))
+        if pos < keys.size and int(keys[pos]) == key:
+            return int(self._vals[pos])
+        keys = self._delta_keys
+        if keys.size:
             pos = int(keys.searchsorted(probe))
-            if pos < len(keys) and int(keys[pos]) == key:
-                return int(vals[pos])
+            if pos < keys.size and int(keys[pos]) == key:
+                return int(self._delta_vals[pos])
         return MISSING
 
     def add(self, keys: Array, vals: Array) -> None:

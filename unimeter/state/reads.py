@@ -442,6 +442,49 @@ def whole_period(
     )
 
 
+def whole_period_wire(
+    state: PartitionState, code: str, account: int, start: int, end: int
+) -> list[Any] | None:
+    """``whole_period`` of an unfiltered query, as the AggValue travels on the wire
+    (``[sum, count, max, last_value, last_timestamp_us, alert_flags]``, ``bodies.AGG_VALUE``):
+    the reply template of the read fast path, built without an ``AggValue``. None whenever
+    ``whole_period`` would be None (or the metric is unknown): the general path answers."""
+    inst = state.live.get(code)
+    if inst is None:
+        return None
+    found = inst.periods.get(start)
+    if found is None or found[0] != end or (inst.recurring and inst.carries):
+        return None
+    tabs = state.tables
+    # tabs.total_row(tabs.slot_of(account), table), inlined (this is the read fast path)
+    dense = tabs.dense_slots
+    slot = int(dense[account]) if account < dense.size else tabs.accounts.get1(account)
+    if slot == MISSING:
+        return [0, 0, None, None, None, 0]
+    row = tabs.totals.get1(slot << 32 | found[1])
+    if row == MISSING:
+        return [0, 0, None, None, None, 0]
+    rows = tabs.rows
+    flags = flags_of(rows.fired.get(row), inst.thresholds) if inst.thresholds else 0
+    cols = rows.cols
+    count = int(cols["count"][row])
+    if inst.unique:
+        return [0, count, None, None, None, flags]
+    if not count:
+        return [0, 0, None, None, None, flags]
+    total = (int(cols["sum_hi"][row]) << 32) + int(cols["sum_lo"][row])
+    if rows.big_sums:
+        total += rows.big_sums.get(row, 0)
+    return [
+        total,
+        count,
+        int(cols["max"][row]),
+        int(cols["last_val"][row]),
+        int(cols["last_ts"][row]),
+        flags,
+    ]
+
+
 def _read(
     state: PartitionState,
     code: str,

@@ -25,8 +25,12 @@ Neither codec ever touches a socket; ``next_frame`` never raises anything but Pr
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from struct import Struct
 from typing import Any
+
+from cbor2 import dumps
 
 from unimeter import errors, limits
 from unimeter.wire import messages as m
@@ -46,6 +50,7 @@ __all__ = [
 
 REQUEST_ID_MAX = 2**64 - 1
 STATUS_MAX = 2**32 - 1
+_PREFIX = Struct(">I")
 
 # The limits a node announces in WELCOME, by their names in ``unimeter.limits``.
 ANNOUNCED_LIMITS = (
@@ -218,14 +223,18 @@ def _message_of(body: Any) -> str:
 class ServerCodec:
     """The server end of one connection."""
 
-    __slots__ = ("_decoder", "frame_bytes_max")
+    __slots__ = ("_decoder", "decoder", "feed", "frame_bytes_max", "next_item")
 
     def __init__(self, *, frame_bytes_max: int = limits.frame_bytes_max) -> None:
         self.frame_bytes_max = frame_bytes_max
-        self._decoder = FrameDecoder(frame_bytes_max=frame_bytes_max)
-
-    def feed(self, data: bytes) -> None:
-        self._decoder.feed(data)
+        self._decoder = self.decoder = decoder = FrameDecoder(frame_bytes_max=frame_bytes_max)
+        # The frame decoder's own methods, bound once (the request path calls them per frame):
+        # ``feed(data)`` buffers bytes; ``next_item()`` is the next frame's top-level item as
+        # decoded CBOR, or None until more bytes arrive (``request_of`` makes it a request; a
+        # fast path may read it directly first). The decoder breaks itself for good on any
+        # ProtocolError it raises.
+        self.feed: Callable[[bytes], None] = decoder.feed
+        self.next_item: Callable[[], Any] = decoder.next_item
 
     @property
     def last_frame_bytes(self) -> int:
@@ -234,11 +243,15 @@ class ServerCodec:
 
     def next_frame(self) -> m.RequestFrame | m.PeerFrame | BadRequest | None:
         """The next request (or BadRequest), or None until more bytes arrive."""
+        item = self.next_item()
+        return None if item is None else self.request_of(item)
+
+    def request_of(self, item: Any) -> m.RequestFrame | m.PeerFrame | BadRequest:
+        """The request (or BadRequest) an item from ``next_item`` holds."""
         try:
-            item = self._decoder.next_item()
-            return None if item is None else self._request(item)
+            return self._request(item)
         except errors.ProtocolError as exc:
-            self._decoder.fail(exc.message)  # nothing after it can be trusted
+            self._decoder.fail(exc.message)
             raise
 
     def _request(self, item: Any) -> m.RequestFrame | m.PeerFrame | BadRequest:
@@ -286,6 +299,18 @@ class ServerCodec:
                 f"frame_bytes_max={self.frame_bytes_max}"
             )
         return frame
+
+    def encode_ok(self, request_id: int, body: dict[str, Any]) -> bytes:
+        """The whole OK frame answering ``request_id`` with a body already in wire form (the
+        read fast path's reply template: the same bytes ``encode_response`` makes of the
+        message that body encodes). For small bodies only: the frame limit is not checked."""
+        payload = dumps([0, request_id, body])
+        return _PREFIX.pack(len(payload)) + payload
+
+    @staticmethod
+    def reply_of(kind: int, body: dict[str, Any]) -> m.Reply:
+        """The reply message an OK ``body`` in wire form encodes (for checks, not the path)."""
+        return decode_reply(m.REPLY_OF[m.Kind(kind)], body)
 
     def encode_push(self, subscription_id: int, message: m.Push) -> bytes:
         """The whole push frame for the live subscription ``subscription_id``. The caller keeps

@@ -23,12 +23,16 @@ headers that refuses a payload which would build more objects than a small multi
 from __future__ import annotations
 
 import io
+import struct
 from typing import Any
 
 import cbor2
 
 from unimeter import errors, limits
-from unimeter.wire.cborscan import budget_for, check_item, needs_check
+from unimeter.wire.cborscan import budget_for, check_item
+
+_PREFIX = struct.Struct(">I")
+_CHECK_BYTES_MIN = limits.cbor_check_bytes_min
 
 PREFIX_BYTES = 4
 PAYLOAD_BYTES_LIMIT = 2**32 - 1  # what a u32 prefix can express
@@ -58,13 +62,15 @@ def encode_item(item: object) -> bytes:
     return bytes(cbor2.dumps(item))
 
 
-def decode_item(data: bytes) -> Any:
+def decode_item(data: bytes, size: int | None = None) -> Any:
     """Exactly one CBOR item filling ``data``; ``ValueError`` naming the problem otherwise.
 
     Every failure of the CBOR library (whatever its type) becomes ``ValueError`` so callers
     translate one exception type into their own (``ProtocolError``, ``RecordError``).
     """
-    if not data:
+    if size is None:
+        size = len(data)
+    if not size:
         raise ValueError("empty CBOR item")
     stream = io.BytesIO(data)
     try:
@@ -80,8 +86,8 @@ def decode_item(data: bytes) -> Any:
     except Exception as exc:  # any library failure means "not valid CBOR"
         raise ValueError(f"invalid CBOR: {exc}") from None
     used = stream.tell()
-    if used != len(data):
-        raise ValueError(f"{len(data) - used} bytes after the CBOR item")
+    if used != size:
+        raise ValueError(f"{size - used} bytes after the CBOR item")
     return item
 
 
@@ -101,6 +107,7 @@ class FrameDecoder:
         "_error",
         "_payload_bytes",
         "frame_bytes_max",
+        "frame_ready",
         "items_per_byte_max",
         "last_payload_bytes",
     )
@@ -118,6 +125,9 @@ class FrameDecoder:
         self._payload_bytes: int | None = None  # vetted length of the frame being received
         self._error: str | None = None
         self.last_payload_bytes = 0  # the size of the frame ``next_item`` returned last
+        # Set by ``next_item`` when it returns an item: whether calling it again at once would
+        # find another whole frame (or raise). False lets a caller stop without asking.
+        self.frame_ready = False
 
     @property
     def buffered_bytes(self) -> int:
@@ -126,16 +136,16 @@ class FrameDecoder:
     def feed(self, data: bytes) -> None:
         if self._error is not None:
             return  # broken for good: nothing more is worth keeping
-        have = len(self._buffer)
-        if self._payload_bytes is None and have + len(data) >= PREFIX_BYTES:
-            # Vet the prefix before keeping the chunk, so a refused frame is never buffered.
-            if have >= PREFIX_BYTES:
-                self._vet_prefix(self._buffer[:PREFIX_BYTES])
+        buffer = self._buffer
+        buffer += data
+        if self._payload_bytes is None and len(buffer) >= PREFIX_BYTES:
+            # Vet the prefix as soon as it is complete: a refused frame's bytes are dropped at
+            # once, never kept waiting for the rest of the frame.
+            (length,) = _PREFIX.unpack_from(buffer)
+            if 0 < length <= self.frame_bytes_max:  # _vet_prefix's good case, inlined
+                self._payload_bytes = length
             else:
-                self._vet_prefix(bytes(self._buffer) + data[: PREFIX_BYTES - have])
-            if self._error is not None:
-                return
-        self._buffer += data
+                self._vet_prefix(buffer)
 
     def next_item(self) -> Any | None:
         """The next frame's item, or None until its last byte has arrived.
@@ -144,26 +154,39 @@ class FrameDecoder:
         """
         if self._error is not None:
             raise errors.ProtocolError(self._error)
-        if self._payload_bytes is None:
-            if len(self._buffer) < PREFIX_BYTES:
+        buffer = self._buffer
+        size = self._payload_bytes
+        if size is None:
+            if len(buffer) < PREFIX_BYTES:
                 return None
-            self._vet_prefix(self._buffer[:PREFIX_BYTES])
+            self._vet_prefix(buffer)
             if self._error is not None:
                 raise errors.ProtocolError(self._error)
-        assert self._payload_bytes is not None
-        end = PREFIX_BYTES + self._payload_bytes
-        if len(self._buffer) < end:
+            size = self._payload_bytes
+            assert size is not None
+        end = PREFIX_BYTES + size
+        have = len(buffer)
+        if have < end:
             return None
         # One copy out of the buffer; the temporary memoryview is gone before the buffer shrinks.
-        payload = bytes(memoryview(self._buffer)[PREFIX_BYTES:end])
-        del self._buffer[:end]
+        payload = bytes(memoryview(buffer)[PREFIX_BYTES:end])
+        del buffer[:end]
+        self.last_payload_bytes = size
+        # The next frame's prefix is vetted now if it is here (as ``feed`` would have), and
+        # ``frame_ready`` says whether that whole frame is here too.
         self._payload_bytes = None
-        self.last_payload_bytes = len(payload)
+        left = have - end
+        if left >= PREFIX_BYTES:
+            self._vet_prefix(buffer)
+            self.frame_ready = self._error is not None or (
+                self._payload_bytes is not None and left >= PREFIX_BYTES + self._payload_bytes
+            )
+        else:
+            self.frame_ready = False
         try:
-            size, per_byte = len(payload), self.items_per_byte_max
-            if needs_check(size):
-                check_item(payload, items_max=budget_for(size, per_byte))
-            return decode_item(payload)
+            if size > _CHECK_BYTES_MIN:  # cborscan.needs_check, inlined
+                check_item(payload, items_max=budget_for(size, self.items_per_byte_max))
+            return decode_item(payload, size)
         except ValueError as exc:
             self.fail(f"frame payload: {exc}")
             raise errors.ProtocolError(f"frame payload: {exc}") from None
@@ -175,8 +198,9 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._payload_bytes = None
 
-    def _vet_prefix(self, prefix: bytes | bytearray) -> None:
-        length = int.from_bytes(prefix, "big")
+    def _vet_prefix(self, buffer: bytes | bytearray) -> None:
+        """Vet the length prefix at the start of ``buffer`` (at least 4 bytes)."""
+        (length,) = _PREFIX.unpack_from(buffer)
         if length == 0:
             self.fail("empty frame (length prefix 0)")
         elif length > self.frame_bytes_max:

@@ -1,0 +1,128 @@
+"""Direct decoders for the hot request kinds: a decoded top-level item to plain fields.
+
+Theory of operation. The generic request decoder (``bodies.py``) walks a table of converters and
+builds a frozen message object, which costs dozens of Python calls per request; a lone query
+pays that on every page view. These functions read the body map of the most common shapes
+straight into a tuple of the fields the node needs, checking each value's exact type and range
+inline. They never raise and never judge: anything they do not recognise at once -- a missing or
+unknown key, a value of the wrong type or out of range, an optional field they do not handle
+(filters) -- makes them return None, and the caller decodes the same item with the generic
+decoder, which accepts it or names the problem exactly as before. So the fast path only ever
+accepts what the generic decoder accepts, with the same values (``tests/test_fast_decode.py``
+checks that on tables and random bodies), and every error keeps its type and wording.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unimeter import limits
+from unimeter.model import validate_code
+
+KIND_QUERY = 9
+KIND_QUERY_REALTIME = 10
+REQUEST_ID_MAX = 2**64 - 1
+
+_U64_MAX = 2**64 - 1
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+_PARTITION_END = limits.partitions_max
+
+# Metric codes already found valid: a query names one of a few codes, so most are checked by
+# one set lookup instead of a regular expression. Bounded; cleared when full.
+_valid_codes: set[str] = set()
+_VALID_CODES_MAX = 4096
+
+# (partition, account_id, metric_code, start_us, end_us, min_index, catalog_version)
+QueryFields = tuple[int, int, str, int, int, int, int]
+# (partition, account_id, metric_code, catalog_version)
+RealtimeFields = tuple[int, int, str, int]
+
+
+def _code_ok(code: object) -> bool:
+    if type(code) is not str:
+        return False
+    if code in _valid_codes:
+        return True
+    try:
+        validate_code(code)
+    except ValueError:
+        return False
+    if len(_valid_codes) >= _VALID_CODES_MAX:
+        _valid_codes.clear()
+    _valid_codes.add(code)
+    return True
+
+
+def query(body: Any) -> QueryFields | None:
+    """The fields of an unfiltered QUERY body, or None (decode it generically)."""
+    if type(body) is not dict:
+        return None
+    p = a = code = s = e = None
+    min_index = cv = 0
+    for key, value in body.items():
+        if type(value) is not int and key != "m":
+            return None
+        if key == "p":
+            p = value
+        elif key == "a":
+            a = value
+        elif key == "m":
+            code = value
+        elif key == "s":
+            s = value
+        elif key == "e":
+            e = value
+        elif key == "min":
+            min_index = value
+        elif key == "cv":
+            cv = value
+        else:
+            return None  # filters, or a key the generic decoder will name
+    if (
+        p is None
+        or a is None
+        or s is None
+        or e is None
+        or not 0 <= p < _PARTITION_END
+        or not 0 <= a <= _U64_MAX
+        or not _I64_MIN <= s < e <= _I64_MAX
+        or not 0 <= min_index <= _U64_MAX
+        or not 0 <= cv <= _U64_MAX
+        or type(code) is not str
+        or (code not in _valid_codes and not _code_ok(code))
+    ):
+        return None
+    return p, a, code, s, e, min_index, cv
+
+
+def query_realtime(body: Any) -> RealtimeFields | None:
+    """The fields of a QUERY_REALTIME body, or None (decode it generically)."""
+    if type(body) is not dict:
+        return None
+    p = a = code = None
+    cv = 0
+    for key, value in body.items():
+        if type(value) is not int and key != "m":
+            return None
+        if key == "p":
+            p = value
+        elif key == "a":
+            a = value
+        elif key == "m":
+            code = value
+        elif key == "cv":
+            cv = value
+        else:
+            return None
+    if (
+        p is None
+        or a is None
+        or not 0 <= p < _PARTITION_END
+        or not 0 <= a <= _U64_MAX
+        or not 0 <= cv <= _U64_MAX
+        or type(code) is not str
+        or (code not in _valid_codes and not _code_ok(code))
+    ):
+        return None
+    return p, a, code, cv
