@@ -7,10 +7,10 @@ Event-id keys (``hashing.event_id_keys``, already uniformly spread 64-bit number
 bucketed hash table of numpy arrays: 8 slots per bucket (one cache line), and every key may sit
 in either of two buckets (two-choice hashing keeps buckets even, so the table fills to 3/4
 before it grows). A column of keys is looked up with two gathers and a compare, and inserted
-with a few array operations: no Python per key. Each slot also keeps the log day its key was
-stored on; expiry clears the slots of old days and packs each bucket again. About 13 bytes a
-key, where a Python set of ints costs about eighty and a roaring set of random 64-bit values
-more.
+with one sort by bucket and a few array operations: no Python per key. Each slot also keeps
+the log day its key was stored on; expiry clears the slots of old days and packs each bucket
+again. About 13 bytes a key, where a Python set of ints costs about eighty and a roaring set
+of random 64-bit values more.
 """
 
 from __future__ import annotations
@@ -41,14 +41,13 @@ def stored_form(keys: Array) -> Array:
 class EventIdIndex:
     """The keys of stored event ids, with the day each was stored on."""
 
-    __slots__ = ("_bits", "_claim", "_days", "_fill", "_keys", "size")
+    __slots__ = ("_bits", "_days", "_fill", "_keys", "size")
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
         self._keys = np.zeros((1 << bits, SLOTS), U64)
         self._days = np.zeros((1 << bits, SLOTS), I32)
         self._fill = np.zeros(1 << bits, np.int8)  # used slots of each bucket, packed first
-        self._claim = np.full(1 << bits, -1, np.int64)  # scratch for ``_place``, all -1
         self.size = 0
 
     def __len__(self) -> int:
@@ -88,46 +87,43 @@ class EventIdIndex:
 
     def _place(self, keys: Array, days: Array) -> tuple[Array, Array]:
         """Put keys in the emptier of their two buckets (the other when that one is full);
-        return those that fit in neither. No sort: in each round a scatter elects one key
-        per bucket (whichever lands last), the others wait for the next round."""
+        return those that fit in neither. Keys are grouped by bucket with one stable sort,
+        and each takes the next free slot of its bucket by its rank in the group: those
+        ranked past the bucket's end try their other bucket the same way. The same keys in
+        the same order always land in the same slots."""
         first, second = self._buckets(keys)
         fill = self._fill
         bucket = np.where(fill[second] < fill[first], second, first)
         other = np.where(bucket == first, second, first)
-        moved = np.zeros(len(keys), dtype=bool)  # already tried its other bucket
-        pending = np.arange(len(keys))
-        claim = self._claim
         flat_keys = self._keys.reshape(-1)
         flat_days = self._days.reshape(-1)
-        while len(pending):
-            at = bucket[pending]
-            claim[at] = pending
-            elected = claim[at] == pending
-            claim[at] = -1
-            winners = pending[elected]
-            target = at[elected]
-            slot = fill[target]
+        for _ in range(2):  # each key's first choice, then its other bucket
+            n = len(bucket)
+            order = np.argsort(bucket, kind="stable")
+            grouped = bucket[order]
+            starts_group = np.empty(n, dtype=bool)
+            starts_group[:1] = True
+            np.not_equal(grouped[1:], grouped[:-1], out=starts_group[1:])
+            starts = np.flatnonzero(starts_group)
+            rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
+            slot = fill[grouped] + rank
             fits = slot < SLOTS
-            placed, where = winners[fits], target[fits]
-            flat = where * SLOTS + slot[fits]
+            placed = order[fits]
+            flat = grouped[fits] * SLOTS + slot[fits]
             flat_keys[flat] = keys[placed]
             flat_days[flat] = days[placed]
-            fill[where] += 1  # the elected buckets are distinct
+            last = np.append(starts[1:], n) - 1  # each bucket's last key: its new fill
+            fill[grouped[last]] = np.minimum(slot[last] + 1, SLOTS)
             self.size += len(placed)
-            full = winners[~fits]
-            tried = moved[full]
-            retry = full[~tried]
-            bucket[retry] = other[retry]
-            moved[retry] = True
-            waiting = np.concatenate([pending[~elected], retry])
-            if tried.any():  # full in both buckets: place these after the table grows
-                rest = np.concatenate([full[tried], waiting])
-                return keys[rest], days[rest]
-            pending = waiting
-        return keys[:0], days[:0]
+            left = order[~fits]
+            if not len(left):
+                return keys[:0], days[:0]
+            keys, days, bucket = keys[left], days[left], other[left]
+        return keys, days
 
     def _grow(self, size: int) -> None:
-        keys, days = self.dump()
+        used = self._keys != _EMPTY  # (in table order: no need to sort them)
+        keys, days = self._keys[used], self._days[used]
         bits = self._bits
         while size * 4 > (1 << bits) * SLOTS * 3:
             bits += 1
