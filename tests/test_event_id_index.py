@@ -41,10 +41,12 @@ def test_table_holds_what_a_dict_holds(bits: int, ops: list[tuple], probes: list
     for op in ops:
         if op[0] == "add":
             _, keys, day = op
-            fresh = [k for k in keys if int(stored_form(np.array([k], U64))[0]) not in model]
-            table.add(np.array(fresh, U64), day)
-            for k in fresh:
-                model[int(stored_form(np.array([k], U64))[0])] = day
+            # ``add`` takes keys not stored yet and distinct as stored (0 is stored as 1).
+            fresh = {int(k): None for k in stored_form(np.array(keys, U64)).tolist()}
+            fresh_keys = [k for k in fresh if k not in model]
+            table.add(np.array(fresh_keys, U64), day)
+            for k in fresh_keys:
+                model[k] = day
         else:
             oldest = op[1]
             table.expire(oldest)
