@@ -23,14 +23,18 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 import cbor2
 
-from unimeter import limits
+from unimeter import errors, limits
 from unimeter.actors.effects import Send
 from unimeter.consensus.codec import encode_message
+from unimeter.errors import AuthError
+from unimeter.security.cluster_secret import MemberGreeting
+from unimeter.security.tls import server_hostname
 from unimeter.wire import messages as m
 from unimeter.wire.codec import ClientCodec
 
@@ -61,10 +65,21 @@ def peer_frame(items: list[bytes]) -> bytes:
 
 
 class PeerLink:
-    def __init__(self, node_id: int, peer_id: int, address: str) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        peer_id: int,
+        address: str,
+        *,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
         self.address = address
+        self.secret = secret  # the cluster secret this link proves (security/cluster_secret.py)
+        self.tls = tls
+        self.refused = 0  # handshakes that failed the cluster secret, either way
         self._items: list[bytes] = []
         self._bytes = 0
         self._flush_scheduled = False
@@ -120,8 +135,12 @@ class PeerLink:
         while True:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port)), timeout=2.0
-                )
+                    asyncio.open_connection(
+                        host, int(port), ssl=self.tls,
+                        server_hostname=server_hostname(host) if self.tls else None,
+                    ),
+                    timeout=2.0,
+                )  # fmt: skip
             except (OSError, TimeoutError):
                 await self._pause(backoff * random.uniform(0.5, 1.0))
                 backoff = 0.05 if self._poked is not None and self._poked.is_set() else backoff
@@ -136,6 +155,11 @@ class PeerLink:
                 # Nothing is expected back; reading only notices the close.
                 while await reader.read(65536):
                     pass
+            except AuthError as exc:
+                self.refused += 1
+                log.error("event=peer_refused peer=%d address=%s error=%r",
+                          self.peer_id, self.address, exc.message)  # fmt: skip
+                backoff = redial_backoff_s_max  # a wrong secret is not fixed by redialling fast
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.info("event=peer_link_error peer=%d error=%r", self.peer_id, exc)
             finally:
@@ -150,31 +174,53 @@ class PeerLink:
             await self._pause(backoff * random.uniform(0.5, 1.0))
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """HELLO, and with a cluster secret the challenge round (cluster_secret.py): no Raft
+        message leaves before the peer proved the secret, nor is accepted before we did."""
         codec = ClientCodec()
-        hello = m.Hello(
-            version=m.PROTOCOL_VERSION,
-            client_name=f"node-{self.node_id}",
-            peer_node_id=self.node_id,
-        )
-        writer.write(codec.encode_request(1, hello))
+        greeting = MemberGreeting(
+            self.secret, self.node_id, link=True, client_name=f"node-{self.node_id}",
+            expect_node=self.peer_id,
+        )  # fmt: skip
+        hello: m.Hello | None = greeting.first()
+        request_id = 0
+        while hello is not None:
+            request_id += 1
+            writer.write(codec.encode_request(request_id, hello))
+            welcome = await self._welcome(reader, codec)
+            hello = greeting.second(welcome) if request_id == 1 else None
+
+    async def _welcome(self, reader: asyncio.StreamReader, codec: ClientCodec) -> m.Welcome:
         while True:
             data = await asyncio.wait_for(reader.read(65536), timeout=5.0)
             if not data:
                 raise ConnectionError("closed during HELLO")
             codec.feed(data)
             frame = codec.next_frame()
-            if frame is not None:
-                if frame.status != 0:
-                    raise ConnectionError(f"HELLO refused: {frame.message}")
-                return
+            if frame is None:
+                continue
+            text = getattr(frame.message, "message", "")
+            if frame.status == errors.Status.AUTH:
+                raise AuthError(f"refused by the peer: {text}")
+            if frame.status != 0 or not isinstance(frame.message, m.Welcome):
+                raise ConnectionError(f"HELLO refused: {text}")
+            return frame.message
 
 
 class PeerLinks:
     """Every outbound link of this node, and the gossip of who leads what."""
 
-    def __init__(self, node_id: int, peers: dict[int, str]) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, str],
+        *,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.node_id = node_id
-        self.links = {pid: PeerLink(node_id, pid, addr) for pid, addr in peers.items()}
+        self.links = {
+            pid: PeerLink(node_id, pid, addr, secret=secret, tls=tls) for pid, addr in peers.items()
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     def send(self, send: Send) -> None:

@@ -27,11 +27,13 @@ import asyncio
 import builtins
 import enum
 import logging
+import ssl
 from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
 from unimeter import limits
 from unimeter.errors import (
+    AuthError,
     ClosedError,
     InvalidRequestError,
     ProtocolError,
@@ -71,6 +73,16 @@ class PushSink(Protocol):
     def lost(self, failure: UnimeterError) -> None: ...
 
 
+class Greeting(Protocol):
+    """A HELLO in two rounds (a cluster node's own client proving the cluster secret:
+    ``unimeter/security/cluster_secret.py``): ``second`` checks the first WELCOME and gives
+    the HELLO that completes the greeting, or None when the first one was enough."""
+
+    def first(self) -> Hello: ...
+
+    def second(self, welcome: Welcome) -> Hello | None: ...
+
+
 class _State(enum.Enum):
     CONNECTING = "connecting"
     READY = "ready"
@@ -79,8 +91,9 @@ class _State(enum.Enum):
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ssl.SSLContext | None = None) -> None:
         self.address = address
+        self._tls = tls
         self.welcome: Welcome | None = None
         self._state = _State.CONNECTING
         self._failure: UnimeterError | None = None  # why BROKEN/CLOSED (a template, not raised)
@@ -105,8 +118,10 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self, hello: Hello, deadline: float) -> Welcome:
-        """Dial, say HELLO, and wait for WELCOME; raises a typed error on any failure."""
+    async def open(self, hello: Hello | Greeting, deadline: float) -> Welcome:
+        """Dial (with TLS if the connection has a context), say HELLO, and wait for WELCOME;
+        raises a typed error on any failure (``AuthError`` for a refused token or a server
+        certificate that does not verify: trying again would not help)."""
         assert self._state is _State.CONNECTING
         loop = asyncio.get_running_loop()
         try:
@@ -115,17 +130,30 @@ class Connection(asyncio.Protocol):
             raise UnavailableError(str(exc)) from None
         try:
             async with asyncio.timeout_at(deadline):
-                await loop.create_connection(lambda: self, host, port)
+                await loop.create_connection(
+                    lambda: self, host, port, ssl=self._tls,
+                    server_hostname=host.strip("[]") if self._tls is not None else None,
+                )  # fmt: skip
         except builtins.TimeoutError:  # before OSError: it is one
             self._abort()
             raise UnavailableError(f"connecting to {self.address} timed out") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise AuthError(f"the certificate of {self.address} does not verify: {exc}") from None
         except OSError as exc:
             raise UnavailableError(f"cannot connect to {self.address}: {exc}") from None
         except BaseException:
             self._abort()
             raise
         try:
-            welcome = _expect_welcome(await self._exchange(hello, deadline), self.address)
+            if isinstance(hello, Hello):
+                welcome = _expect_welcome(await self._exchange(hello, deadline), self.address)
+            else:
+                welcome = _expect_welcome(
+                    await self._exchange(hello.first(), deadline), self.address
+                )
+                proving = hello.second(welcome)
+                if proving is not None:
+                    welcome = _expect_welcome(await self._exchange(proving, deadline), self.address)
         except BaseException:
             self._abort()
             raise
