@@ -95,16 +95,16 @@ class Gatekeeper:
             digest=entry.digest, generation=self.generation,
         )  # fmt: skip
 
-    def bearer(self, token: str | None, protocol: str) -> Principal | str:
+    def bearer(self, token: str | None, protocol: str, peer: str = "?") -> Principal | str:
         """The principal of a client token, or the refusal's message (counted)."""
         if self.tokens is None:
             return OPEN
         if not token:
-            self.refuse(protocol, "missing_token", "no token")
+            self.refuse(protocol, "missing_token", "no token", peer)
             return "this node requires an API token (AsyncClient(token=...), --token)"
         entry = self.tokens.find(token)
         if entry is None:
-            self.refuse(protocol, "unknown_token", "a token not in the token file")
+            self.refuse(protocol, "unknown_token", "a token not in the token file", peer)
             return "the token is not valid on this node"
         return self._principal(entry)
 
@@ -184,7 +184,7 @@ class HelloGate:
         member = msg.peer_node_id if msg.peer_node_id is not None else msg.member_id
         if member is None:
             self._pending = None
-            outcome = gate.bearer(msg.token, "binary")
+            outcome = gate.bearer(msg.token, "binary", self.peer)
             if isinstance(outcome, str):
                 return Verdict(refusal=outcome)
             return Verdict(principal=outcome)

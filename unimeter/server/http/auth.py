@@ -19,19 +19,21 @@ from unimeter.security.roles import HTTP_KIND, PUBLIC
 from .problems import problem
 
 _BEARER = "bearer "
+UNMATCHED = "unmatched"  # the name the server gives a request no route matched (404, 405)
 
 
 def authorise(gate: Gatekeeper, request: web.Request, route: str) -> web.Response | None:
     """None when ``request`` may go on to its handler, else the refusal to answer."""
     if not gate.tokens_required:
         return None
-    kind = HTTP_KIND.get(route, PUBLIC)
+    # A route missing from the table is a bug (a KeyError, answered 500): never served open.
+    kind = PUBLIC if route == UNMATCHED else HTTP_KIND[route]
     if kind == PUBLIC:
         return None
     assert not isinstance(kind, str)
     header = request.headers.get("Authorization", "")
     token = header[len(_BEARER) :].strip() if header[:7].lower() == _BEARER else None
-    outcome = gate.bearer(token, "http")
+    outcome = gate.bearer(token, "http", str(request.remote))
     if isinstance(outcome, str):
         response = problem(Status.AUTH, outcome, http_status=401)
         response.headers["WWW-Authenticate"] = 'Bearer realm="unimeter"'

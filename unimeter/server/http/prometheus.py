@@ -57,6 +57,7 @@ class NodeCollector(Collector):
         yield from self._requests()
         yield from self._replicas()
         yield from self._storage()
+        yield from self._auth()
 
     def _node(self) -> Iterator[Metric]:
         node = self.node
@@ -196,6 +197,32 @@ class NodeCollector(Collector):
         for actor, seconds in sorted(node.stats.recovery_seconds.items()):
             recovery.add_metric([actor], seconds)
         yield recovery
+
+    def _auth(self) -> Iterator[Metric]:
+        node = self.node
+        refused = CounterMetricFamily(
+            "unimeter_auth_refusals",
+            "Requests and greetings refused for a missing, unknown or revoked token, a role "
+            "that does not allow the request, or a peer without the cluster secret.",
+            labels=["protocol", "reason"],
+        )
+        for (protocol, reason), count in sorted(node.gate.refusals.items()):
+            refused.add_metric([protocol, reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            "unimeter_auth_token_reloads",
+            "Times the token file was read again (SIGHUP) and put in force.",
+            node.gate.generation,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_auth_tokens",
+            "Tokens in force (0 and unimeter_auth_required 0: the node requires none).",
+            len(node.gate.tokens) if node.gate.tokens is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_auth_required", "1 when every request needs an API token.",
+            int(node.gate.tokens_required),
+        )  # fmt: skip
 
 
 def registry_for(node: Node, streams: AlertStreams | None) -> CollectorRegistry:

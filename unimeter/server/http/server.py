@@ -28,7 +28,7 @@ from unimeter.errors import Status, UnavailableError, UnimeterError
 from . import problems
 from .alert_stream import AlertStreams
 from .api import Api, json_response
-from .auth import authorise
+from .auth import UNMATCHED, authorise
 from .dispatch import Dispatcher
 from .openapi import openapi_document
 from .prometheus import CONTENT_TYPE, registry_for, render
@@ -97,7 +97,7 @@ class HttpServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = perf_counter()
-        name = request.match_info.route.name or "unmatched"
+        name = request.match_info.route.name or UNMATCHED
         try:
             refusal = authorise(self.node.gate, request, name)
             response = refusal if refusal is not None else await handler(request)
