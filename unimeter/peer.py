@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,7 @@ gossip_interval_s = 0.25
 link_buffer_bytes_max = 32 << 20  # queued while connected but not yet flushed
 frame_items_bytes_max = limits.frame_bytes_max // 2
 redial_backoff_s_max = 1.0
+refusal_log_interval_s = 60.0  # a peer refused again and again is logged this often
 
 
 def _array_header(n: int) -> bytes:
@@ -79,7 +81,8 @@ class PeerLink:
         self.address = address
         self.secret = secret  # the cluster secret this link proves (security/cluster_secret.py)
         self.tls = tls
-        self.refused = 0  # handshakes that failed the cluster secret, either way
+        self.refused = 0  # handshakes that failed the cluster secret or TLS, either way
+        self._last_refusal: tuple[str, float] | None = None  # what was last logged, and when
         self._items: list[bytes] = []
         self._bytes = 0
         self._flush_scheduled = False
@@ -141,6 +144,10 @@ class PeerLink:
                     ),
                     timeout=2.0,
                 )  # fmt: skip
+            except ssl.SSLError as exc:  # before OSError: it is one
+                self._refused(f"TLS handshake failed: {exc}")
+                await self._pause(redial_backoff_s_max * random.uniform(0.5, 1.0))
+                continue
             except (OSError, TimeoutError):
                 await self._pause(backoff * random.uniform(0.5, 1.0))
                 backoff = 0.05 if self._poked is not None and self._poked.is_set() else backoff
@@ -156,9 +163,7 @@ class PeerLink:
                 while await reader.read(65536):
                     pass
             except AuthError as exc:
-                self.refused += 1
-                log.error("event=peer_refused peer=%d address=%s error=%r",
-                          self.peer_id, self.address, exc.message)  # fmt: skip
+                self._refused(exc.message)
                 backoff = redial_backoff_s_max  # a wrong secret is not fixed by redialling fast
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.info("event=peer_link_error peer=%d error=%r", self.peer_id, exc)
@@ -172,6 +177,19 @@ class PeerLink:
                 with contextlib.suppress(Exception):
                     await writer.wait_closed()
             await self._pause(backoff * random.uniform(0.5, 1.0))
+
+    def _refused(self, reason: str) -> None:
+        """Count a refused handshake; log it at ERROR when it is new or once a minute (a
+        wrong secret is retried every second, and must not flood the log)."""
+        self.refused += 1
+        now = time.monotonic()
+        last = self._last_refusal
+        fresh = last is None or last[0] != reason or now - last[1] >= refusal_log_interval_s
+        if fresh:
+            self._last_refusal = (reason, now)
+        log.log(logging.ERROR if fresh else logging.DEBUG,
+                "event=peer_refused peer=%d address=%s refused=%d error=%r",
+                self.peer_id, self.address, self.refused, reason)  # fmt: skip
 
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """HELLO, and with a cluster secret the challenge round (cluster_secret.py): no Raft

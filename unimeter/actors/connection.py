@@ -212,6 +212,8 @@ class ConnectionCore:
     def connection_lost(self) -> None:
         self.lost = True
         self.out = []
+        if self.hello_gate is not None:
+            self.hello_gate.closed()
         if self.counted:
             self.node.client_connections -= 1
             self.counted = False

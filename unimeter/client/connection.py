@@ -337,6 +337,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state in (_State.READY, _State.CONNECTING):
             reason = f": {exc}" if exc is not None else " (closed by the server)"
+            if self._state is _State.CONNECTING and self._tls is None and exc is None:
+                # What a node serving TLS does to a plain HELLO (it is not a TLS handshake).
+                reason += "; if the node serves TLS, connect with tls= (CLI: --tls-ca)"
             self._fail(_State.BROKEN, UnavailableError(f"lost {self.address}{reason}"))
         if not self._lost.done():
             self._lost.set_result(None)

@@ -217,6 +217,13 @@ class HelloGate:
         log.info("event=member_authenticated node=%d link=%s peer=%s", member, link, self.peer)
         return Verdict(principal=MEMBER)
 
+    def closed(self) -> None:
+        """The connection ended; a challenge it never answered is counted (a node with
+        another secret stops there, and so does a prober)."""
+        if self._pending is not None:
+            member = self._pending[0]
+            self._refused("unanswered_challenge", f"node {member} left without proving")
+
     def _refused(self, reason: str, message: str) -> Verdict:
         self._pending = None
         self._gate.refuse("binary", reason, message, self.peer)
