@@ -57,6 +57,8 @@ from unimeter.storage.snapshot import snapshot_path
 from unimeter.storage.syncthread import StorageThread
 from unimeter.supervisor import Supervisor
 from unimeter.tracefile import CoreSpec, TraceWriter
+from unimeter.webhooks.sender import WebhookSender
+from unimeter.webhooks.signing import load_webhook_secret
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
 
@@ -153,6 +155,10 @@ class Node:
             # a secret of this process's own, since no other node needs to share it.
             self.gate.secret = secrets.token_bytes(32)
         self.tls = node_tls(config.tls_cert, config.tls_key, config.tls_ca)
+        self._webhook_secret = (
+            load_webhook_secret(config.webhook_secret_file) if config.webhook_secret_file else None
+        )
+        self.webhooks: WebhookSender | None = None  # made at start, once the cluster id is known
         self.peers = PeerLinks(
             self.node_id,
             {i: a for i, a in self.addresses.items() if i != self.node_id},
@@ -206,6 +212,10 @@ class Node:
             runtime.prime()
         for runtime in runtimes:
             self._tasks.append(asyncio.create_task(runtime.run(), name=runtime.name))
+        self.webhooks = WebhookSender(self.cluster_id, self._webhook_secret)
+        for p, partition in self.partitions.items():
+            deliveries = self.webhooks.attach(partition)
+            self._tasks.append(asyncio.create_task(deliveries.run(), name=f"webhooks-{p}"))
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
         for task in self._tasks:
             supervisor.watch(task)
@@ -258,8 +268,9 @@ class Node:
             assert gate.tokens is not None
             log.info("event=auth_on tokens=%d file=%s", len(gate.tokens), gate.token_path)
         log.info(
-            "event=transport tls=%s cluster_secret=%s",
+            "event=transport tls=%s cluster_secret=%s webhook_secret=%s",
             "on" if self.tls else "off", "on" if config.cluster_secret_file else "off",
+            "on" if self._webhook_secret is not None else "off",
         )  # fmt: skip
 
     async def _start_http(self) -> str:
@@ -631,6 +642,8 @@ class Node:
         for conn in list(self.connections):
             conn.close()
         await self.peers.stop()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -35,6 +35,7 @@ from unimeter.server.logs import configure_logging
 from unimeter.state.snapshot import SnapshotFormatError
 from unimeter.storage.walformat import CorruptLogError
 from unimeter.supervisor import Supervisor
+from unimeter.webhooks.signing import WebhookSecretError
 
 log = logging.getLogger("unimeter.node")
 
@@ -268,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         log.critical("event=listen_failed reason=%r action=exiting", str(exc))
         print(f"unimeter.node: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
-    except (TokenFileError, SecretFileError, TlsConfigError) as exc:
+    except (TokenFileError, SecretFileError, TlsConfigError, WebhookSecretError) as exc:
         log.critical("event=security_config_failed reason=%r action=exiting", str(exc))
         print(f"unimeter.node: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None

@@ -125,7 +125,8 @@ def _schema_row(schema: MetricSchema) -> dict[str, Any]:
         "period": PeriodType(schema.period_type).name.lower(),
         "dimensions": [f"{d.key}:{'|'.join(d.values)}" for d in schema.filters],
         "thresholds": [
-            f"{t.code}={t.value}{'+' if t.recurring else ''}" for t in schema.thresholds
+            f"{t.code}={t.value}{'+' if t.recurring else ''}{'@' + t.webhook if t.webhook else ''}"
+            for t in schema.thresholds
         ],
     }
 
@@ -165,12 +166,15 @@ def schema_from_args(args: argparse.Namespace) -> MetricSchema:
         dimensions.append(DimensionFilter(key=key, values=tuple(values.split(","))))
     thresholds = []
     for text in args.threshold:
-        code, sep, value = text.partition("=")
+        code, sep, rest = text.partition("=")
+        value, at, webhook = rest.partition("@")
         recurring = value.endswith("+")
         value = value.removesuffix("+")
-        if not sep or not value.lstrip("-").isdigit():
-            raise InvalidRequestError(f"--threshold takes CODE=VALUE[+]; got {text!r}")
-        thresholds.append(AlertThreshold(code=code, value=int(value), recurring=recurring))
+        if not sep or not value.lstrip("-").isdigit() or (at and not webhook):
+            raise InvalidRequestError(f"--threshold takes CODE=VALUE[+][@URL]; got {text!r}")
+        thresholds.append(AlertThreshold(
+            code=code, value=int(value), recurring=recurring, webhook=webhook or None,
+        ))  # fmt: skip
     schema = MetricSchema(
         code=args.code,
         agg_type=enum_member(AggType, args.agg, "--agg"),

@@ -105,8 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--period-seconds", type=int, default=30 * 24 * 3600, help="fixed periods")
     p.add_argument("--recurring", action="store_true", help="carry sets and latest over")
     p.add_argument("--dimension", action="append", default=[], metavar="KEY=V1,V2")
-    p.add_argument("--threshold", action="append", default=[], metavar="CODE=VALUE[+]",
-                   help="'+' at the end: fire again at every multiple")  # fmt: skip
+    p.add_argument("--threshold", action="append", default=[], metavar="CODE=VALUE[+][@URL]",
+                   help="'+': fire again at every multiple; '@URL': also POST each alert "
+                   "there (a webhook)")  # fmt: skip
     p.set_defaults(run=commands.metrics_create)
     p = msub.add_parser("delete", help="a metric and its aggregates")
     p.add_argument("code")

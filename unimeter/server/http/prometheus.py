@@ -58,6 +58,7 @@ class NodeCollector(Collector):
         yield from self._replicas()
         yield from self._storage()
         yield from self._auth()
+        yield from self._webhooks()
 
     def _node(self) -> Iterator[Metric]:
         node = self.node
@@ -197,6 +198,43 @@ class NodeCollector(Collector):
         for actor, seconds in sorted(node.stats.recovery_seconds.items()):
             recovery.add_metric([actor], seconds)
         yield recovery
+
+    def _webhooks(self) -> Iterator[Metric]:
+        sender = self.node.webhooks
+        if sender is None:
+            return
+        yield CounterMetricFamily(
+            "unimeter_webhook_deliveries", "Alert webhook POSTs a receiver answered 2xx.",
+            sender.delivered,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "unimeter_webhook_failures",
+            "Alert webhook POSTs that failed (refused, timed out, not 2xx, or unsigned) and "
+            "will be retried.",
+            sender.failed,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_webhook_pending",
+            "Alerts this node (as leader) has taken for delivery and not delivered yet.",
+            sender.pending(),
+        )
+        mark = GaugeMetricFamily(
+            "unimeter_webhook_mark",
+            "Per partition replica: alerts below this cursor are delivered (logged progress).",
+            labels=["partition"],
+        )
+        cursor = GaugeMetricFamily(
+            "unimeter_alert_next_cursor",
+            "Per partition replica: the cursor the next alert will get (the backlog of "
+            "webhooks is this minus unimeter_webhook_mark, for thresholds that name one).",
+            labels=["partition"],
+        )
+        for p, runtime in sorted(self.node.partitions.items()):
+            state = runtime.core.state
+            mark.add_metric([str(p)], state.webhook_next)
+            cursor.add_metric([str(p)], state.alerts.next_cursor)
+        yield mark
+        yield cursor
 
     def _auth(self) -> Iterator[Metric]:
         node = self.node
