@@ -15,11 +15,12 @@ import aiohttp
 import pytest
 import trustme
 
+from tests.support.http import Http, sse_events
 from tests.support.nodeproc import NodeProcess
 from tests.support.security import Certs, Tokens, make_certs, write_tokens
 from unimeter import AsyncClient, current_month
 from unimeter.errors import AuthError, UnavailableError
-from unimeter.model import AggType, DeliveryMode, Event, MetricSchema
+from unimeter.model import AggType, AlertThreshold, DeliveryMode, Event, MetricSchema
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +113,30 @@ def test_the_cli_over_tls(tls_node: tuple[NodeProcess, Certs, Tokens]) -> None:
     assert untrusted.returncode == 1 and "does not verify" in untrusted.stderr
     missing = run("--tls-ca", str(Path(certs.ca_path).with_name("absent.pem")), "metrics", "list")
     assert missing.returncode == 1 and "cannot load the CA file" in missing.stderr
+
+
+async def test_a_tls_node_without_tls_ca_streams_alerts_over_http(tmp_path: Path) -> None:
+    """The HTTP alert stream dials the node itself: its own certificate is enough."""
+    certs = make_certs(tmp_path / "certs")
+    node = NodeProcess(
+        tmp_path / "data", http=True,
+        extra_args=("--tls-cert", str(certs.cert_path), "--tls-key", str(certs.key_path)),
+    ).start()  # fmt: skip
+    try:
+        async with AsyncClient([node.address], tls=certs.client_context()) as client:
+            await client.metrics.create(
+                MetricSchema(code="c", agg_type=AggType.SUM, thresholds=(AlertThreshold("t", 1),))
+            )
+            await client.ingest([Event(account_id=3, metric_code="c", value=2)],
+                                delivery=DeliveryMode.SYNC)  # fmt: skip
+        url = node.http_url.replace("http://", "https://")
+        stream = url + "/v1/alerts/stream?account_id=3"
+        async with (
+            Http(url, tls=certs.client_context()) as http,
+            http.session.get(stream) as response,
+        ):
+            assert response.status == 200
+            async for _, event, data in sse_events(response, 1, timeout_s=20):
+                assert event == "alert" and data["threshold_code"] == "t"
+    finally:
+        node.kill()

@@ -3,8 +3,8 @@ dialling of peers) and the client's.
 
 A node with ``--tls-cert``/``--tls-key`` serves TLS on both ports and dials its peers with TLS,
 verifying their certificates against ``--tls-ca`` (the system's trust store when it is not
-given), host names included: each node's certificate must name the host of its
-``--advertise``/``--listen`` address. Plain TCP is then refused by the handshake, so a
+given) and its own certificate, host names included: each node's certificate must name the
+host of its ``--advertise``/``--listen`` address. Plain TCP is then refused by the handshake, so a
 cluster is all TLS or none. Protocol floor: TLS 1.2 (the ``ssl`` module's default contexts).
 """
 
@@ -35,7 +35,15 @@ def node_tls(cert: str | None, key: str | None, ca: str | None) -> NodeTls | Non
         server.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
         raise TlsConfigError(f"cannot load --tls-cert {cert} / --tls-key {key}: {exc}") from None
-    return NodeTls(server=server, dial=client_context(ca))
+    dial = client_context(ca)
+    # A node always trusts its own certificate, CA or not: its HTTP alert streams dial the
+    # node itself, and need no --tls-ca for that. (Partial chain: the leaf alone may anchor.)
+    try:
+        dial.load_verify_locations(cafile=cert)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError(f"cannot use --tls-cert {cert} as a trust anchor: {exc}") from None
+    dial.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    return NodeTls(server=server, dial=dial)
 
 
 def client_context(ca: str | None = None) -> ssl.SSLContext:
