@@ -534,6 +534,18 @@ class Node:
             challenge=challenge, proof=proof,
         )  # fmt: skip
 
+    def reload_tokens(self) -> None:
+        """SIGHUP: read the token file again; close the connections of removed tokens (their
+        live alert subscriptions end with them; a client that reconnects is refused)."""
+        if not self.gate.reload():
+            return
+        for conn in list(self.connections):
+            principal = conn.principal
+            if principal is not None and self.gate.current(principal) is None:
+                log.info("event=connection_closed reason=token_revoked token=%s peer=%s",
+                         principal.name, conn.peer)  # fmt: skip
+                conn.close()
+
     @property
     def dial_tls(self) -> ssl.SSLContext | None:
         """How this node's own clients (HTTP forwarding, alert streams) dial its peers."""

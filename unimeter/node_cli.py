@@ -247,7 +247,7 @@ async def serve(config: NodeConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, node.gate.reload)  # new tokens, no restart
+    loop.add_signal_handler(signal.SIGHUP, node.reload_tokens)  # new tokens, no restart
     await node.start()
     tune_gc(recovered=True)
     await stop.wait()

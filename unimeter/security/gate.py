@@ -10,13 +10,15 @@ Per connection states (one ``HelloGate`` each; the connection actor only asks it
 A refused HELLO leaves the connection un-greeted; the client may try again on it.
 
 Every refusal is counted by protocol and reason (``refusals``, exported on ``/metrics``) and
-logged with the token's *name* when there is one, never the token.
+logged with the token's *name* when there is one, never the token (at WARNING at most once per
+10 s for each protocol and reason, the rest at DEBUG).
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,6 +31,7 @@ from unimeter.wire import messages as m
 log = logging.getLogger("unimeter.auth")
 
 _ALL_KINDS = frozenset(REQUIRED)
+refusal_log_interval_s = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Gatekeeper:
         self.secret = secret
         self.generation = 0
         self.refusals: Counter[tuple[str, str]] = Counter()  # (protocol, reason) -> count
+        self._logged: dict[tuple[str, str], float] = {}  # when each was last logged
 
     @property
     def tokens_required(self) -> bool:
@@ -133,9 +137,18 @@ class Gatekeeper:
         return True
 
     def refuse(self, protocol: str, reason: str, detail: str, peer: str = "?") -> None:
-        self.refusals[(protocol, reason)] += 1
-        log.warning("event=auth_refused protocol=%s reason=%s peer=%s detail=%r",
-                    protocol, reason, peer, detail)  # fmt: skip
+        """Count a refusal; log it at WARNING unless the same (protocol, reason) was logged in
+        the last ``refusal_log_interval_s`` (a peer or a guesser retrying must not flood the
+        log; the count says how many there were)."""
+        key = (protocol, reason)
+        self.refusals[key] += 1
+        now = time.monotonic()
+        fresh = now - self._logged.get(key, -refusal_log_interval_s) >= refusal_log_interval_s
+        if fresh:
+            self._logged[key] = now
+        log.log(logging.WARNING if fresh else logging.DEBUG,
+                "event=auth_refused protocol=%s reason=%s peer=%s count=%d detail=%r",
+                protocol, reason, peer, self.refusals[key], detail)  # fmt: skip
 
     def admit(
         self, principal: Principal | None, kind: m.Kind, peer: str, protocol: str = "binary"

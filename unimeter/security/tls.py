@@ -5,7 +5,7 @@ A node with ``--tls-cert``/``--tls-key`` serves TLS on both ports and dials its 
 verifying their certificates against ``--tls-ca`` (the system's trust store when it is not
 given) and its own certificate, host names included: each node's certificate must name the
 host of its ``--advertise``/``--listen`` address. Plain TCP is then refused by the handshake, so a
-cluster is all TLS or none. Protocol floor: TLS 1.2 (the ``ssl`` module's default contexts).
+cluster is all TLS or none. Protocol floor: TLS 1.2, set on every context.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def node_tls(cert: str | None, key: str | None, ca: str | None) -> NodeTls | Non
             raise TlsConfigError("--tls-key and --tls-ca need --tls-cert")
         return None
     server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         server.load_cert_chain(cert, key)
     except (OSError, ssl.SSLError) as exc:
@@ -49,9 +50,11 @@ def node_tls(cert: str | None, key: str | None, ca: str | None) -> NodeTls | Non
 def client_context(ca: str | None = None) -> ssl.SSLContext:
     """A context that verifies servers against ``ca`` (a PEM file), or the system's CAs."""
     try:
-        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
     except (OSError, ssl.SSLError) as exc:
         raise TlsConfigError(f"cannot load the CA file {ca}: {exc}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 def for_client(tls: ssl.SSLContext | bool | None) -> ssl.SSLContext | None:
