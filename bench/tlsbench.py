@@ -8,15 +8,20 @@ three fresh nodes in the same run, one after the other, each in the same shape:
   ``tls=`` (an ``ssl.SSLContext`` trusting a throwaway CA made by ``trustme``).
 
 On each: ``client.ingest_columns`` of the plain workload (50,000 events a call, 2 calls in
-flight; wall-clock throughput, which the node sets) for ``client_duration_s``, then sequential
-``client.query`` round trips (``client_query_samples`` after 100 warm-up calls). The ``token``
-and ``tls`` rows name the ``plain`` row as their baseline, so the tables show the ratio.
+flight) for ``client_duration_s`` in all, then sequential ``client.query`` round trips
+(``client_query_samples`` after 100 warm-up calls), both cut in rounds that visit the three
+nodes in turn. Ingest is reported as wall-clock throughput (the median of the rounds) and as CPU
+time per event of the node and of the client (from ``/proc``, summed over the rounds: what TLS
+costs, and far less moved by other programs sharing the machine than the wall clock). The
+``token`` and ``tls`` rows name the ``plain`` row as their baseline, so the tables show the
+ratio.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import shutil
 import ssl
 import time
@@ -36,6 +41,7 @@ from unimeter.security.tokens import entry_for, new_token
 
 MODES = ("plain", "token", "tls")
 CALLS_IN_FLIGHT = 2
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 EVENTS_PER_CALL = 50_000
 
 
@@ -66,9 +72,18 @@ def _node_args(mode: str, creds: dict[str, Any]) -> tuple[str, ...]:
     return args
 
 
-async def _ingest_slice(client: AsyncClient, calls: list[Any], duration_s: float) -> float:
-    """Events per second of wall time over one slice of ``duration_s``."""
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+
+
+async def _ingest_slice(
+    client: AsyncClient, calls: list[Any], duration_s: float, node_pid: int
+) -> tuple[float, int, float, float]:
+    """(Events per second of wall time, events, client CPU s, node CPU s) over one slice."""
     events = 0
+    cpu0, node0 = time.process_time(), _cpu_s(node_pid)
     t0 = time.perf_counter()
     deadline = t0 + duration_s
 
@@ -81,7 +96,8 @@ async def _ingest_slice(client: AsyncClient, calls: list[Any], duration_s: float
             i += CALLS_IN_FLIGHT
 
     await asyncio.gather(*(worker(k) for k in range(CALLS_IN_FLIGHT)))
-    return events / (time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return events / wall, events, time.process_time() - cpu0, _cpu_s(node_pid) - node0
 
 
 async def _query_slice(
@@ -97,10 +113,16 @@ async def _query_slice(
 
 
 async def _measure(
-    addresses: dict[str, str], creds: dict[str, Any], rounds: int, slice_s: float, samples: int
+    addresses: dict[str, str],
+    pids: dict[str, int],
+    creds: dict[str, Any],
+    rounds: int,
+    slice_s: float,
+    samples: int,
 ) -> dict[str, Any]:
-    """Every mode in turn, ``rounds`` times: a slow moment of the machine (other programs
-    share it) then costs every mode alike instead of whichever ran during it."""
+    """Every mode in turn, ``rounds`` times, each round starting with the next mode: a slow
+    moment of the machine (other programs share it), or the nodes' background work after the
+    ingest slices, then costs every mode alike instead of whichever ran during it."""
     rng = np.random.default_rng(5)
     calls = [clientbench.plain_columns(rng, EVENTS_PER_CALL) for _ in range(2)]
     gc.collect()
@@ -117,12 +139,20 @@ async def _measure(
         await client.ingest_columns(**calls[0])  # connections and map warm before the clock
         await _query_slice(client, rng, 100, [])
     rates: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpu: dict[str, list[float]] = {mode: [0, 0.0, 0.0] for mode in MODES}  # events, client, node
     latencies: dict[str, list[float]] = {mode: [] for mode in MODES}
     try:
-        for _ in range(rounds):
-            for mode in MODES:
-                rates[mode].append(await _ingest_slice(clients[mode], calls, slice_s))
-            for mode in MODES:
+        for r in range(rounds):
+            order = MODES[r % len(MODES) :] + MODES[: r % len(MODES)]  # no mode always first
+            for mode in order:
+                rate, events, client_s, node_s = await _ingest_slice(
+                    clients[mode], calls, slice_s, pids[mode]
+                )
+                rates[mode].append(rate)
+                cpu[mode][0] += events
+                cpu[mode][1] += client_s
+                cpu[mode][2] += node_s
+            for mode in order:
                 await _query_slice(clients[mode], rng, samples // rounds, latencies[mode])
     finally:
         for client in clients.values():
@@ -132,6 +162,8 @@ async def _measure(
         mode: {
             "ingest_rates": rates[mode],
             "ingest_median": float(np.median(rates[mode])),
+            "client_cpu_us_per_event": cpu[mode][1] / max(1, cpu[mode][0]) * 1e6,
+            "node_cpu_us_per_event": cpu[mode][2] / max(1, cpu[mode][0]) * 1e6,
             "query": summary(latencies[mode]),
         }
         for mode in MODES
@@ -139,14 +171,19 @@ async def _measure(
 
 
 def measure_in_process(
-    addresses: dict[str, str], creds: dict[str, Any], rounds: int, slice_s: float, samples: int
+    addresses: dict[str, str],
+    pids: dict[str, int],
+    creds: dict[str, Any],
+    rounds: int,
+    slice_s: float,
+    samples: int,
 ) -> dict[str, Any]:
-    return uvloop.run(_measure(addresses, creds, rounds, slice_s, samples))
+    return uvloop.run(_measure(addresses, pids, creds, rounds, slice_s, samples))
 
 
 def tls(res: Results, work: Path, s: Settings) -> None:
     creds = _credentials(work / "tls-credentials")
-    rounds = 3 if s.name == "quick" else 5
+    rounds = 3 if s.name == "quick" else 6
     children: dict[str, procs.Child] = {}
     try:
         for mode in MODES:
@@ -158,7 +195,8 @@ def tls(res: Results, work: Path, s: Settings) -> None:
             child.start()
             children[mode] = child
         runs = procs.call_in_process(
-            measure_in_process, {m: c.address for m, c in children.items()}, creds, rounds,
+            measure_in_process, {m: c.address for m, c in children.items()},
+            {m: c.pid for m, c in children.items()}, creds, rounds,
             s.client_duration_s / rounds, s.client_query_samples,
             timeout_s=3 * s.client_duration_s + 300,
         )  # fmt: skip
@@ -179,6 +217,18 @@ def tls(res: Results, work: Path, s: Settings) -> None:
                 note=f"median of {len(rates)} slices: " + ", ".join(f"{r:,.0f}" for r in rates),
             )
         )
+    for mode in MODES:
+        for side in ("node", "client"):
+            res.add(
+                Figure(
+                    key=f"tls.{mode}.ingest.{side}_cpu",
+                    label=f"ingest_columns, {mode}: {side} CPU per event",
+                    value=runs[mode][f"{side}_cpu_us_per_event"],
+                    unit="us",
+                    lower_is_better=True,
+                    baseline_key=None if mode == "plain" else f"tls.plain.ingest.{side}_cpu",
+                )
+            )
     for mode in MODES:
         lat = runs[mode]["query"]
         for p in ("p50", "p99"):
