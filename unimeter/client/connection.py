@@ -43,6 +43,7 @@ from unimeter.errors import (
     UnimeterError,
     error_for,
 )
+from unimeter.security.tls import server_hostname
 from unimeter.wire.codec import ClientCodec
 from unimeter.wire.messages import (
     PROTOCOL_VERSION,
@@ -130,10 +131,13 @@ class Connection(asyncio.Protocol):
             raise UnavailableError(str(exc)) from None
         try:
             async with asyncio.timeout_at(deadline):
-                await loop.create_connection(
-                    lambda: self, host, port, ssl=self._tls,
-                    server_hostname=host.strip("[]") if self._tls is not None else None,
-                )  # fmt: skip
+                if self._tls is None:
+                    await loop.create_connection(lambda: self, host, port)
+                else:
+                    await loop.create_connection(
+                        lambda: self, host, port, ssl=self._tls,
+                        server_hostname=server_hostname(host),
+                    )  # fmt: skip
         except builtins.TimeoutError:  # before OSError: it is one
             self._abort()
             raise UnavailableError(f"connecting to {self.address} timed out") from None
