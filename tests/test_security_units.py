@@ -188,6 +188,13 @@ def test_a_node_without_a_secret_refuses_one_that_has_one() -> None:
     assert isinstance(outcome, str) and "no cluster secret" in outcome
 
 
+def test_with_tokens_and_no_secret_no_member_is_admitted() -> None:
+    gate = Gatekeeper(1, tokens=TokenTable.parse(""), secret=None)
+    hello = m.Hello(version=m.PROTOCOL_VERSION, client_name="n", peer_node_id=2)
+    assert gate.session("a").hello(hello).refusal is not None
+    assert Gatekeeper(1).session("a").hello(hello).principal is MEMBER  # no tokens: open
+
+
 def test_a_wrong_proof_is_refused_and_a_recorded_one_does_not_open_another_session() -> None:
     gate = Gatekeeper(1, secret=SECRET)
     greeting = MemberGreeting(SECRET, 2, link=True, client_name="n")

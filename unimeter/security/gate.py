@@ -208,6 +208,8 @@ class HelloGate:
                 return self._refused(
                     "no_secret", f"node {gate.node_id} has no cluster secret; the peer has one"
                 )
+            if gate.tokens_required:  # never: a member would skip the tokens (exposure.py)
+                return self._refused("no_secret", "members need a cluster secret here")
             return Verdict(principal=MEMBER)  # an unauthenticated cluster (docs/security.md)
         if msg.proof is None:
             if msg.nonce is None:
