@@ -540,7 +540,7 @@ class Node:
         if not self.gate.reload():
             return
         for conn in list(self.connections):
-            principal = conn.principal
+            principal = conn.core.principal
             if principal is not None and self.gate.current(principal) is None:
                 log.info("event=connection_closed reason=token_revoked token=%s peer=%s",
                          principal.name, conn.peer)  # fmt: skip
