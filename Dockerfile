@@ -1,6 +1,8 @@
 # One Unimeter node. Data lives in the volume /data; the binary protocol listens on 7001 and the
 # HTTP API (with /health and /metrics) on 7080. Flags go after the image name, or as UNIMETER_*
-# environment variables (docker-compose.yml runs a 3-node cluster this way).
+# environment variables (docker-compose.yml runs a 3-node cluster this way). It listens on
+# 0.0.0.0, so it needs API tokens (UNIMETER_AUTH_TOKENS=/path/in/a/volume) or, for
+# development only, UNIMETER_INSECURE=1 (docs/security.md).
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./

@@ -31,6 +31,7 @@ from bench import (
     rangeread,
     recovery,
     scenarios,
+    tlsbench,
 )
 from bench.report import Results, machine_info
 from bench.settings import FULL, QUICK, Settings
@@ -58,6 +59,7 @@ SECTIONS: dict[str, Section] = {
     "apply": lambda r, w, s, a: inprocess.apply_figures(r, s),
     "client": lambda r, w, s, a: clientbench.client_ingest(r, w, s),
     "http": lambda r, w, s, a: httpbench.http(r, w, s),
+    "tls": lambda r, w, s, a: tlsbench.tls(r, w, s),
     "memory": lambda r, w, s, a: inprocess.memory_figures(r, s),
     "recovery": lambda r, w, s, a: recovery.recovery(r, w, s),
     "profile": lambda r, w, s, a: profiling.profile(r, w, s, a.profiler),

@@ -16,8 +16,12 @@ from hypothesis import strategies as st
 
 from unimeter import errors, limits
 from unimeter.actors.connection import ConnectionCore
+from unimeter.model import AggType, MetricSchema
 from unimeter.observe import NodeStats
 from unimeter.routing import PartitionCache
+from unimeter.security.gate import Gatekeeper
+from unimeter.security.roles import Role
+from unimeter.security.tokens import TokenTable, entry_for, new_token
 from unimeter.wire import messages as m
 from unimeter.wire.codec import ClientCodec, announced_limits
 
@@ -36,6 +40,7 @@ class Host:
         self.stats = NodeStats()
         self.route = PartitionCache(4)
         self.catalog: list[Any] = []
+        self.gate = Gatekeeper(1)  # no tokens: every client is let in
 
     def runtime_of(self, partition: int, /) -> None:
         return None
@@ -43,9 +48,10 @@ class Host:
     def submit_catalog(self, item: Any, nbytes: int, /) -> None:
         self.catalog.append(item)
 
-    def welcome(self) -> m.Welcome:
+    def welcome(self, challenge: bytes | None = None, proof: bytes | None = None) -> m.Welcome:
         return m.Welcome(node_id=1, cluster_id="c", version=m.PROTOCOL_VERSION,
-                         limits=announced_limits(), partitions=4)  # fmt: skip
+                         limits=announced_limits(), partitions=4,
+                         challenge=challenge, proof=proof)  # fmt: skip
 
     def partition_map(self) -> m.PartitionMap:
         return m.PartitionMap(partitions=4, nodes=self.addresses, leaders=(2, 2, 2, 2), epoch=1)
@@ -92,6 +98,30 @@ def test_nothing_but_hello_before_hello() -> None:
         (2, errors.Status.OK, m.Welcome),
         (3, errors.Status.OK, m.PartitionMap),
     ]
+
+
+def test_with_tokens_hello_decides_what_the_connection_may_send() -> None:
+    made = {"ingest": new_token(), "read": new_token()}
+    lines = [entry_for(t, Role(r), r).line() for r, t in made.items()]
+    host = Host()
+    host.gate = Gatekeeper(1, tokens=TokenTable.parse("\n".join(lines)))
+    refused, client = fresh(host)
+    assert exchange(refused, client, HELLO, m.GetPartitionMap()) == [
+        (1, errors.Status.AUTH, m.ErrorReply),  # no token
+        (2, errors.Status.INVALID_REQUEST, m.ErrorReply),  # still not greeted
+    ]
+    create = m.MetricCreate(schema=MetricSchema(code="x", agg_type=AggType.SUM))
+    for role, query_status in (("read", errors.Status.NOT_LEADER), ("ingest", errors.Status.AUTH)):
+        core, client = fresh(host)
+        hello = m.Hello(version=m.PROTOCOL_VERSION, client_name="t", token=made[role])
+        assert exchange(core, client, hello, QUERY, create, m.GetPartitionMap()) == [
+            (1, errors.Status.OK, m.Welcome),
+            (2, query_status, m.ErrorReply),  # read: on to routing; ingest: refused first
+            (3, errors.Status.AUTH, m.ErrorReply),  # only admin changes schemas
+            (4, errors.Status.OK, m.PartitionMap),  # any role may route
+        ]
+    assert host.catalog == []
+    assert host.gate.refusals[("binary", "role")] == 3
 
 
 def test_a_partition_this_node_does_not_host_is_not_leader_with_a_hint() -> None:

@@ -29,7 +29,11 @@ SCHEMA = MetricSchema(
     billing_cycle_day=15,
     recurring=True,
     filters=(DimensionFilter("region", ("eu", "us")), DimensionFilter("tier", ("pro",))),
-    thresholds=(AlertThreshold("soft", 100), AlertThreshold("every_1k", 1000, recurring=True)),
+    thresholds=(
+        AlertThreshold("soft", 100),
+        AlertThreshold("every_1k", 1000, recurring=True),
+        AlertThreshold("hooked", 5, webhook="https://hooks.example/u?x=1"),
+    ),
 ).normalized()
 SCHEMA_MIN = MetricSchema(code="seats", agg_type=AggType.COUNT_UNIQUE).normalized()
 
@@ -79,6 +83,7 @@ REQUESTS: list[m.Request] = [
     HELLO,
     m.Hello(version=1, client_name="c" * limits.string_bytes_max, token="t0k",
             peer_node_id=U64_MAX),
+    m.Hello(version=2, client_name="node-2", member_id=2, nonce=b"n" * 32, proof=b"p" * 32),
     m.GetPartitionMap(),
     m.MetricCreate(schema=SCHEMA),
     m.MetricUpdate(schema=SCHEMA_MIN),
@@ -128,6 +133,8 @@ K = m.Kind
 REPLIES: list[tuple[m.Kind, int, m.Reply]] = [
     (K.HELLO, OK, m.Welcome(node_id=1, cluster_id="c-1", version=1, limits=announced_limits(),
                             partitions=8)),
+    (K.HELLO, OK, m.Welcome(node_id=1, cluster_id="c-1", version=2, limits={}, partitions=1,
+                            challenge=b"c" * 32, proof=b"\x00" * 32)),
     (K.GET_PARTITION_MAP, OK, m.PartitionMap(partitions=3, nodes={1: "a:1", 2: "b:2"},
                                              leaders=(1, -1, 2), epoch=9)),
     (K.METRIC_CREATE, OK, m.SchemaReply(schema=SCHEMA, catalog_version=4)),

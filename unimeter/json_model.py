@@ -213,9 +213,7 @@ def schema_json(schema: MetricSchema) -> dict[str, Any]:
         "period_seconds": schema.period_seconds,
         "recurring": schema.recurring,
         "filters": [{"key": d.key, "values": list(d.values)} for d in schema.filters],
-        "thresholds": [
-            {"code": t.code, "value": t.value, "recurring": t.recurring} for t in schema.thresholds
-        ],
+        "thresholds": [_threshold_json(t) for t in schema.thresholds],
     }
 
 
@@ -269,17 +267,29 @@ def _dimension(obj: object, index: int) -> DimensionFilter:
     return DimensionFilter(key=obj["key"], values=tuple(values))
 
 
+def _threshold_json(t: AlertThreshold) -> dict[str, Any]:
+    out: dict[str, Any] = {"code": t.code, "value": t.value, "recurring": t.recurring}
+    if t.webhook is not None:
+        out["webhook"] = t.webhook
+    return out
+
+
 def _threshold(obj: object, index: int) -> AlertThreshold:
     if not isinstance(obj, dict) or not {"code", "value"} <= obj.keys() <= {
         "code",
         "value",
         "recurring",
+        "webhook",
     }:
         raise InvalidRequestError(
-            f'thresholds[{index}] must be {{"code": ..., "value": ..., "recurring": false}}'
+            f'thresholds[{index}] must be {{"code": ..., "value": ..., "recurring": false, '
+            '"webhook": "https://..." (optional)}'
         )
     recurring = _boolean(obj.get("recurring", False), f"thresholds[{index}].recurring")
-    return AlertThreshold(code=obj["code"], value=obj["value"], recurring=recurring)
+    webhook = obj.get("webhook")
+    return AlertThreshold(
+        code=obj["code"], value=obj["value"], recurring=recurring, webhook=webhook
+    )
 
 
 def _boolean(value: object, what: str) -> bool:

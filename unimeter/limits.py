@@ -86,6 +86,14 @@ http_request_timeout_s = 10.0  # forwarded requests and their retries, per HTTP 
 http_alert_streams_max = 256  # live Server-Sent-Event alert streams per node
 http_sse_keepalive_s = 15.0  # a comment line this often keeps idle streams (and proxies) open
 
+# --- alert webhooks (unimeter/webhooks) ---
+webhook_url_bytes_max = 2048
+webhook_attempt_timeout_s = 10.0  # one POST, connecting included
+webhook_in_flight_max = 64  # alerts of one partition being delivered at once
+webhook_backoff_s_initial = 0.5
+webhook_backoff_s_max = 60.0  # a receiver that is down is tried at least this often
+webhook_progress_interval_s = 0.2  # delivery progress is logged (replicated) at most this often
+
 # --- client ---
 request_timeout_s_default = 30.0
 map_refresh_s = 30.0
@@ -104,3 +112,4 @@ assert retry_backoff_s_initial <= retry_backoff_s_routing_max <= retry_backoff_s
 assert cbor_depth_max >= 8 and 1 <= cbor_items_per_byte_max <= 4
 assert 0 < dimension_values_max < 255
 assert properties_per_event_max >= dimensions_per_metric_max
+assert 0 < webhook_backoff_s_initial <= webhook_backoff_s_max

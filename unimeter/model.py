@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from urllib.parse import urlsplit
 
 from unimeter import limits, periods
 
@@ -65,6 +66,27 @@ def validate_code(code: object, what: str = "metric code") -> str:
     if not isinstance(code, str) or not _CODE_RE.match(code):
         raise ValueError(f"{what} must be 1-64 characters of [A-Za-z0-9_.:-], got {code!r}")
     return code
+
+
+def validate_webhook_url(url: object, threshold: str = "?") -> str:
+    """An absolute http(s) URL with a host, at most ``webhook_url_bytes_max`` bytes, no
+    spaces or control characters, and no user:password part (use the signature instead)."""
+    problem = None
+    if not isinstance(url, str):
+        problem = f"must be a string, got {type(url).__name__}"
+    elif len(url.encode()) > limits.webhook_url_bytes_max:
+        problem = f"exceeds {limits.webhook_url_bytes_max} bytes"
+    elif any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        problem = "contains a space or a control character"
+    else:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problem = f"must be an http:// or https:// URL with a host, got {url!r}"
+        elif parts.username is not None or parts.password is not None:
+            problem = "must not carry a user or password (deliveries are signed instead)"
+    if problem is not None:
+        raise ValueError(f"threshold {threshold!r} webhook {problem}")
+    return url  # type: ignore[return-value]
 
 
 def validate_account_id(account_id: object) -> int:
@@ -171,11 +193,14 @@ class DimensionFilter:
 
 @dataclass(frozen=True, slots=True)
 class AlertThreshold:
-    """Fires when the period total first reaches ``value`` (in the aggregate's own units)."""
+    """Fires when the period total first reaches ``value`` (in the aggregate's own units).
+    With ``webhook`` (an http or https URL) every alert it fires is also POSTed there, at least
+    once (docs/semantics.md, alerts)."""
 
     code: str
     value: int
     recurring: bool = False
+    webhook: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +256,8 @@ class MetricSchema:
             validate_value(th.value)
             if th.recurring and th.value <= 0:
                 raise ValueError(f"recurring threshold {th.code!r} needs a positive value")
+            if th.webhook is not None:
+                validate_webhook_url(th.webhook, th.code)
 
     def to_wire(self) -> dict[str, object]:
         return {
@@ -241,7 +268,10 @@ class MetricSchema:
             "period_s": self.period_seconds,
             "recurring": self.recurring,
             "dims": [[d.key, list(d.values)] for d in self.filters],
-            "thresholds": [[t.code, t.value, t.recurring] for t in self.thresholds],
+            "thresholds": [
+                [t.code, t.value, t.recurring] + ([t.webhook] if t.webhook is not None else [])
+                for t in self.thresholds
+            ],
         }
 
     @classmethod
@@ -267,10 +297,20 @@ class MetricSchema:
             filters.append(DimensionFilter(key=d[0], values=tuple(d[1])))
         thresholds = []
         for t in ths:
-            need(isinstance(t, list) and len(t) == 3, "a threshold is [code, value, recurring]")
+            need(
+                isinstance(t, list) and len(t) in (3, 4),
+                "a threshold is [code, value, recurring, webhook?]",
+            )
             need(type(t[2]) is bool, "threshold recurring must be a boolean")
+            webhook = t[3] if len(t) == 4 else None
+            need(webhook is None or type(webhook) is str, "threshold webhook must be a string")
             thresholds.append(
-                AlertThreshold(code=t[0], value=integer(t[1], "threshold value"), recurring=t[2])
+                AlertThreshold(
+                    code=t[0],
+                    value=integer(t[1], "threshold value"),
+                    recurring=t[2],
+                    webhook=webhook,
+                )
             )
         recurring = body.get("recurring", False)
         need(type(recurring) is bool, "recurring must be a boolean")

@@ -14,9 +14,12 @@ import contextlib
 import errno
 import logging
 import random
+import secrets
 import socket
+import ssl
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +42,10 @@ from unimeter.observe import NodeStats
 from unimeter.peer import PeerLinks
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
+from unimeter.security.cluster_secret import MemberGreeting
+from unimeter.security.exposure import exposure_problem, is_loopback
+from unimeter.security.gate import load_gatekeeper
+from unimeter.security.tls import node_tls
 from unimeter.state.hashing import partitions_of
 from unimeter.state.partition_state import PartitionState
 from unimeter.state.snapshot import SnapshotFormatError
@@ -50,6 +57,8 @@ from unimeter.storage.snapshot import snapshot_path
 from unimeter.storage.syncthread import StorageThread
 from unimeter.supervisor import Supervisor
 from unimeter.tracefile import CoreSpec, TraceWriter
+from unimeter.webhooks.sender import WebhookSender
+from unimeter.webhooks.signing import load_webhook_secret
 from unimeter.wire import messages as m
 from unimeter.wire.codec import announced_limits
 
@@ -83,6 +92,14 @@ class NodeConfig:
     wal_segment_bytes: int = limits.wal_segment_bytes_default
     trace: str | None = None  # record every message delivered to every core (unimeter.trace)
     max_connections: int = limits.connections_max_default
+    # Security (docs/security.md): tokens, the cluster secret, TLS, and the loopback default.
+    auth_tokens: str | None = None  # FILE of "sha256:<hex> ROLE NAME" lines
+    cluster_secret_file: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None  # verifies peers' certificates (default: the system's CAs)
+    insecure: bool = False  # serve non-loopback addresses without tokens or secret anyway
+    webhook_secret_file: str | None = None  # signs alert webhooks (HMAC-SHA256)
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -132,8 +149,21 @@ class Node:
         self.storage = StorageThread()  # every fsync of every replica, off the loop
         self.connections: set[ClientConnection] = set()
         self.client_connections = 0  # greeted, not peers (config.max_connections)
+        self.gate = load_gatekeeper(config.node_id, config.auth_tokens, config.cluster_secret_file)
+        if self.gate.tokens_required and self.gate.secret is None and len(self.addresses) == 1:
+            # A node alone still proves membership to itself (its HTTP alert streams dial it):
+            # a secret of this process's own, since no other node needs to share it.
+            self.gate.secret = secrets.token_bytes(32)
+        self.tls = node_tls(config.tls_cert, config.tls_key, config.tls_ca)
+        self._webhook_secret = (
+            load_webhook_secret(config.webhook_secret_file) if config.webhook_secret_file else None
+        )
+        self.webhooks: WebhookSender | None = None  # made at start, once the cluster id is known
         self.peers = PeerLinks(
-            self.node_id, {i: a for i, a in self.addresses.items() if i != self.node_id}
+            self.node_id,
+            {i: a for i, a in self.addresses.items() if i != self.node_id},
+            secret=self.gate.secret,
+            tls=self.tls.dial if self.tls is not None else None,
         )
         # Leaders of partitions this node does not host, as their leaders announce them.
         self.gossip: dict[int, tuple[int, int]] = {}
@@ -161,6 +191,7 @@ class Node:
 
     async def start(self) -> None:
         started = time.monotonic()
+        self._check_exposure()
         # Bind before recovery: a taken port fails in milliseconds, not after loading the data.
         listener = bind_listener(*self.config.host_port)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -181,6 +212,10 @@ class Node:
             runtime.prime()
         for runtime in runtimes:
             self._tasks.append(asyncio.create_task(runtime.run(), name=runtime.name))
+        self.webhooks = WebhookSender(self.cluster_id, self._webhook_secret)
+        for p, partition in self.partitions.items():
+            deliveries = self.webhooks.attach(partition)
+            self._tasks.append(asyncio.create_task(deliveries.run(), name=f"webhooks-{p}"))
         self._tasks.append(asyncio.create_task(self._watch_disk(), name="disk-watch"))
         for task in self._tasks:
             supervisor.watch(task)
@@ -192,7 +227,11 @@ class Node:
         http = await self._start_http()
         host, port = self.config.host_port
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(lambda: ClientConnection(self), sock=listener)
+        self._server = await loop.create_server(
+            lambda: ClientConnection(self),
+            sock=listener,
+            ssl=self.tls.server if self.tls is not None else None,
+        )
         # Peers can reach the node now (its replicas rejoin their groups); clients are told
         # UNAVAILABLE (retriable) until the catalog has caught up.
         await self._catch_up_catalog()
@@ -204,6 +243,34 @@ class Node:
             "data_dir=%s recovery_s=%.3f",
             self.node_id, host, port, http, list(self.members), self.partition_count,
             len(self.partitions), self.data_dir, recovery_s,
+        )  # fmt: skip
+
+    def _check_exposure(self) -> None:
+        """Refuse to start exposed without protection; say how the node is protected."""
+        config = self.config
+        hosts = [config.host_port[0]]
+        http = config.http_address()
+        if http is not None:
+            hosts.append(http[0])
+        peers = [split_address(a)[0] for i, a in self.addresses.items() if i != self.node_id]
+        gate = self.gate
+        problem = exposure_problem(
+            hosts=hosts, peer_hosts=peers, tokens=gate.tokens_required,
+            secret=config.cluster_secret_file is not None, insecure=config.insecure,
+        )  # fmt: skip
+        if problem is not None:
+            raise ListenError(problem)
+        if not gate.tokens_required:
+            where = "loopback only" if all(map(is_loopback, hosts)) else "INSECURE (--insecure)"
+            log.warning("event=auth_off listen=%s tokens=none serving=%s hint=--auth-tokens",
+                        ",".join(hosts), where.replace(" ", "_"))  # fmt: skip
+        else:
+            assert gate.tokens is not None
+            log.info("event=auth_on tokens=%d file=%s", len(gate.tokens), gate.token_path)
+        log.info(
+            "event=transport tls=%s cluster_secret=%s webhook_secret=%s",
+            "on" if self.tls else "off", "on" if config.cluster_secret_file else "off",
+            "on" if self._webhook_secret is not None else "off",
         )  # fmt: skip
 
     async def _start_http(self) -> str:
@@ -219,7 +286,7 @@ class Node:
 
         server = HttpServer(self)
         try:
-            await server.start(*address)
+            await server.start(*address, tls=self.tls.server if self.tls is not None else None)
         except OSError as exc:
             await server.stop()
             if self.config.http is not None:
@@ -460,11 +527,38 @@ class Node:
 
     # ------------------------------------------------------------------ serve
 
-    def welcome(self) -> m.Welcome:
+    def welcome(self, challenge: bytes | None = None, proof: bytes | None = None) -> m.Welcome:
         return m.Welcome(
             node_id=self.node_id, cluster_id=self.cluster_id, version=m.PROTOCOL_VERSION,
             limits=announced_limits(), partitions=self.partition_count,
+            challenge=challenge, proof=proof,
         )  # fmt: skip
+
+    def reload_tokens(self) -> None:
+        """SIGHUP: read the token file again; close the connections of removed tokens (their
+        live alert subscriptions end with them; a client that reconnects is refused)."""
+        if not self.gate.reload():
+            return
+        for conn in list(self.connections):
+            principal = conn.core.principal
+            if principal is not None and self.gate.current(principal) is None:
+                log.info("event=connection_closed reason=token_revoked token=%s peer=%s",
+                         principal.name, conn.peer)  # fmt: skip
+                conn.close()
+
+    @property
+    def dial_tls(self) -> ssl.SSLContext | None:
+        """How this node's own clients (HTTP forwarding, alert streams) dial its peers."""
+        return self.tls.dial if self.tls is not None else None
+
+    def own_client_hello(self, client_name: str) -> m.Hello | Callable[[], MemberGreeting]:
+        """The HELLO of this node's own clients: a member's, proving the cluster secret when
+        there is one (so other nodes need no token from it; security/cluster_secret.py)."""
+        secret = self.gate.secret
+        if secret is None:
+            return m.Hello(version=m.PROTOCOL_VERSION, client_name=client_name)
+        node_id = self.node_id
+        return lambda: MemberGreeting(secret, node_id, link=False, client_name=client_name)
 
     def advertised(self) -> str:
         if self.config.advertise:
@@ -560,6 +654,8 @@ class Node:
         for conn in list(self.connections):
             conn.close()
         await self.peers.stop()
+        if self.webhooks is not None:
+            await self.webhooks.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

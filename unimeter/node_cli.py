@@ -28,10 +28,14 @@ from unimeter.node import (
 from unimeter.node import (
     __doc__ as NODE_DOC,
 )
+from unimeter.security.cluster_secret import SecretFileError
+from unimeter.security.tls import TlsConfigError
+from unimeter.security.tokens import TokenFileError
 from unimeter.server.logs import configure_logging
 from unimeter.state.snapshot import SnapshotFormatError
 from unimeter.storage.walformat import CorruptLogError
 from unimeter.supervisor import Supervisor
+from unimeter.webhooks.signing import WebhookSecretError
 
 log = logging.getLogger("unimeter.node")
 
@@ -118,6 +122,51 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         default=int(_env("max-connections", str(d.max_connections))),
         help="client connections served at once; more are refused with UNAVAILABLE",
     )
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument(
+        "--auth-tokens",
+        default=_env("auth-tokens", "") or None,
+        metavar="FILE",
+        help="API tokens, one 'sha256:<hex> ROLE NAME' line each (`unimeter token new`); "
+        "every request then needs one. Read again on SIGHUP",
+    )
+    sec.add_argument(
+        "--cluster-secret-file",
+        default=_env("cluster-secret-file", "") or None,
+        metavar="FILE",
+        help="a secret (at least 16 bytes) every node of the cluster holds; peers prove it "
+        "before any Raft message is accepted",
+    )
+    sec.add_argument(
+        "--tls-cert",
+        default=_env("tls-cert", "") or None,
+        metavar="PEM",
+        help="serve TLS on the binary and HTTP ports and dial peers with TLS",
+    )
+    sec.add_argument(
+        "--tls-key", default=_env("tls-key", "") or None, metavar="PEM",
+        help="the key of --tls-cert (default: in the --tls-cert file)",
+    )  # fmt: skip
+    sec.add_argument(
+        "--tls-ca",
+        default=_env("tls-ca", "") or None,
+        metavar="PEM",
+        help="CA certificates that verify peers' certificates (default: the system's)",
+    )
+    sec.add_argument(
+        "--webhook-secret-file",
+        default=_env("webhook-secret-file", "") or None,
+        metavar="FILE",
+        help="signs alert webhooks (X-Unimeter-Signature: HMAC-SHA256 of the body)",
+    )
+    sec.add_argument(
+        "--insecure",
+        action="store_true",
+        default=_env("insecure", "") not in ("", "0", "false"),
+        help="listen on a non-loopback address without --auth-tokens (anyone who reaches "
+        "the port may read and change everything), or run a networked cluster without "
+        "--cluster-secret-file",
+    )
     p.add_argument(
         "--log-level",
         default=_env("log-level", d.log_level),
@@ -164,6 +213,13 @@ def parse_args(argv: Sequence[str] | None = None) -> NodeConfig:
         wal_segment_bytes=a.wal_segment_bytes,
         trace=a.trace,
         max_connections=a.max_connections,
+        auth_tokens=a.auth_tokens,
+        cluster_secret_file=a.cluster_secret_file,
+        tls_cert=a.tls_cert,
+        tls_key=a.tls_key,
+        tls_ca=a.tls_ca,
+        webhook_secret_file=a.webhook_secret_file,
+        insecure=a.insecure,
     )
 
 
@@ -191,6 +247,7 @@ async def serve(config: NodeConfig) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, node.reload_tokens)  # new tokens, no restart
     await node.start()
     tune_gc(recovered=True)
     await stop.wait()
@@ -210,6 +267,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             uvloop.run(serve(config))
     except ListenError as exc:
         log.critical("event=listen_failed reason=%r action=exiting", str(exc))
+        print(f"unimeter.node: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+    except (TokenFileError, SecretFileError, TlsConfigError, WebhookSecretError) as exc:
+        log.critical("event=security_config_failed reason=%r action=exiting", str(exc))
         print(f"unimeter.node: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except CorruptLogError as exc:

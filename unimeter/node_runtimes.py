@@ -35,6 +35,10 @@ class PartitionRuntime(ReplicaRuntime):
         self.snapshot_lock = threading.Lock()
         self.install_epoch = 0
         self.alert_hub = AlertHub(self.core.partition)  # live alert subscriptions (leader)
+        # Webhook deliveries (unimeter/webhooks): woken when alerts are applied or leadership
+        # changes.
+        self.on_alerts: Callable[[], None] | None = None
+        self._leading = False
 
     def _step_all(self, batch: list[Any]) -> None:
         # Ingests drained together become one log entry (one proposal, one WAL record).
@@ -45,6 +49,11 @@ class PartitionRuntime(ReplicaRuntime):
             self.on_appended(self, len(fx.appends), sum(len(a[2]) for a in fx.appends))
         if self.alert_hub.subs:
             self.alert_hub.after_step(fx.alerts, self.core)
+        if self.on_alerts is not None:
+            leading = self.core.leader_ready
+            if fx.alerts or leading != self._leading:
+                self._leading = leading
+                self.on_alerts()
 
     def _install(self, snapshot: Snapshot) -> None:
         # Bumped on the loop at once: a periodic snapshot not yet published is now stale.

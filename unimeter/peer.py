@@ -23,14 +23,19 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
 import cbor2
 
-from unimeter import limits
+from unimeter import errors, limits
 from unimeter.actors.effects import Send
 from unimeter.consensus.codec import encode_message
+from unimeter.errors import AuthError
+from unimeter.security.cluster_secret import MemberGreeting
+from unimeter.security.tls import server_hostname
 from unimeter.wire import messages as m
 from unimeter.wire.codec import ClientCodec
 
@@ -41,6 +46,7 @@ gossip_interval_s = 0.25
 link_buffer_bytes_max = 32 << 20  # queued while connected but not yet flushed
 frame_items_bytes_max = limits.frame_bytes_max // 2
 redial_backoff_s_max = 1.0
+refusal_log_interval_s = 60.0  # a peer refused again and again is logged this often
 
 
 def _array_header(n: int) -> bytes:
@@ -61,10 +67,22 @@ def peer_frame(items: list[bytes]) -> bytes:
 
 
 class PeerLink:
-    def __init__(self, node_id: int, peer_id: int, address: str) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        peer_id: int,
+        address: str,
+        *,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.node_id = node_id
         self.peer_id = peer_id
         self.address = address
+        self.secret = secret  # the cluster secret this link proves (security/cluster_secret.py)
+        self.tls = tls
+        self.refused = 0  # handshakes that failed the cluster secret or TLS, either way
+        self._last_refusal: tuple[str, float] | None = None  # what was last logged, and when
         self._items: list[bytes] = []
         self._bytes = 0
         self._flush_scheduled = False
@@ -120,8 +138,16 @@ class PeerLink:
         while True:
             try:
                 reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(host, int(port)), timeout=2.0
-                )
+                    asyncio.open_connection(
+                        host, int(port), ssl=self.tls,
+                        server_hostname=server_hostname(host) if self.tls else None,
+                    ),
+                    timeout=2.0,
+                )  # fmt: skip
+            except ssl.SSLError as exc:  # before OSError: it is one
+                self._refused(f"TLS handshake failed: {exc}")
+                await self._pause(redial_backoff_s_max * random.uniform(0.5, 1.0))
+                continue
             except (OSError, TimeoutError):
                 await self._pause(backoff * random.uniform(0.5, 1.0))
                 backoff = 0.05 if self._poked is not None and self._poked.is_set() else backoff
@@ -136,6 +162,9 @@ class PeerLink:
                 # Nothing is expected back; reading only notices the close.
                 while await reader.read(65536):
                     pass
+            except AuthError as exc:
+                self._refused(exc.message)
+                backoff = redial_backoff_s_max  # a wrong secret is not fixed by redialling fast
             except (OSError, TimeoutError, ConnectionError) as exc:
                 log.info("event=peer_link_error peer=%d error=%r", self.peer_id, exc)
             finally:
@@ -149,32 +178,67 @@ class PeerLink:
                     await writer.wait_closed()
             await self._pause(backoff * random.uniform(0.5, 1.0))
 
+    def _refused(self, reason: str) -> None:
+        """Count a refused handshake; log it at ERROR when it is new or once a minute (a
+        wrong secret is retried every second, and must not flood the log)."""
+        self.refused += 1
+        now = time.monotonic()
+        last = self._last_refusal
+        fresh = last is None or last[0] != reason or now - last[1] >= refusal_log_interval_s
+        if fresh:
+            self._last_refusal = (reason, now)
+        log.log(logging.ERROR if fresh else logging.DEBUG,
+                "event=peer_refused peer=%d address=%s refused=%d error=%r",
+                self.peer_id, self.address, self.refused, reason)  # fmt: skip
+
     async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """HELLO, and with a cluster secret the challenge round (cluster_secret.py): no Raft
+        message leaves before the peer proved the secret, nor is accepted before we did."""
         codec = ClientCodec()
-        hello = m.Hello(
-            version=m.PROTOCOL_VERSION,
-            client_name=f"node-{self.node_id}",
-            peer_node_id=self.node_id,
-        )
-        writer.write(codec.encode_request(1, hello))
+        greeting = MemberGreeting(
+            self.secret, self.node_id, link=True, client_name=f"node-{self.node_id}",
+            expect_node=self.peer_id,
+        )  # fmt: skip
+        hello: m.Hello | None = greeting.first()
+        request_id = 0
+        while hello is not None:
+            request_id += 1
+            writer.write(codec.encode_request(request_id, hello))
+            welcome = await self._welcome(reader, codec)
+            hello = greeting.second(welcome) if request_id == 1 else None
+
+    async def _welcome(self, reader: asyncio.StreamReader, codec: ClientCodec) -> m.Welcome:
         while True:
             data = await asyncio.wait_for(reader.read(65536), timeout=5.0)
             if not data:
                 raise ConnectionError("closed during HELLO")
             codec.feed(data)
             frame = codec.next_frame()
-            if frame is not None:
-                if frame.status != 0:
-                    raise ConnectionError(f"HELLO refused: {frame.message}")
-                return
+            if frame is None:
+                continue
+            text = getattr(frame.message, "message", "")
+            if frame.status == errors.Status.AUTH:
+                raise AuthError(f"refused by the peer: {text}")
+            if frame.status != 0 or not isinstance(frame.message, m.Welcome):
+                raise ConnectionError(f"HELLO refused: {text}")
+            return frame.message
 
 
 class PeerLinks:
     """Every outbound link of this node, and the gossip of who leads what."""
 
-    def __init__(self, node_id: int, peers: dict[int, str]) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        peers: dict[int, str],
+        *,
+        secret: bytes | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.node_id = node_id
-        self.links = {pid: PeerLink(node_id, pid, addr) for pid, addr in peers.items()}
+        self.links = {
+            pid: PeerLink(node_id, pid, addr, secret=secret, tls=tls) for pid, addr in peers.items()
+        }
         self._tasks: list[asyncio.Task[None]] = []
 
     def send(self, send: Send) -> None:

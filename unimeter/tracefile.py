@@ -15,7 +15,8 @@ Records of ``u32 big-endian length | one CBOR item``:
 ``group`` is the partition number, or -1 for the catalog. Messages: ``["tick"]``,
 ``["persisted", n]``, ``["disk", writable]``, ``["peer", raft message]`` (consensus/codec.py),
 ``["client", token, kind, body]`` and ``["catalog_request", token, kind, body]`` (wire bodies),
-``["catalog", version, [[generation, schema], ...], token]`` (MetricSchema.to_wire). Tokens,
+``["catalog", version, [[generation, schema], ...], token]`` (MetricSchema.to_wire),
+``["webhook_progress", next_cursor]``. Tokens,
 whatever they were at run time, become small integers: replies in a replay go nowhere.
 
 The node's runtime (``ReplicaRuntime.tracer``) and the simulator's write it through
@@ -32,7 +33,13 @@ from dataclasses import dataclass
 from typing import IO, Any, cast
 
 from unimeter.actors.catalog import CatalogCore, CatalogRequest, CatalogState
-from unimeter.actors.partition import CatalogUpdate, ClientRequest, IngestGroup, PartitionCore
+from unimeter.actors.partition import (
+    CatalogUpdate,
+    ClientRequest,
+    IngestGroup,
+    PartitionCore,
+    WebhookProgress,
+)
 from unimeter.actors.replicated import (
     DiskState,
     PeerLost,
@@ -200,6 +207,8 @@ def encode_message(msg: object, token: Callable[[object], int]) -> list[Any]:
     if isinstance(msg, CatalogUpdate):
         metrics = [[lm.generation, lm.schema.to_wire()] for lm in msg.metrics]
         return ["catalog", msg.version, metrics, None if msg.token is None else token(msg.token)]
+    if isinstance(msg, WebhookProgress):
+        return ["webhook_progress", msg.next_cursor]
     raise TraceError(f"no trace encoding for {msg!r}")
 
 
@@ -228,6 +237,8 @@ def decode_message(item: list[Any]) -> object:
             LiveMetric(generation=g, schema=MetricSchema.from_wire(w)) for g, w in item[2]
         )
         return CatalogUpdate(item[1], metrics, item[3])
+    if tag == "webhook_progress":
+        return WebhookProgress(item[1])
     raise TraceError(f"unknown message tag {tag!r}")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -36,9 +37,10 @@ class Answer:
 
 
 class Http:
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, tls: ssl.SSLContext | None = None) -> None:
         self.base = base_url
-        self.session = aiohttp.ClientSession(timeout=TIMEOUT)
+        connector = aiohttp.TCPConnector(ssl=tls) if tls is not None else None
+        self.session = aiohttp.ClientSession(timeout=TIMEOUT, connector=connector)
 
     async def __aenter__(self) -> Http:
         return self

@@ -176,6 +176,8 @@ class ClusterProcesses:
         election_timeout_ms: int | None = 400,  # None: the node's default
         replication_factor: int = 3,
         http: bool = False,
+        extra_args: tuple[str, ...] = (),  # given to every node
+        node_args: dict[int, tuple[str, ...]] | None = None,  # given to one node
     ) -> None:
         ports = [free_port() for _ in range(nodes)]
         peers = ",".join(f"{i + 1}=127.0.0.1:{port}" for i, port in enumerate(ports))
@@ -197,6 +199,8 @@ class ClusterProcesses:
                         if election_timeout_ms is not None
                         else ()
                     ),
+                    *extra_args,
+                    *(node_args or {}).get(i + 1, ()),
                 ),
             )
             for i, port in enumerate(ports)

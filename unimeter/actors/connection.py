@@ -46,6 +46,7 @@ from unimeter.actors.partition import ClientRequest, PartitionCore
 from unimeter.consensus.codec import PeerMessageError, decode_message
 from unimeter.observe import NodeStats, RequestStats
 from unimeter.peer import GOSSIP_TAG
+from unimeter.security.gate import Gatekeeper, HelloGate, Principal
 from unimeter.wire import fast
 from unimeter.wire import messages as m
 from unimeter.wire.codec import BadRequest, ServerCodec
@@ -109,6 +110,9 @@ class ConnectionHost(Protocol):
     @property
     def stats(self) -> NodeStats: ...
 
+    @property
+    def gate(self) -> Gatekeeper: ...  # tokens, roles and the cluster secret (security/)
+
     def route(self, account_id: int, /) -> int: ...
 
     def runtime_of(self, partition: int, /) -> PartitionTarget | None: ...
@@ -116,7 +120,8 @@ class ConnectionHost(Protocol):
     def submit_catalog(self, item: CatalogRequest, nbytes: int, /) -> None:
         """As ``PartitionTarget.submit``, to the catalog."""
 
-    def welcome(self) -> m.Welcome: ...
+    def welcome(self, challenge: bytes | None = None, proof: bytes | None = None) -> m.Welcome:
+        """``challenge``/``proof``: the cluster secret handshake's first answer (security/)."""
 
     def partition_map(self) -> m.PartitionMap: ...
 
@@ -175,6 +180,8 @@ class ConnectionCore:
         self.peer = peer
         self.greeted = False
         self.peer_node_id: int | None = None  # set when a cluster peer says HELLO
+        self.principal: Principal | None = None  # who the HELLO proved this is (security/)
+        self.hello_gate: HelloGate | None = None
         self.in_flight = 0
         self.counted = False  # counted among the node's client connections (max_connections)
         self.closing = False  # the core asked for the connection to be closed
@@ -205,6 +212,8 @@ class ConnectionCore:
     def connection_lost(self) -> None:
         self.lost = True
         self.out = []
+        if self.hello_gate is not None:
+            self.hello_gate.closed()
         if self.counted:
             self.node.client_connections -= 1
             self.counted = False
@@ -263,7 +272,8 @@ class ConnectionCore:
         if isinstance(frame, m.PeerFrame):
             self.in_flight -= 1  # peer frames are never answered
             if self.peer_node_id is None or self.on_peer_frame is None:
-                log.info("event=peer_frame_refused peer=%s reason=not_a_peer", self.peer)
+                # Only a member's link may carry Raft messages (docs/security.md).
+                self.node.gate.refuse("binary", "not_a_member", "a PEER frame", self.peer)
                 self.close()
                 return False
             return self.on_peer_frame(frame)
@@ -309,10 +319,17 @@ class ConnectionCore:
             start = end = min_index = 0
         else:
             return False
-        # The partition's runtime, if this node may answer the read from it here: serving,
-        # hosting it, untraced, and the account routes there.
+        # The principal may send this kind, under the token file in force (else the general
+        # path refuses it, counted); then the partition's runtime, if this node may answer the
+        # read from it here: serving, hosting it, untraced, and the account routes there.
         node = self.node
-        if not node.serving:
+        principal = self.principal
+        if (
+            principal is None
+            or principal.generation != node.gate.generation
+            or kind not in principal.kinds
+            or not node.serving
+        ):
             return False
         target = node.runtime_of(part)
         if target is None or target.tracer is not None or node.route(account) != part:
@@ -371,6 +388,15 @@ class ConnectionCore:
                     f"version {m.PROTOCOL_VERSION} (upgrade the client)",
                 )
                 return
+            if self.hello_gate is None:
+                self.hello_gate = node.gate.session(self.peer)
+            verdict = self.hello_gate.hello(msg)
+            if verdict.refusal is not None:
+                self._refuse(rid, errors.Status.AUTH, verdict.refusal)
+                return
+            if verdict.principal is None:  # a member's first HELLO: challenged, not greeted
+                self.respond(rid, errors.Status.OK, node.welcome(verdict.challenge, verdict.proof))
+                return
             if msg.peer_node_id is None and not self.counted:
                 if node.client_connections >= node.config.max_connections:
                     self._refuse(
@@ -386,6 +412,7 @@ class ConnectionCore:
                 node.client_connections += 1
                 self.counted = True
             self.greeted = True
+            self.principal = verdict.principal
             self.peer_node_id = msg.peer_node_id
             self.respond(rid, errors.Status.OK, node.welcome())
             if msg.peer_node_id is not None:
@@ -394,6 +421,11 @@ class ConnectionCore:
         if not self.greeted:
             self._refuse(rid, errors.Status.INVALID_REQUEST, "the first request must be HELLO")
             return
+        admitted = node.gate.admit(self.principal, msg.KIND, self.peer)
+        if isinstance(admitted, str):  # a role that may not send this kind, a revoked token
+            self._refuse(rid, errors.Status.AUTH, admitted)
+            return
+        self.principal = admitted
         if self.in_flight > limits.in_flight_requests_per_connection_max:
             self._refuse(
                 rid,

@@ -21,6 +21,9 @@ Theory of operation. Each partition replica is a member of the partition's Raft 
   group's).
 - Schema changes arrive as ``CatalogUpdate`` from this node's catalog replica; the leader turns
   them into ``SchemaEntry`` records, so every replica sees each change at the same log index.
+- Webhook deliveries (``unimeter/webhooks``) run beside the leader and report how far they got
+  as ``WebhookProgress``; the leader logs it as a ``WebhookMark``, so the next leader (or this
+  node after a restart) goes on from there instead of from the first alert.
 - Losing leadership fails every waiting request with NOT_LEADER (naming the new leader when
   known); the client retries there with the same producer sequence, which is always safe.
 """
@@ -41,7 +44,14 @@ from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seco
 from unimeter.consensus.config import ProposalRejected, RaftConfig, Role
 from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.periods import US_PER_DAY
-from unimeter.state.entries import BatchEntry, BatchPart, Entry, LiveMetric, SchemaEntry
+from unimeter.state.entries import (
+    BatchEntry,
+    BatchPart,
+    Entry,
+    LiveMetric,
+    SchemaEntry,
+    WebhookMark,
+)
 from unimeter.state.partition_state import PartitionState
 from unimeter.state.reads import whole_period_wire
 from unimeter.state.records import decode_entry, encode_entry
@@ -100,6 +110,14 @@ class CatalogUpdate:
     token: object | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class WebhookProgress:
+    """Every alert below ``next_cursor`` was delivered to its webhook (or needs none): the
+    webhook deliverer's report, logged by the leader as a ``WebhookMark``."""
+
+    next_cursor: int
+
+
 class PartitionCore(ReplicatedCore):
     def __init__(
         self,
@@ -144,6 +162,7 @@ class PartitionCore(ReplicatedCore):
         self._parked_reads: list[tuple[int, int, ClientRequest]] = []
         self._parked_ingests: list[ClientRequest] = []  # waiting for a catalog version
         self._parked_leader: list[ClientRequest] = []  # waiting for leader_ready
+        self._webhook_proposed = 0  # the highest WebhookMark proposed in this term
 
     # ------------------------------------------------------------------ step
 
@@ -155,6 +174,8 @@ class PartitionCore(ReplicatedCore):
             self._on_group(msg, now_us, fx)
         elif isinstance(msg, CatalogUpdate):
             self._on_catalog(msg, now_us, fx)
+        elif isinstance(msg, WebhookProgress):
+            self._on_webhook_progress(msg, now_us, fx)
         elif not self.step_common(msg, now_us, fx):
             raise AssertionError(f"unexpected message {msg!r}")
         elif isinstance(msg, RaftTick):
@@ -236,6 +257,20 @@ class PartitionCore(ReplicatedCore):
         parked, self._parked_ingests = self._parked_ingests, []
         if parked:
             self._on_ingests(parked, now_us, fx)
+
+    # ------------------------------------------------------------------ webhooks
+
+    def _on_webhook_progress(self, msg: WebhookProgress, now_us: int, fx: Effects) -> None:
+        # A delivery is a fact whoever led when it was made: a report from an earlier term of
+        # this node is still true. Only what is not logged yet, nor beyond the alerts, is kept.
+        if not self.leader_ready or not self.writable:
+            return
+        if msg.next_cursor <= max(self.state.webhook_next, self._webhook_proposed):
+            return
+        if msg.next_cursor > self.state.alerts.next_cursor:
+            return  # more than this replica has applied: a report about another state
+        if self._append(WebhookMark(next_cursor=msg.next_cursor), now_us, fx) is not None:
+            self._webhook_proposed = msg.next_cursor
 
     # ------------------------------------------------------------------ ingest
 
@@ -431,6 +466,7 @@ class PartitionCore(ReplicatedCore):
         self._claimed.clear()
         self._pending_seqs.clear()
         self._view_term = -1
+        self._webhook_proposed = 0
 
     def _after_drain(self, now_us: int, fx: Effects) -> None:
         if not self.leader_ready:

@@ -51,12 +51,13 @@ _FAR_PAST = datetime(1970, 1, 1, tzinfo=UTC)
 # --------------------------------------------------------------------------- status
 
 
-async def _view_of(address: str, timeout_s: float) -> ClusterStatusReply | str:
+async def _view_of(address: str, args: argparse.Namespace) -> ClusterStatusReply | str:
     """One node's own status (asked of that node, not of any node), or why it did not answer."""
-    connection = Connection(address)
-    deadline = asyncio.get_running_loop().time() + timeout_s
+    connection = Connection(address, args.dial_tls)
+    deadline = asyncio.get_running_loop().time() + args.timeout
+    hello = Hello(version=PROTOCOL_VERSION, client_name="unimeter-cli", token=args.dial_token)
     try:
-        await connection.open(Hello(version=PROTOCOL_VERSION, client_name="unimeter-cli"), deadline)
+        await connection.open(hello, deadline)
         reply = await connection.request(ClusterStatus(), deadline)
         assert isinstance(reply, ClusterStatusReply)
         return reply
@@ -69,7 +70,7 @@ async def _view_of(address: str, timeout_s: float) -> ClusterStatusReply | str:
 async def status(args: argparse.Namespace, client: AsyncClient, out: Output) -> None:
     first = await client.cluster_status()
     addresses = dict(sorted(first.nodes.items()))
-    views = await asyncio.gather(*(_view_of(a, args.timeout) for a in addresses.values()))
+    views = await asyncio.gather(*(_view_of(a, args) for a in addresses.values()))
     nodes: list[dict[str, Any]] = []
     by_node: dict[int, ClusterStatusReply] = {}
     for (node_id, address), view in zip(addresses.items(), views, strict=True):
@@ -124,7 +125,8 @@ def _schema_row(schema: MetricSchema) -> dict[str, Any]:
         "period": PeriodType(schema.period_type).name.lower(),
         "dimensions": [f"{d.key}:{'|'.join(d.values)}" for d in schema.filters],
         "thresholds": [
-            f"{t.code}={t.value}{'+' if t.recurring else ''}" for t in schema.thresholds
+            f"{t.code}={t.value}{'+' if t.recurring else ''}{'@' + t.webhook if t.webhook else ''}"
+            for t in schema.thresholds
         ],
     }
 
@@ -164,12 +166,15 @@ def schema_from_args(args: argparse.Namespace) -> MetricSchema:
         dimensions.append(DimensionFilter(key=key, values=tuple(values.split(","))))
     thresholds = []
     for text in args.threshold:
-        code, sep, value = text.partition("=")
+        code, sep, rest = text.partition("=")
+        value, at, webhook = rest.partition("@")
         recurring = value.endswith("+")
         value = value.removesuffix("+")
-        if not sep or not value.lstrip("-").isdigit():
-            raise InvalidRequestError(f"--threshold takes CODE=VALUE[+]; got {text!r}")
-        thresholds.append(AlertThreshold(code=code, value=int(value), recurring=recurring))
+        if not sep or not value.lstrip("-").isdigit() or (at and not webhook):
+            raise InvalidRequestError(f"--threshold takes CODE=VALUE[+][@URL]; got {text!r}")
+        thresholds.append(AlertThreshold(
+            code=code, value=int(value), recurring=recurring, webhook=webhook or None,
+        ))  # fmt: skip
     schema = MetricSchema(
         code=args.code,
         agg_type=enum_member(AggType, args.agg, "--agg"),

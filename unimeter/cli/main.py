@@ -7,11 +7,14 @@
     unimeter events list ACCOUNT | events tail ACCOUNT
     unimeter import FILE [--format ndjson|csv]
     unimeter export ACCOUNT... [--format ndjson|csv] [-o FILE]
+    unimeter token new --role ingest|read|admin --name NAME [--file TOKENS]
 
 It talks to the nodes with the Python client over the binary protocol (--node, repeatable;
-UNIMETER_NODES takes a comma-separated list; default 127.0.0.1:7001). Output is a table for
-people, or JSON with --json. Exit status: 0 done, 1 the cluster refused or could not be
-reached (the message says why), 2 bad arguments.
+UNIMETER_NODES takes a comma-separated list; default 127.0.0.1:7001). A node that requires
+API tokens needs --token (or UNIMETER_TOKEN); one that serves TLS needs --tls (the system's
+CAs) or --tls-ca PEM (UNIMETER_TLS_CA). Output is a table for people, or JSON with --json.
+Exit status: 0 done, 1 the cluster refused or could not be reached (the message says why),
+2 bad arguments.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import ssl
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from unimeter.errors import UnimeterError
+from unimeter.security.roles import TOKEN_ROLES
+from unimeter.security.tls import TlsConfigError, client_context
 
-from . import commands, transfer
+from . import commands, tokens, transfer
 from .output import Output
 
 Command = Callable[[argparse.Namespace, Any, Output], Awaitable[None]]
@@ -54,6 +60,18 @@ def _common(top: bool) -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, help="seconds per request (default 30)",
         default=30.0 if top else default,
+    )  # fmt: skip
+    p.add_argument(
+        "--token", help="API token (default: $UNIMETER_TOKEN)",
+        default=None if top else default,
+    )  # fmt: skip
+    p.add_argument(
+        "--tls", action="store_true", help="dial with TLS, verified against the system's CAs",
+        default=False if top else default,
+    )  # fmt: skip
+    p.add_argument(
+        "--tls-ca", metavar="PEM", help="dial with TLS, verified against these CA certificates "
+        "(default: $UNIMETER_TLS_CA)", default=None if top else default,
     )  # fmt: skip
     return p
 
@@ -87,8 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--period-seconds", type=int, default=30 * 24 * 3600, help="fixed periods")
     p.add_argument("--recurring", action="store_true", help="carry sets and latest over")
     p.add_argument("--dimension", action="append", default=[], metavar="KEY=V1,V2")
-    p.add_argument("--threshold", action="append", default=[], metavar="CODE=VALUE[+]",
-                   help="'+' at the end: fire again at every multiple")  # fmt: skip
+    p.add_argument("--threshold", action="append", default=[], metavar="CODE=VALUE[+][@URL]",
+                   help="'+': fire again at every multiple; '@URL': also POST each alert "
+                   "there (a webhook)")  # fmt: skip
     p.set_defaults(run=commands.metrics_create)
     p = msub.add_parser("delete", help="a metric and its aggregates")
     p.add_argument("code")
@@ -136,6 +155,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="a file (default: standard output)")
     _add_time_range(p)
     p.set_defaults(run=transfer.export)
+
+    token = sub.add_parser("token", help="make API tokens (no node needed)")
+    tsub = _Subparsers(token.add_subparsers(dest="action", required=True, metavar="ACTION"), common)
+    p = tsub.add_parser(
+        "new", help="a new random token: shown once, its hash added to the token file"
+    )
+    p.add_argument("--role", required=True, choices=[r.value for r in TOKEN_ROLES])
+    p.add_argument("--name", required=True, help="whose token it is (shown in logs)")
+    p.add_argument(
+        "--file", help="append the hashed line to this token file (created mode 600); "
+        "then send the node SIGHUP. Default: print the line to add",
+    )  # fmt: skip
+    p.set_defaults(run=tokens.new, offline=True)
     return top
 
 
@@ -160,13 +192,27 @@ def seeds(args: argparse.Namespace) -> list[str]:
     return [a.strip() for a in env.split(",") if a.strip()] or ["127.0.0.1:7001"]
 
 
+def dial_options(args: argparse.Namespace) -> tuple[str | None, ssl.SSLContext | None]:
+    """The token and TLS context the options (or their environment twins) ask for."""
+    token = args.token or os.environ.get("UNIMETER_TOKEN") or None
+    ca = args.tls_ca or os.environ.get("UNIMETER_TLS_CA") or None
+    tls = client_context(ca) if (ca or args.tls) else None
+    return token, tls
+
+
 async def run(args: argparse.Namespace) -> None:
     from unimeter.client import AsyncClient
 
     out = Output(args.json)
+    if getattr(args, "offline", False):
+        await args.run(args, None, out)
+        return
+    token, tls = dial_options(args)
+    args.dial_token, args.dial_tls = token, tls  # for commands that dial nodes one by one
     async with AsyncClient(
-        seeds(args), client_name="unimeter-cli", request_timeout=args.timeout
-    ) as client:
+        seeds(args), client_name="unimeter-cli", request_timeout=args.timeout, token=token,
+        tls=tls,
+    ) as client:  # fmt: skip
         await args.run(args, client, out)
 
 
@@ -176,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser().error("--batch must be at least 1")
     try:
         asyncio.run(run(args))
+    except (TlsConfigError, tokens.TokenCommandError) as exc:
+        print(f"unimeter: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     except UnimeterError as exc:
         print(f"unimeter: {exc.message or type(exc).__name__}", file=sys.stderr)
         for note in getattr(exc, "__notes__", ()):

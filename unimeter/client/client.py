@@ -26,7 +26,8 @@ import asyncio
 import enum
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import ssl
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -52,6 +53,7 @@ from unimeter.model import (
     Period,
     UsageResult,
 )
+from unimeter.security.tls import for_client
 from unimeter.wire.messages import (
     PROTOCOL_VERSION,
     AggReply,
@@ -79,7 +81,7 @@ from .arrays import pack_arrays
 from .batching import empty_result, split_packed
 from .cluster_map import ANY_NODE, ClusterMap, Router, split_address
 from .columns import pack_events
-from .connection import Exchange
+from .connection import Exchange, Greeting
 from .ingest import send_groups
 from .metrics import MetricsApi
 from .packed import Packed
@@ -106,6 +108,8 @@ class AsyncClient:
         token: str | None = None,
         request_timeout: float = limits.request_timeout_s_default,
         delivery: DeliveryMode = DeliveryMode.ASYNC,
+        tls: ssl.SSLContext | bool | None = None,
+        _greeting: Callable[[], Greeting] | None = None,  # a node's own client (security/)
     ) -> None:
         if isinstance(seeds, str):
             raise TypeError("seeds must be a list of 'host:port' strings, not one string")
@@ -122,7 +126,9 @@ class AsyncClient:
         self._request_timeout = float(request_timeout)
         self._delivery = DeliveryMode(delivery)
         hello = Hello(version=PROTOCOL_VERSION, client_name=client_name, token=token)
-        self._pool = NodePool(hello, dial_timeout_s=self._request_timeout)
+        self._pool = NodePool(
+            _greeting or hello, dial_timeout_s=self._request_timeout, tls=for_client(tls)
+        )
         self._session = Session()
         self._map = ClusterMap()
         self._router = Router(self._map, self._seeds)

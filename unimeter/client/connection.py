@@ -27,11 +27,13 @@ import asyncio
 import builtins
 import enum
 import logging
+import ssl
 from collections.abc import Coroutine
 from typing import Any, Protocol, cast
 
 from unimeter import limits
 from unimeter.errors import (
+    AuthError,
     ClosedError,
     InvalidRequestError,
     ProtocolError,
@@ -41,6 +43,7 @@ from unimeter.errors import (
     UnimeterError,
     error_for,
 )
+from unimeter.security.tls import server_hostname
 from unimeter.wire.codec import ClientCodec
 from unimeter.wire.messages import (
     PROTOCOL_VERSION,
@@ -71,6 +74,16 @@ class PushSink(Protocol):
     def lost(self, failure: UnimeterError) -> None: ...
 
 
+class Greeting(Protocol):
+    """A HELLO in two rounds (a cluster node's own client proving the cluster secret:
+    ``unimeter/security/cluster_secret.py``): ``second`` checks the first WELCOME and gives
+    the HELLO that completes the greeting, or None when the first one was enough."""
+
+    def first(self) -> Hello: ...
+
+    def second(self, welcome: Welcome) -> Hello | None: ...
+
+
 class _State(enum.Enum):
     CONNECTING = "connecting"
     READY = "ready"
@@ -79,8 +92,9 @@ class _State(enum.Enum):
 
 
 class Connection(asyncio.Protocol):
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, tls: ssl.SSLContext | None = None) -> None:
         self.address = address
+        self._tls = tls
         self.welcome: Welcome | None = None
         self._state = _State.CONNECTING
         self._failure: UnimeterError | None = None  # why BROKEN/CLOSED (a template, not raised)
@@ -105,8 +119,10 @@ class Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ lifecycle
 
-    async def open(self, hello: Hello, deadline: float) -> Welcome:
-        """Dial, say HELLO, and wait for WELCOME; raises a typed error on any failure."""
+    async def open(self, hello: Hello | Greeting, deadline: float) -> Welcome:
+        """Dial (with TLS if the connection has a context), say HELLO, and wait for WELCOME;
+        raises a typed error on any failure (``AuthError`` for a refused token or a server
+        certificate that does not verify: trying again would not help)."""
         assert self._state is _State.CONNECTING
         loop = asyncio.get_running_loop()
         try:
@@ -115,17 +131,33 @@ class Connection(asyncio.Protocol):
             raise UnavailableError(str(exc)) from None
         try:
             async with asyncio.timeout_at(deadline):
-                await loop.create_connection(lambda: self, host, port)
+                if self._tls is None:
+                    await loop.create_connection(lambda: self, host, port)
+                else:
+                    await loop.create_connection(
+                        lambda: self, host, port, ssl=self._tls,
+                        server_hostname=server_hostname(host),
+                    )  # fmt: skip
         except builtins.TimeoutError:  # before OSError: it is one
             self._abort()
             raise UnavailableError(f"connecting to {self.address} timed out") from None
+        except ssl.SSLCertVerificationError as exc:
+            raise AuthError(f"the certificate of {self.address} does not verify: {exc}") from None
         except OSError as exc:
             raise UnavailableError(f"cannot connect to {self.address}: {exc}") from None
         except BaseException:
             self._abort()
             raise
         try:
-            welcome = _expect_welcome(await self._exchange(hello, deadline), self.address)
+            if isinstance(hello, Hello):
+                welcome = _expect_welcome(await self._exchange(hello, deadline), self.address)
+            else:
+                welcome = _expect_welcome(
+                    await self._exchange(hello.first(), deadline), self.address
+                )
+                proving = hello.second(welcome)
+                if proving is not None:
+                    welcome = _expect_welcome(await self._exchange(proving, deadline), self.address)
         except BaseException:
             self._abort()
             raise
@@ -309,6 +341,9 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._state in (_State.READY, _State.CONNECTING):
             reason = f": {exc}" if exc is not None else " (closed by the server)"
+            if self._state is _State.CONNECTING and self._tls is None and exc is None:
+                # What a node serving TLS does to a plain HELLO (it is not a TLS handshake).
+                reason += "; if the node serves TLS, connect with tls= (CLI: --tls-ca)"
             self._fail(_State.BROKEN, UnavailableError(f"lost {self.address}{reason}"))
         if not self._lost.done():
             self._lost.set_result(None)

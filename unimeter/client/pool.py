@@ -9,18 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+from collections.abc import Callable
 
 from unimeter.errors import ClosedError, UnavailableError, UnimeterError
 from unimeter.wire.messages import Hello, Welcome
 
-from .connection import Connection
+from .connection import Connection, Greeting
 
 log = logging.getLogger("unimeter.client")
 
 
 class NodePool:
-    def __init__(self, hello: Hello, *, dial_timeout_s: float) -> None:
-        self._hello = hello
+    def __init__(
+        self,
+        hello: Hello | Callable[[], Greeting],
+        *,
+        dial_timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
+        self._hello = hello  # or a maker of a fresh two-round greeting per dial
+        self._tls = tls
         self._dial_timeout_s = dial_timeout_s
         self._connections: dict[str, Connection] = {}
         self._dials: dict[str, asyncio.Task[Connection]] = {}
@@ -97,9 +106,10 @@ class NodePool:
 
     async def _dial(self, address: str) -> Connection:
         try:
-            connection = Connection(address)
+            connection = Connection(address, self._tls)
             deadline = asyncio.get_running_loop().time() + self._dial_timeout_s
-            await connection.open(self._hello, deadline)
+            hello = self._hello
+            await connection.open(hello if isinstance(hello, Hello) else hello(), deadline)
             if self._closed:
                 await connection.close()
                 raise ClosedError("the client is closed")

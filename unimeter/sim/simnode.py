@@ -36,6 +36,7 @@ from unimeter.observe import NodeStats
 from unimeter.peer import gossip_interval_s
 from unimeter.placement import replicas_of
 from unimeter.routing import PartitionCache
+from unimeter.security.gate import Gatekeeper
 from unimeter.sim.connections import PartitionLane, SimConnection, judged
 from unimeter.sim.disk import NodeDisk, ReplicaDisk, recover
 from unimeter.sim.replica import SimReplica
@@ -101,6 +102,7 @@ class SimNode:
         self.config = SimpleNamespace(max_connections=1 << 30)
         self.peers = SimpleNamespace(peer_dialed=lambda node_id: None)
         self.stats = NodeStats()
+        self.gate = Gatekeeper(node_id)  # no tokens, no secret: every client is let in
         self.connections: dict[int, SimConnection] = {}  # by client index, this incarnation
         self._lanes: dict[int, PartitionLane] = {}
         election_ms = cluster.settings.election_timeout_ms
@@ -306,10 +308,11 @@ class SimNode:
         if not self.catalog.try_send(item, limits.mailbox_catalog_capacity):
             raise MailboxFull()
 
-    def welcome(self) -> m.Welcome:
+    def welcome(self, challenge: bytes | None = None, proof: bytes | None = None) -> m.Welcome:
         return m.Welcome(
             node_id=self.node_id, cluster_id="sim", version=m.PROTOCOL_VERSION,
             limits=announced_limits(), partitions=self.partition_count,
+            challenge=challenge, proof=proof,
         )  # fmt: skip
 
     def cluster_status(self) -> m.ClusterStatusReply:

@@ -11,6 +11,8 @@ and every replay after a restart, reaches the same state from the same log:
   ids, so no follower and no replay ever hashes an id again. The producer sequence number and
   the verdict make a retry of the same ``(producer_id, seq)`` get the same answer even after a
   restart or a leader change.
+- ``WebhookMark``: how far the partition's alerts have been delivered to their webhooks
+  (``unimeter/webhooks``), so a new leader, or a restarted node, goes on from there.
 
 A stored event's timestamp is its own, or the entry's ``stamp_us`` when it came without one
 (``NO_TIMESTAMP``). Stored events get consecutive offsets in part order, then batch order.
@@ -146,4 +148,13 @@ class BatchEntry:
             yield from part.stored_events(self.stamp_us)
 
 
-Entry = SchemaEntry | BatchEntry
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookMark:
+    """Every alert with a cursor below ``next_cursor`` was delivered to its webhook (or had
+    none). A leader logs one after deliveries succeed; a mark below the current one changes
+    nothing."""
+
+    next_cursor: int
+
+
+Entry = SchemaEntry | BatchEntry | WebhookMark

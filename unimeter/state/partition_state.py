@@ -30,7 +30,7 @@ from unimeter.state import apply_batch, reads
 from unimeter.state.aggregates import Tables
 from unimeter.state.alerts import AlertLog
 from unimeter.state.dedup import SEEN, EventIdIndex, ProducerTable, Seen
-from unimeter.state.entries import Entry, LiveMetric, SchemaEntry
+from unimeter.state.entries import Entry, LiveMetric, SchemaEntry, WebhookMark
 from unimeter.state.events import CHUNK_EVENTS, EventStore
 from unimeter.state.hashing import code_key, event_id_key
 from unimeter.state.instances import Instance, shape_of
@@ -86,6 +86,7 @@ class PartitionState:
         self.ids = EventIdIndex()
         self.producers = ProducerTable()
         self.alerts = AlertLog()
+        self.webhook_next = 0  # alerts below this cursor are delivered (``WebhookMark``)
 
     # ----------------------------------------------------------------------- apply
 
@@ -93,6 +94,9 @@ class PartitionState:
         assert index == self.applied_index + 1, (index, self.applied_index)
         if isinstance(entry, SchemaEntry):
             self._apply_schema(entry)
+            result = _NOTHING
+        elif isinstance(entry, WebhookMark):
+            self.webhook_next = max(self.webhook_next, entry.next_cursor)
             result = _NOTHING
         else:
             result = apply_batch.apply(self, index, entry)

@@ -4,6 +4,7 @@ Each entry is one CBOR array whose first item says what it is:
 
     [1, catalog_version, [[generation, schema], ...]]                 SchemaEntry
     [3, stamp_us, [part, ...]]                                        BatchEntry
+    [4, next_cursor]                                                  WebhookMark
         part = [producer_id, seq, batch, n_duplicates, [[index, reason], ...],
                 dropped, id_hashes]
 
@@ -27,7 +28,15 @@ import numpy as np
 from cbor2 import CBORTag
 
 from unimeter.model import MetricSchema
-from unimeter.state.entries import Array, BatchEntry, BatchPart, Entry, LiveMetric, SchemaEntry
+from unimeter.state.entries import (
+    Array,
+    BatchEntry,
+    BatchPart,
+    Entry,
+    LiveMetric,
+    SchemaEntry,
+    WebhookMark,
+)
 from unimeter.wire.batch import (
     TAG_UINT32_LE,
     TAG_UINT64_LE,
@@ -41,6 +50,7 @@ from unimeter.wire.frames import decode_item, encode_item
 SCHEMA_ENTRY = 1
 OLD_BATCH_ENTRY = 2
 BATCH_ENTRY = 3
+WEBHOOK_MARK = 4
 
 
 class RecordError(Exception):
@@ -81,6 +91,8 @@ def encode_entry(entry: Entry) -> bytes:
                 [[lm.generation, lm.schema.to_wire()] for lm in entry.metrics],
             ]
         )
+    if isinstance(entry, WebhookMark):
+        return encode_item([WEBHOOK_MARK, entry.next_cursor])
     raise TypeError(f"not a log entry: {entry!r}")
 
 
@@ -167,9 +179,13 @@ def decode_entry(data: bytes) -> Entry:
         return BatchEntry(stamp_us=item[1], parts=parts)
     if item[0] == SCHEMA_ENTRY:
         return _schema_entry(item)
+    if item[0] == WEBHOOK_MARK:
+        if len(item) != 2:
+            raise RecordError("log record: WebhookMark: expected [4, next_cursor]")
+        return WebhookMark(next_cursor=_uint(item[1], "WebhookMark.next_cursor"))
     if item[0] == OLD_BATCH_ENTRY:
         raise RecordError(
             "log record: layout 2 (written by a version before the columnar log, protocol 1); "
-            "this version reads layouts 1 and 3 only"
+            "this version reads layouts 1, 3 and 4 only"
         )
     raise RecordError(f"log record: unknown layout {item[0]}")

@@ -285,6 +285,7 @@ def encode(state: PartitionState) -> bytes:
             "event_ids": [blobs.add(id_keys), blobs.add(id_days)],
             "producers": state.producers.dump(),
             "alerts": _dump_alerts(state),
+            "webhook_next": state.webhook_next,
         }
         encoded = cbor2.dumps(body)
         head = _PREFIX.pack(_MAGIC, FORMAT_VERSION) + _BODY_BYTES.pack(len(encoded))
@@ -344,4 +345,6 @@ def decode(data: bytes) -> PartitionState:
         state.ids.load(_array(blobs, body["event_ids"][0]), _array(blobs, body["event_ids"][1]))
         state.producers.load(body["producers"])
         _load_alerts(state, body["alerts"])
+        # Absent from snapshots written before webhooks: nothing was delivered then.
+        state.webhook_next = body.get("webhook_next", 0)
         return state

@@ -35,9 +35,11 @@ from unimeter.wire.convert import (
     U64,
     VALUE,
     BodyError,
+    Conv,
     Field,
     MapSpec,
     array_of,
+    describe,
     keyed_pairs,
     optional,
     pair,
@@ -46,6 +48,19 @@ from unimeter.wire.convert import (
 )
 
 # --------------------------------------------------------------------------- nested records
+
+
+def _exact_bytes(size: int) -> Conv:
+    def decode(obj: Any, path: str) -> bytes:
+        if type(obj) is not bytes or len(obj) != size:
+            raise BodyError(f"{path}: expected a byte string of {size} bytes, got {describe(obj)}")
+        return obj
+
+    return Conv(lambda value: value, decode)
+
+
+NONCE = _exact_bytes(32)  # the cluster secret handshake (unimeter/security/cluster_secret.py)
+PROOF = _exact_bytes(32)  # HMAC-SHA256
 
 AGG_VALUE = record(
     AggValue,
@@ -130,6 +145,9 @@ REQUESTS: dict[type[Any], MapSpec] = {
             Field("client_name", "n", SHORT_TEXT),
             Field("token", "t", SHORT_TEXT, None),
             Field("peer_node_id", "pn", U64, None),
+            Field("member_id", "mi", U64, None),
+            Field("nonce", "nn", NONCE, None),
+            Field("proof", "pf", PROOF, None),
         ),
         MapSpec(m.GetPartitionMap),
         MapSpec(m.MetricCreate, Field("schema", "s", SCHEMA)),
@@ -218,6 +236,8 @@ REPLIES: dict[type[Any], MapSpec] = {
             Field("version", "v", U32),
             Field("limits", "lim", string_map(TEXT, I64)),
             Field("partitions", "np", PARTITIONS),
+            Field("challenge", "ch", NONCE, None),
+            Field("proof", "pf", PROOF, None),
         ),
         MapSpec(
             m.PartitionMap,

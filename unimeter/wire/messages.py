@@ -67,6 +67,11 @@ class Hello:
     client_name: str
     token: str | None = None
     peer_node_id: int | None = None  # set by a cluster peer, not by clients
+    # The cluster secret handshake (docs/security.md): a node's own client (not a peer link)
+    # names itself here; ``nonce`` asks for a challenge, ``proof`` answers it.
+    member_id: int | None = None
+    nonce: bytes | None = None
+    proof: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -234,6 +239,8 @@ class Welcome:
     version: int
     limits: dict[str, int]
     partitions: int
+    challenge: bytes | None = None  # the server's nonce, answering a member's HELLO nonce
+    proof: bytes | None = None  # the server's proof of the cluster secret
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,6 +31,7 @@ from unimeter.errors import BackpressureError, InvalidRequestError, Status, Unim
 from unimeter.json_model import alert_record_json
 from unimeter.model import AlertRecord
 from unimeter.routing import partition_of
+from unimeter.wire.messages import Hello
 
 from . import params
 from .problems import TITLES
@@ -59,8 +60,13 @@ class AlertStreams:
 
                 own = self.node.advertised()
                 others = [a for a in self.node.addresses.values() if a != own]
+                name = f"unimeter-http-alerts/{self.node.node_id}"
+                hello = self.node.own_client_hello(name)
                 client = AsyncClient(
-                    [own, *others], client_name=f"unimeter-http-alerts/{self.node.node_id}"
+                    [own, *others],
+                    client_name=name,
+                    tls=self.node.dial_tls,
+                    _greeting=None if isinstance(hello, Hello) else hello,
                 )
                 await client.connect()
                 self._client = client

@@ -63,10 +63,9 @@ class Dispatcher:
         self.node = node
         self.timeout_s = timeout_s
         self.session = Session()
-        hello = m.Hello(
-            version=m.PROTOCOL_VERSION, client_name=f"unimeter-http-forward/{node.node_id}"
-        )
-        self._pool = NodePool(hello, dial_timeout_s=timeout_s)
+        # Forwarded requests were authorised here; other nodes accept them as a member's.
+        hello = node.own_client_hello(f"unimeter-http-forward/{node.node_id}")
+        self._pool = NodePool(hello, dial_timeout_s=timeout_s, tls=node.dial_tls)
         self._hints: dict[int, str] = {}  # target -> leader address a NOT_LEADER named
         self._rng = random.Random()  # backoff jitter only
 

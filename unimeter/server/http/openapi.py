@@ -33,8 +33,9 @@ _METRIC = _param("metric", "the metric code (also accepted as metric_code)", req
 def _ok(description: str, schema: Schema, status: str = "200") -> dict[str, Any]:
     errors = {
         code: {"$ref": f"#/components/responses/{name}"}
-        for code, name in (("400", "Invalid"), ("404", "NotFound"), ("429", "Busy"),
-                           ("503", "Unavailable"), ("504", "Timeout"))
+        for code, name in (("400", "Invalid"), ("401", "Unauthorized"), ("403", "Forbidden"),
+                           ("404", "NotFound"), ("429", "Busy"), ("503", "Unavailable"),
+                           ("504", "Timeout"))
     }  # fmt: skip
     return {status: {"description": description, "content": {_JSON: {"schema": schema}}}, **errors}
 
@@ -252,7 +253,12 @@ _PATHS: dict[str, Any] = {
         )
     },
     "/v1/openapi.json": {
-        "get": _op("This document", "getOpenApi", {"200": {"description": "OpenAPI 3.1 (JSON)"}})
+        "get": _op(
+            "This document",
+            "getOpenApi",
+            {"200": {"description": "OpenAPI 3.1 (JSON)"}},
+            security=[],
+        )
     },
     "/health": {
         "get": _op(
@@ -265,6 +271,7 @@ _PATHS: dict[str, Any] = {
                 },
                 "503": {"$ref": "#/components/responses/Unavailable"},
             },
+            security=[],
         )
     },
     "/metrics": {
@@ -298,7 +305,18 @@ def openapi_document() -> dict[str, Any]:
             "is the binary protocol's status name.",
         },
         "paths": _PATHS,
+        # Only on a node started with --auth-tokens; /health and this document never need it.
+        "security": [{"bearer": []}],
         "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "an API token (unimeter token new) when the node requires "
+                    "them: ingest for POST /v1/events, admin for changing metrics, read for "
+                    "the rest; 401 without a valid token, 403 when the role does not allow it",
+                }
+            },
             "schemas": SCHEMAS,
             "responses": {
                 "Invalid": _problem("INVALID_REQUEST: the detail names the problem"),
@@ -307,6 +325,8 @@ def openapi_document() -> dict[str, Any]:
                 "Busy": _problem("BACKPRESSURE: retry after the Retry-After seconds"),
                 "Unavailable": _problem("UNAVAILABLE or NOT_LEADER: retry shortly"),
                 "Timeout": _problem("TIMEOUT: the deadline passed; the outcome is unknown"),
+                "Unauthorized": _problem("AUTH: no valid API token (WWW-Authenticate: Bearer)"),
+                "Forbidden": _problem("AUTH: the token's role does not allow this request"),
             },
         },
     }

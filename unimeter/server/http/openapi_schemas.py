@@ -189,6 +189,13 @@ SCHEMAS: dict[str, Schema] = {
                         "code": _CODE,
                         "value": _I64,
                         "recurring": {"type": "boolean", "default": False},
+                        "webhook": {
+                            "type": "string",
+                            "format": "uri",
+                            "maxLength": limits.webhook_url_bytes_max,
+                            "description": "every alert of this threshold is also POSTed "
+                            "here, at least once, signed (docs/security.md)",
+                        },
                     },
                 },
             },

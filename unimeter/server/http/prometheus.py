@@ -57,6 +57,8 @@ class NodeCollector(Collector):
         yield from self._requests()
         yield from self._replicas()
         yield from self._storage()
+        yield from self._auth()
+        yield from self._webhooks()
 
     def _node(self) -> Iterator[Metric]:
         node = self.node
@@ -196,6 +198,69 @@ class NodeCollector(Collector):
         for actor, seconds in sorted(node.stats.recovery_seconds.items()):
             recovery.add_metric([actor], seconds)
         yield recovery
+
+    def _webhooks(self) -> Iterator[Metric]:
+        sender = self.node.webhooks
+        if sender is None:
+            return
+        yield CounterMetricFamily(
+            "unimeter_webhook_deliveries", "Alert webhook POSTs a receiver answered 2xx.",
+            sender.delivered,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "unimeter_webhook_failures",
+            "Alert webhook POSTs that failed (refused, timed out, not 2xx, or unsigned) and "
+            "will be retried.",
+            sender.failed,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_webhook_pending",
+            "Alerts this node (as leader) has taken for delivery and not delivered yet.",
+            sender.pending(),
+        )
+        mark = GaugeMetricFamily(
+            "unimeter_webhook_mark",
+            "Per partition replica: alerts below this cursor are delivered (logged progress).",
+            labels=["partition"],
+        )
+        cursor = GaugeMetricFamily(
+            "unimeter_alert_next_cursor",
+            "Per partition replica: the cursor the next alert will get (the backlog of "
+            "webhooks is this minus unimeter_webhook_mark, for thresholds that name one).",
+            labels=["partition"],
+        )
+        for p, runtime in sorted(self.node.partitions.items()):
+            state = runtime.core.state
+            mark.add_metric([str(p)], state.webhook_next)
+            cursor.add_metric([str(p)], state.alerts.next_cursor)
+        yield mark
+        yield cursor
+
+    def _auth(self) -> Iterator[Metric]:
+        node = self.node
+        refused = CounterMetricFamily(
+            "unimeter_auth_refusals",
+            "Requests and greetings refused for a missing, unknown or revoked token, a role "
+            "that does not allow the request, or a peer without the cluster secret.",
+            labels=["protocol", "reason"],
+        )
+        for (protocol, reason), count in sorted(node.gate.refusals.items()):
+            refused.add_metric([protocol, reason], count)
+        yield refused
+        yield CounterMetricFamily(
+            "unimeter_auth_token_reloads",
+            "Times the token file was read again (SIGHUP) and put in force.",
+            node.gate.generation,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_auth_tokens",
+            "Tokens in force (0 and unimeter_auth_required 0: the node requires none).",
+            len(node.gate.tokens) if node.gate.tokens is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "unimeter_auth_required", "1 when every request needs an API token.",
+            int(node.gate.tokens_required),
+        )  # fmt: skip
 
 
 def registry_for(node: Node, streams: AlertStreams | None) -> CollectorRegistry:

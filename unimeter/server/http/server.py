@@ -15,6 +15,7 @@ socket and the forwarding connections.
 from __future__ import annotations
 
 import logging
+import ssl
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -27,6 +28,7 @@ from unimeter.errors import Status, UnavailableError, UnimeterError
 from . import problems
 from .alert_stream import AlertStreams
 from .api import Api, json_response
+from .auth import UNMATCHED, authorise
 from .dispatch import Dispatcher
 from .openapi import openapi_document
 from .prometheus import CONTENT_TYPE, registry_for, render
@@ -65,13 +67,16 @@ class HttpServer:
         app.on_shutdown.append(self._end_streams)
         return app
 
-    async def start(self, host: str, port: int) -> None:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> None:
         runner = web.AppRunner(
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_S
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, reuse_address=True, backlog=1024).start()
+            site = web.TCPSite(
+                runner, host, port, reuse_address=True, backlog=1024, ssl_context=tls
+            )
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise
@@ -92,9 +97,10 @@ class HttpServer:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         started = perf_counter()
-        name = request.match_info.route.name or "unmatched"
+        name = request.match_info.route.name or UNMATCHED
         try:
-            response = await handler(request)
+            refusal = authorise(self.node.gate, request, name)
+            response = refusal if refusal is not None else await handler(request)
         except UnimeterError as exc:
             response = problems.from_error(exc)
         except web.HTTPException as exc:
