@@ -12,6 +12,7 @@ rule, one test per rule, are in tests/test_partition_state_rules.py.
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -353,7 +354,7 @@ class PartitionMachine(RuleBasedStateMachine):
 
 
 PartitionMachine.TestCase.settings = settings(
-    max_examples=60,
+    max_examples=int(os.environ.get("UNIMETER_STATE_EXAMPLES", "60")),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
