@@ -97,14 +97,26 @@ class RowCache:
         flat = np.where(hit, cols * width + slots, 0)
         return np.where(hit, rows.reshape(-1)[flat], -1)
 
-    def put(self, mids: Array, tables: Array, slots: Array, rows: Array) -> None:
-        """Remember these rows (the last table seen for an instance replaces its column)."""
+    def put(
+        self, mids: Array, tables: Array, slots: Array, rows: Array, current: dict[int, int] | None
+    ) -> None:
+        """Remember these rows (the last table seen for an instance replaces its column);
+        ``current`` as in ``get``."""
         needed_cols = max(len(self._table_of_col), int(mids.max()) + 1)
         needed_slots = int(slots.max()) + 1
         if needed_cols * max(needed_slots, self._rows.shape[1]) * 4 > _CACHE_BYTES_MAX:
             return
         self._grow(needed_cols, needed_slots)
-        for mid in np.unique(mids).tolist():
+        distinct = np.unique(mids).tolist()
+        if current is not None:  # one table per instance: one scatter does it
+            for mid in distinct:
+                table = current[mid]
+                if self._table_of_col[mid] != table:
+                    self._table_of_col[mid] = table
+                    self._rows[mid, :] = -1
+            self._rows[mids, slots] = rows
+            return
+        for mid in distinct:
             mine = mids == mid
             table = int(tables[mine][-1])
             if self._table_of_col[mid] != table:
@@ -229,17 +241,19 @@ class Tables:
     def slots(self, accounts: Array) -> Array:
         """Each account's slot, numbering new accounts as they come."""
         dense = self._dense_for(int(accounts.max())) if len(accounts) else None
-        found = dense[accounts] if dense is not None else self.accounts.get(accounts)
+        # Every id is below the dense table's length then, so its int64 view is the id (and
+        # indexes without a conversion of the column).
+        found = dense[accounts.view(I64)] if dense is not None else self.accounts.get(accounts)
         missing = found == MISSING
         if missing.any():
-            fresh = np.unique(accounts[missing])
+            fresh, inverse = np.unique(accounts[missing], return_inverse=True)
             first = len(self.slot_accounts)
             numbers = np.arange(first, first + len(fresh), dtype=I64)
             self.accounts.add(fresh, numbers)
             self.slot_accounts = np.concatenate([self.slot_accounts, fresh])
             small = fresh < len(self.dense_slots)
             self.dense_slots[fresh[small]] = numbers[small]
-            found[missing] = self.accounts.get(accounts[missing])
+            found[missing] = numbers[inverse]
         return found
 
     def _dense_for(self, top: int) -> Array | None:
@@ -273,17 +287,30 @@ class Tables:
             return None
         return (keys & np.uint64(0xFFFF)).astype(I64), rows
 
-    def _rows_for(self, index: KeyIndex, keys: Array, level_of: Any) -> Array:
-        """The row of each key, making rows for missing keys; ``level_of(positions)`` gives
-        the first threshold level of the new rows made for the keys at those positions."""
-        found = index.get(keys)
+    def _rows_for(self, index: KeyIndex, keys: Array, levels: Array | int) -> Array:
+        """The row of each key, making rows for missing keys, numbered in key order.
+        ``levels`` is the first threshold level of a new row, per key (every occurrence of a
+        key has the same one) or for all of them.
+
+        The keys are sorted once, up front: the index is searched with the distinct keys in
+        order (a sorted probe walks the index's memory once instead of jumping about it),
+        the new keys go in already sorted, and every key's row is a gather from the distinct
+        keys' rows."""
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        found = index.get(distinct)
         missing = found == MISSING
         if missing.any():
-            fresh, first = np.unique(keys[missing], return_index=True)
-            ids = self.rows.allocate(len(fresh), level_of(np.flatnonzero(missing)[first]))
+            fresh = distinct[missing]
+            if isinstance(levels, int):
+                first_levels: Array | int = levels
+            else:
+                by_key = np.empty(len(distinct), I64)
+                by_key[inverse] = levels
+                first_levels = by_key[missing]
+            ids = self.rows.allocate(len(fresh), first_levels)
             index.add(fresh, ids)
-            found[missing] = index.get(keys[missing])
-        return found
+            found[missing] = ids
+        return found[inverse]
 
     def total_rows(
         self,
@@ -299,14 +326,14 @@ class Tables:
         if missing.any():
             at = np.flatnonzero(missing)
             keys = slots[at].astype(U64) << _S32 | tables[at].astype(U64)
-            rows = self._rows_for(self.totals, keys, lambda k: level_of_mid[mids[at[k]]])
+            rows = self._rows_for(self.totals, keys, level_of_mid[mids[at]])
             found[at] = rows
-            self.cache.put(mids[at], tables[at], slots[at], rows)
+            self.cache.put(mids[at], tables[at], slots[at], rows, current)
         return found
 
     def cell_rows_for(self, totals: Array, cells: Array) -> Array:
         keys = totals.astype(U64) << _S16 | cells.astype(U64)
-        return self._rows_for(self.cells, keys, lambda at: INT64_MAX)
+        return self._rows_for(self.cells, keys, INT64_MAX)
 
     def cell_rows_of(self, mid: int, tables: Array, slots: Array, totals: Array,
                      cells: Array) -> Array:  # fmt: skip

@@ -79,9 +79,7 @@ def _part(
     cols["mid"] = mids
     cols["account"] = pick(b.account_ids)
     cols["value"] = pick(b.values)
-    if b.timestamps is None:
-        cols["ts"] = np.full(len(mids), stamp_us, I64)
-    else:
+    if b.timestamps is not None:  # else ``gather`` fills in the entry's stamp
         stamps = pick(b.timestamps)
         cols["ts"] = np.where(stamps == NO_TIMESTAMP, np.int64(stamp_us), stamps)
     if b.operation_types is not None:
@@ -125,22 +123,29 @@ def gather(
     hashes = [p.id_hashes for p in entry.parts if p.id_hashes is not None and len(p.id_hashes)]
     all_hashes = None if not hashes else hashes[0] if len(hashes) == 1 else np.concatenate(hashes)
     stamp = entry.stamp_us if all(p.batch.timestamps is None for p in entry.parts) else None
+    lengths = [len(p[0]["mid"]) for p in parts]  # type: ignore[arg-type]
     if len(parts) == 1:
+        if parts[0][0]["ts"] is None:
+            parts[0][0]["ts"] = np.full(lengths[0], entry.stamp_us, I64)
         single = Gathered(parts[0][0], parts[0][1], all_hashes, stamp)
         single.mids = named
         return single
     cols: dict[str, Array | None] = {}
-    lengths = [len(p[0]["mid"]) for p in parts]  # type: ignore[arg-type]
     id_base = 0
     id_bufs: list[bytes] = []
     for name in NAMES:
+        if name == "ts" and stamp is not None:  # one column of the stamp, not one per part
+            cols[name] = np.full(sum(lengths), stamp, I64)
+            continue
         columns = [p[0][name] for p in parts]
         if all(c is None for c in columns):
             cols[name] = None
             continue
         filled: list[Array] = []
         for (part_cols, data), column, length in zip(parts, columns, lengths, strict=True):
-            if column is None:
+            if column is None and name == "ts":  # a part without timestamps, among others
+                column = np.full(length, entry.stamp_us, I64)
+            elif column is None:
                 dtype = next(c.dtype for c in columns if c is not None)
                 column = np.zeros(length, dtype)
             elif name == "id_start":

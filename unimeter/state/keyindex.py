@@ -30,6 +30,17 @@ def _find(keys: Array, vals: Array, query: Array) -> Array:
     return np.where(keys[pos] == query, vals[pos], MISSING)
 
 
+def _merged(keys: Array, vals: Array, more_keys: Array, more_vals: Array) -> tuple[Array, Array]:
+    """Two sorted runs of distinct keys (and their values) as one, in new arrays. A stable
+    sort of the two runs laid end to end is a merge (numpy's timsort finds the runs), and
+    faster than ``np.insert``, which sorts the insertion places again for each array."""
+    if not len(keys):
+        return np.array(more_keys, U64), np.array(more_vals, I64)
+    both = np.concatenate([keys, more_keys])
+    order = np.argsort(both, kind="stable")
+    return both[order], np.concatenate([vals, more_vals])[order]
+
+
 class KeyIndex:
     __slots__ = ("_delta_keys", "_delta_vals", "_keys", "_vals")
 
@@ -73,19 +84,21 @@ class KeyIndex:
         """Add ``keys`` (uint64, distinct, none present yet) with their values."""
         if not len(keys):
             return
-        order = np.argsort(keys, kind="stable")
-        keys = keys[order]
-        vals = vals.astype(I64, copy=False)[order]
-        at = np.searchsorted(self._delta_keys, keys)
-        self._delta_keys = np.insert(self._delta_keys, at, keys)
-        self._delta_vals = np.insert(self._delta_vals, at, vals)
-        if len(self._delta_keys) > max(_DELTA_MIN, len(self._keys) >> 4):
-            self._merge()
+        vals = vals.astype(I64, copy=False)
+        if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():  # callers mostly pass them sorted
+            order = np.argsort(keys, kind="stable")
+            keys, vals = keys[order], vals[order]
+        if len(self._delta_keys):
+            keys, vals = _merged(self._delta_keys, self._delta_vals, keys, vals)
+        if len(keys) > max(_DELTA_MIN, len(self._keys) >> 4):
+            self._keys, self._vals = _merged(self._keys, self._vals, keys, vals)
+            self._delta_keys = np.zeros(0, U64)
+            self._delta_vals = np.zeros(0, I64)
+        else:
+            self._delta_keys, self._delta_vals = np.array(keys, U64), np.array(vals, I64)
 
     def _merge(self) -> None:
-        at = np.searchsorted(self._keys, self._delta_keys)
-        self._keys = np.insert(self._keys, at, self._delta_keys)
-        self._vals = np.insert(self._vals, at, self._delta_vals)
+        self._keys, self._vals = _merged(self._keys, self._vals, self._delta_keys, self._delta_vals)
         self._delta_keys = np.zeros(0, U64)
         self._delta_vals = np.zeros(0, I64)
 

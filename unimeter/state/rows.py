@@ -19,7 +19,9 @@ batch whatever the number of rows it touches. A row holds:
                            it are ever looked at one by one
 
 A row with no events yet has count 0 and the sentinels below. Rows are never moved while the
-state lives; retention frees them and ``compact`` renumbers the survivors.
+state lives; retention frees them and ``compact`` renumbers the survivors. Only rows below
+``size`` are ever read; ``allocate`` writes a new row's starting values (the capacity beyond
+``size`` is zero in the columns that start at zero, and undefined in the others).
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ _FILL = {
     "last_val": 0,
     "next_level": INT64_MAX,
 }
+
+_ZERO = frozenset(name for name in COLUMNS if _FILL[name] == 0)
+_NONZERO = tuple(name for name in COLUMNS if _FILL[name] != 0 and name != "next_level")
 
 
 def exact_sum(values: Array) -> int:
@@ -100,9 +105,15 @@ class RowStore:
         need = first + k
         capacity = len(self.cols["count"])
         if need > capacity:
+            # Columns that start at zero grow as fresh zero pages, which the kernel maps only
+            # when a row is written; the others are filled below, row range by row range, so
+            # no page of the unused capacity is touched (a page fault each costs more than
+            # the copy).
             new_capacity = max(need, capacity * 2)
             for name, col in self.cols.items():
-                grown = np.full(new_capacity, _FILL[name], I64)
+                grown = (
+                    np.zeros(new_capacity, I64) if name in _ZERO else np.empty(new_capacity, I64)
+                )
                 grown[:first] = col[:first]
                 self.cols[name] = grown
             flags = np.zeros(new_capacity, np.uint8)
@@ -110,7 +121,10 @@ class RowStore:
             self.has_cells = flags
         self.size = need
         ids = np.arange(first, need, dtype=I64)
-        self.cols["next_level"][first:need] = next_level
+        cols = self.cols
+        for name in _NONZERO:
+            cols[name][first:need] = _FILL[name]
+        cols["next_level"][first:need] = next_level
         return ids
 
     # ------------------------------------------------------------------ batch updates
