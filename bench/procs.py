@@ -199,6 +199,13 @@ def recovery_seconds(child: Child) -> float | None:
     return float(found[-1]) if found else None
 
 
+def listening_seconds(child: Child) -> float | None:
+    """The node's own ``listening_s`` (from the start of recovery until its port accepted)
+    from its last ``event=serving`` log line."""
+    found = re.findall(r"event=serving .*?listening_s=([0-9.]+)", child.tail(200_000))
+    return float(found[-1]) if found else None
+
+
 # --------------------------------------------------------------------------- in a fresh process
 
 

@@ -232,6 +232,7 @@ class Node:
             sock=listener,
             ssl=self.tls.server if self.tls is not None else None,
         )
+        listening_s = time.monotonic() - started
         # Peers can reach the node now (its replicas rejoin their groups); clients are told
         # UNAVAILABLE (retriable) until the catalog has caught up.
         await self._catch_up_catalog()
@@ -240,9 +241,9 @@ class Node:
         self.stats.recovery_seconds["node"] = recovery_s
         log.info(
             "event=serving node=%d listen=%s:%d http=%s members=%s partitions=%d hosted=%d "
-            "data_dir=%s recovery_s=%.3f",
+            "data_dir=%s listening_s=%.3f recovery_s=%.3f",
             self.node_id, host, port, http, list(self.members), self.partition_count,
-            len(self.partitions), self.data_dir, recovery_s,
+            len(self.partitions), self.data_dir, listening_s, recovery_s,
         )  # fmt: skip
 
     def _check_exposure(self) -> None:
