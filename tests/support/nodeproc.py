@@ -78,6 +78,7 @@ class NodeProcess:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child for its lifetime
+        log_start = log.tell()  # this run's lines start here (the log is kept across restarts)
         cmd = [
             sys.executable,
             "-m",
@@ -107,17 +108,25 @@ class NodeProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"node exited with {self.proc.returncode}:\n{self.log()}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", ports[0]), timeout=0.2),
-            ):
-                ports.pop(0)
-                if not ports:
-                    return self
-                continue
+            if ports:
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", ports[0]), timeout=0.2),
+                ):
+                    ports.pop(0)
+                    continue
+            elif self._serving_since(log_start):
+                return self
             time.sleep(0.02)
         self.kill()
-        raise RuntimeError(f"node did not listen within {timeout_s}s:\n{self.log()}")
+        raise RuntimeError(f"node did not serve within {timeout_s}s:\n{self.log()}")
+
+    def _serving_since(self, offset: int) -> bool:
+        """Has this run logged ``event=serving``? The ports open a moment before the node
+        serves (it first lets its catalog catch up), and meanwhile it answers "starting"."""
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            return b"event=serving" in f.read()
 
     def _http_args(self) -> tuple[str, ...]:
         if "--http" in self.extra_args:
