@@ -148,12 +148,16 @@ class Progress:
         self.interval_s = interval_s
         self.started = time.monotonic()
         self._shown_at = 0.0
+        self._shown_done = -1  # the count last shown: the final line never repeats it
 
     def update(self, done: int, *, final: bool = False) -> None:
         now = time.monotonic()
         if not self.enabled or (not final and now - self._shown_at < self.interval_s):
             return
+        if final and not self.tty and done == self._shown_done:
+            return
         self._shown_at = now
+        self._shown_done = done
         elapsed = max(now - self.started, 1e-6)
         rate = done / elapsed
         left = (self.total - done) / rate if rate > 0 else 0.0
