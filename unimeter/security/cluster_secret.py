@@ -82,6 +82,21 @@ def _transcript(
     )
 
 
+def _proof(
+    label: bytes,
+    secret: bytes,
+    server_id: int,
+    member_id: int,
+    link: bool,
+    client_nonce: bytes,
+    server_nonce: bytes,
+) -> bytes:
+    """HMAC of the handshake transcript; ``label`` tells the two directions apart, so a
+    proof can never be reflected back as the other side's."""
+    body = _transcript(server_id, member_id, link, client_nonce, server_nonce)
+    return hmac.new(secret, label + body, hashlib.sha256).digest()
+
+
 def welcome_proof(
     secret: bytes,
     server_id: int,
@@ -90,8 +105,8 @@ def welcome_proof(
     client_nonce: bytes,
     server_nonce: bytes,
 ) -> bytes:
-    body = _transcript(server_id, member_id, link, client_nonce, server_nonce)
-    return hmac.new(secret, _WELCOME + body, hashlib.sha256).digest()
+    """The accepting node's proof (sent in its welcome)."""
+    return _proof(_WELCOME, secret, server_id, member_id, link, client_nonce, server_nonce)
 
 
 def hello_proof(
@@ -102,8 +117,8 @@ def hello_proof(
     client_nonce: bytes,
     server_nonce: bytes,
 ) -> bytes:
-    body = _transcript(server_id, member_id, link, client_nonce, server_nonce)
-    return hmac.new(secret, _HELLO + body, hashlib.sha256).digest()
+    """The dialling node's proof (sent in its hello)."""
+    return _proof(_HELLO, secret, server_id, member_id, link, client_nonce, server_nonce)
 
 
 class MemberGreeting:
