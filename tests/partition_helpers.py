@@ -40,15 +40,22 @@ def schema_entry(version: int, *metrics: LiveMetric) -> SchemaEntry:
 
 
 def batch_entry(
-    stamp: int, events: list[E], producer: tuple[int, int] = (0, 0), duplicates: int = 0
+    stamp: int,
+    events: list[E],
+    producer: tuple[int, int] = (0, 0),
+    duplicates: int = 0,
+    leader_stamped: bool = False,
 ) -> BatchEntry:
+    """One part of ``events``; ``leader_stamped``: the batch carries no timestamps, so every
+    event takes the entry's ``stamp`` (the events' own ``ts`` must be that stamp)."""
+    assert not leader_stamped or all(e.ts == stamp for e in events)
     codes = tuple(sorted({e.metric for e in events}))
     batch = EventBatch(
         metric_codes=codes,
         metric_index=array("B", [codes.index(e.metric) for e in events]),
         account_ids=array("Q", [e.account for e in events]),
         values=array("q", [e.value for e in events]),
-        timestamps=array("q", [e.ts for e in events]),
+        timestamps=None if leader_stamped else array("q", [e.ts for e in events]),
         operation_types=array("B", [e.op for e in events]) if any(e.op for e in events) else None,
         properties=tuple(e.props for e in events) if any(e.props for e in events) else None,
         event_ids=tuple(e.event_id for e in events) if any(e.event_id for e in events) else None,

@@ -200,6 +200,9 @@ class PartitionMachine(RuleBasedStateMachine):
         # Half the batches take the state's lean path: no properties or ids, and only metrics
         # that are neither COUNT_UNIQUE nor dimensioned.
         plain = data.draw(st.booleans())
+        # Some plain batches carry no timestamps: every event takes the entry's stamp (the
+        # fold's one-stamp path; a few events take its scalar form).
+        stamped = plain and data.draw(st.booleans())
         if plain:
             codes = [
                 c
@@ -212,7 +215,7 @@ class PartitionMachine(RuleBasedStateMachine):
             account = data.draw(st.sampled_from(ACCOUNTS))
             unique = self.model.live[code].schema.agg_type == AggType.COUNT_UNIQUE
             back = data.draw(st.integers(0, 4 * min(retention, 8)) | st.integers(0, 2))
-            ts = self.stamp - back * H + data.draw(st.integers(0, 1))
+            ts = self.stamp if stamped else self.stamp - back * H + data.draw(st.integers(0, 1))
             event_id = None if plain else data.draw(st.sampled_from([None, None, "a", "b", "c"]))
             if event_id is not None and (
                 self.model.event_id_seen(code, account, event_id)
@@ -251,7 +254,8 @@ class PartitionMachine(RuleBasedStateMachine):
         seq = data.draw(st.integers(1, 8))
         if pid and self.model.producer_outcome(pid, seq) is not None:
             pid = 0
-        self.apply(batch_entry(self.stamp, events, (pid, seq), data.draw(st.integers(0, 2))))
+        duplicates = data.draw(st.integers(0, 2))
+        self.apply(batch_entry(self.stamp, events, (pid, seq), duplicates, stamped))
 
     @rule()
     def snapshot_round_trip(self) -> None:

@@ -97,6 +97,17 @@ class RowCache:
         flat = np.where(hit, cols * width + slots, 0)
         return np.where(hit, rows.reshape(-1)[flat], -1)
 
+    def get1(self, mid: int, table: int, slot: int) -> int:
+        """One row, as ``get`` (-1 when not cached)."""
+        rows = self._rows
+        if (
+            mid < len(self._table_of_col)
+            and slot < rows.shape[1]
+            and int(self._table_of_col[mid]) == table
+        ):
+            return int(rows[mid, slot])
+        return -1
+
     def put(
         self, mids: Array, tables: Array, slots: Array, rows: Array, current: dict[int, int] | None
     ) -> None:

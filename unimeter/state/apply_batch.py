@@ -38,6 +38,8 @@ Array = npt.NDArray[Any]
 I64 = np.dtype("<i8")
 U64 = np.dtype("<u8")
 US_PER_DAY = 86_400_000_000
+# Entries of at most this many events take the scalar fold when they can (``_fold_scalar``).
+SCALAR_MAX = 8
 
 # An alert found while applying: (event position in the entry, account, code, threshold, total)
 Found = tuple[int, int, str, str, int]
@@ -133,10 +135,6 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     stamps = g.col("ts")
     present = sorted(g.mids)  # every instance the parts' code tables name (a superset)
     insts = [state.instances[mid] for mid in present]
-    table_of = np.full(present[-1] + 1, -1, I64)  # by mid, when each has one table
-    level_of = np.full(present[-1] + 1, INT64_MAX, I64)  # a new row's first level, by mid
-    for inst in insts:
-        level_of[inst.mid] = inst.first_level(None)
     tabs = state.tables
     simple = (
         g.stamp is not None
@@ -144,6 +142,12 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
         and g.cols["cell"] is None
         and not len(tabs.cells)
     )
+    if simple and n <= SCALAR_MAX and _fold_scalar(state, g, g.stamp, first):  # type: ignore[arg-type]
+        return []
+    table_of = np.full(present[-1] + 1, -1, I64)  # by mid, when each has one table
+    level_of = np.full(present[-1] + 1, INT64_MAX, I64)  # a new row's first level, by mid
+    for inst in insts:
+        level_of[inst.mid] = inst.first_level(None)
     # Events ordered by instance (stable, so each instance's are in log order) make every
     # per-instance step work on a slice; a plain leader-stamped batch needs no order at all.
     order = None
@@ -204,6 +208,55 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     if candidates:
         _replay_numeric(state, ev, candidates, found)
     return found
+
+
+def _fold_scalar(state: PartitionState, g: Gathered, stamp: int, first: int) -> bool:
+    """The simple fold (one stamp for all; no thresholds, COUNT_UNIQUE or cells) of a few
+    events, one event at a time: numpy's cost per call, paid some ten times per column by the
+    grouped fold, is far more than a few scalar updates (a lone request's entry holds one
+    event). A lone event makes its account slot, period table and row as the grouped fold
+    would; of several events, one that needs any of them sends the whole entry to the grouped
+    fold (False, nothing changed), which numbers what it makes in key order. Either way both
+    folds leave the same state byte for byte (``tests/test_apply_scalar.py``)."""
+    mids = g.col("mid").tolist()
+    if g.mids.difference(mids):
+        return False  # a code without a stored event: the grouped fold still finds its table
+    tabs = state.tables
+    instances = state.instances
+    targets: list[int] = []
+    for mid, account in zip(mids, g.col("account").tolist(), strict=True):
+        inst = instances[mid]
+        row = MISSING
+        if inst.table >= 0 and inst.ps <= stamp < inst.pe:
+            slot = tabs.slot_of(account)
+            if slot != MISSING:
+                row = tabs.cache.get1(mid, inst.table, slot)
+                if row == MISSING:
+                    row = tabs.total_row(slot, inst.table)
+        if row == MISSING:
+            if g.n > 1:
+                return False
+            row = _make_row(state, inst, account, stamp)
+            if row == MISSING:  # the period expired on arrival: stored, not counted
+                return True
+        targets.append(row)
+    add_one = tabs.rows.add_one
+    for offset, (row, value) in enumerate(zip(targets, g.col("value").tolist(), strict=True)):
+        add_one(row, value, stamp, first + offset)
+    return True
+
+
+def _make_row(state: PartitionState, inst: Instance, account: int, stamp: int) -> int:
+    """The row of one event, making its table, slot and row as the grouped fold does."""
+    table = int(_tables_of(state, inst, np.array([stamp], I64))[0])
+    if table < 0:
+        return MISSING
+    tabs = state.tables
+    slots = tabs.slots(np.array([account], U64))
+    mids = np.array([inst.mid], I64)
+    levels = np.full(inst.mid + 1, inst.first_level(None), I64)
+    rows = tabs.total_rows(slots, np.array([table], I64), mids, levels, {inst.mid: table})
+    return int(rows[0])
 
 
 def _slices(mids: Array, present: list[int]) -> dict[int, slice]:

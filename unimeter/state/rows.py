@@ -178,6 +178,28 @@ class RowStore:
             self.settle(np.arange(self.size))
             self.since_settle = 0
 
+    def add_one(self, row: int, value: int, stamp: int, offset: int) -> None:
+        """``accumulate`` of one event (offset above every offset the row holds)."""
+        cols = self.cols
+        cols["count"][row] += 1
+        if 0 <= value <= 0xFFFFFFFF:
+            cols["sum_lo"][row] += value
+        else:
+            cols["sum_lo"][row] += value & 0xFFFFFFFF
+            cols["sum_hi"][row] += value >> 32
+        if value > cols["max"][row]:
+            cols["max"][row] = value
+        if stamp >= cols["last_ts"][row]:  # ties go to the later offset: this one
+            cols["last_ts"][row] = stamp
+            cols["last_off"][row] = offset
+            cols["last_val"][row] = value
+            if stamp > self.newest_ts:
+                self.newest_ts = stamp
+        self.since_settle += 1
+        if self.since_settle >= _SETTLE_EVENTS:
+            self.settle(np.arange(self.size))
+            self.since_settle = 0
+
     def _latest(self, rows: Array, values: Array, stamps: Array, offsets: Array) -> None:
         """Per row, the batch's latest event replaces the stored one unless that is later."""
         n = len(rows)
