@@ -203,6 +203,18 @@ async def test_misrouted_ingest_and_unknown_partition_are_refused(node: NodeProc
     )
     assert frame.status == errors.Status.INVALID_REQUEST
     assert f"account {account} lives in partition" in str(frame.message)
+    # Larger batches are checked as one array expression: the same verdict.
+    large = m.EventBatch(
+        metric_codes=("api_calls",),
+        metric_index=array("B", [0] * 12),
+        account_ids=array("Q", [right] * 11 + [account]),
+        values=array("q", [1] * 12),
+    )
+    frame = await conn.call(
+        m.Ingest(partition=wrong, producer_id=1, seq=4, sync=True, catalog_version=0, batch=large)
+    )
+    assert frame.status == errors.Status.INVALID_REQUEST
+    assert f"account {account} lives in partition" in str(frame.message)
     conn.close()
     async with AsyncClient([node.address]) as client:
         usage = await client.query(account, "api_calls", current_month())

@@ -22,6 +22,8 @@ class RaftLog:
         if tail:
             self._check_sequence(tail, self._snap_index, self._snap_term)
         self._entries = tail
+        # ``_snap_index + len(_entries)``, kept as a field: the core reads it after every input.
+        self.last_index = self._snap_index + len(tail)
 
     @staticmethod
     def _check_sequence(entries: Sequence[LogEntry], prev_index: int, prev_term: int) -> None:
@@ -46,10 +48,6 @@ class RaftLog:
     def first_index(self) -> int:
         """The first index still held in memory (may be ``last_index + 1`` if none is)."""
         return self._snap_index + 1
-
-    @property
-    def last_index(self) -> int:
-        return self._snap_index + len(self._entries)
 
     @property
     def last_term(self) -> int:
@@ -123,6 +121,7 @@ class RaftLog:
         assert entry.index == self.last_index + 1, (entry.index, self.last_index)
         assert entry.term >= self.last_term, (entry.term, self.last_term)
         self._entries.append(entry)
+        self.last_index = entry.index
 
     def truncate_and_append(self, entries: Sequence[LogEntry]) -> None:
         """Replace everything from ``entries[0].index`` on with ``entries``."""
@@ -134,6 +133,7 @@ class RaftLog:
         self._check_sequence(entries, first - 1, prev_term)
         del self._entries[first - self._snap_index - 1 :]
         self._entries.extend(entries)
+        self.last_index = entries[-1].index
 
     def compact(self, index: int) -> None:
         """Drop entries up to ``index`` (which a snapshot now holds) from memory."""
@@ -147,3 +147,4 @@ class RaftLog:
         """Replace the whole log with a snapshot that does not match it."""
         self._entries = []
         self._snap_index, self._snap_term = meta.index, meta.term
+        self.last_index = meta.index
