@@ -15,6 +15,7 @@ Times are integer microseconds for the cores and float seconds for Raft.
 from __future__ import annotations
 
 import abc
+import math
 import random
 from dataclasses import dataclass
 
@@ -25,6 +26,10 @@ from unimeter.consensus.raft import RaftCore
 from unimeter.consensus.ready import SoftState
 from unimeter.errors import Status
 from unimeter.wire import messages as m
+
+# ``next_deadline_us`` when no timer is due: far enough to never fire, small enough for any
+# clock arithmetic.
+NEVER_US = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,10 @@ class ReplicatedCore(abc.ABC):
         return True
 
     def next_deadline_us(self) -> int:
-        return int(self.raft.next_deadline() * 1_000_000) + 1
+        due = self.raft.next_deadline()
+        if due == math.inf:  # no timer is due (a lone member leading)
+            return NEVER_US
+        return int(due * 1_000_000) + 1
 
     def drain(self, now_us: int, fx: Effects) -> None:
         """Run every Ready the Raft core has, turning it into effects."""

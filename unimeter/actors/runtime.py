@@ -43,7 +43,7 @@ from unimeter.actors.replica_files import (
     recover_replica,
     save_hard_state,
 )
-from unimeter.actors.replicated import DiskState, Persisted, RaftTick
+from unimeter.actors.replicated import NEVER_US, DiskState, Persisted, RaftTick
 from unimeter.consensus.messages import HardState, Snapshot
 from unimeter.observe import FSYNC_BUCKETS_S, Histogram
 from unimeter.storage.backup import RemovalGuard
@@ -447,7 +447,7 @@ class ReplicaRuntime:
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline_us()
-        if self._timer is not None and self._timer_at <= deadline:
+        if deadline >= NEVER_US or (self._timer is not None and self._timer_at <= deadline):
             return
         if self._timer is not None:
             self._timer.cancel()

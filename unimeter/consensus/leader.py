@@ -61,6 +61,10 @@ class Leader:
             for p in members.sorted()
             if p != node_id
         }
+        if not self.progress:
+            # A lone member has nobody to send heartbeats to or hear from: no timers at all
+            # (a single node's idle partitions then never wake).
+            self.heartbeat_due = self.check_quorum_due = math.inf
 
     def quorum_match(self, own_stable: int) -> int:
         """The highest index durable on a quorum (our own log counts up to ``own_stable``)."""

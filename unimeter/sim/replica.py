@@ -19,7 +19,7 @@ import cbor2
 from unimeter.actors.catalog import CatalogCore, CatalogEffects
 from unimeter.actors.effects import Effects
 from unimeter.actors.partition import PartitionCore
-from unimeter.actors.replicated import DiskState, Persisted, RaftTick
+from unimeter.actors.replicated import NEVER_US, DiskState, Persisted, RaftTick
 from unimeter.actors.runtime import disk_retry_s, encode_record
 from unimeter.consensus.codec import CATALOG_GROUP
 from unimeter.consensus.messages import HardState, Snapshot
@@ -222,7 +222,7 @@ class SimReplica:
 
     def _arm_timer(self) -> None:
         deadline = self.core.next_deadline_us()
-        if self._timer_at is not None and self._timer_at <= deadline:
+        if deadline >= NEVER_US or (self._timer_at is not None and self._timer_at <= deadline):
             return
         self._timer_gen += 1
         self._timer_at = deadline
