@@ -1,5 +1,5 @@
-"""KeyIndex against a dict: adds in sorted or shuffled batches, across delta merges, then every
-lookup (column, single key, range) and the final items."""
+"""KeyIndex against a dict: adds in sorted or shuffled batches, across tail and delta merges,
+then every lookup (column, single key, range) and the final items."""
 
 from __future__ import annotations
 
@@ -17,10 +17,14 @@ KEYS = st.integers(0, 3000) | st.integers(2**64 - 8, 2**64 - 1)
 
 @st.composite
 def batches(draw: st.DrawFn) -> list[tuple[list[int], bool]]:
-    """Batches of keys (some big enough to force a merge of the delta), each sorted or not."""
+    """Batches of keys (some big enough to force a merge of the delta, many of one key as a
+    lone request adds them, filling and spilling the tail), each sorted or not."""
     out = []
-    for _ in range(draw(st.integers(1, 8))):
-        if draw(st.integers(0, 4)) == 0:
+    for _ in range(draw(st.integers(1, 30))):
+        kind = draw(st.integers(0, 4))
+        if kind == 1:
+            keys = [draw(KEYS)]
+        elif kind == 0:
             start = draw(st.integers(0, 2**40))
             size = draw(st.integers(_DELTA_MIN, 3 * _DELTA_MIN))
             keys = list(range(start, start + size * 3, 3))

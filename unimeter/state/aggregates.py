@@ -222,13 +222,14 @@ class Tables:
     """The rows of a partition and the indexes that find them."""
 
     __slots__ = (
+        "_slot_buf",
         "accounts",
         "cache",
         "cell_cache",
         "cells",
         "dense_slots",
+        "n_slots",
         "rows",
-        "slot_accounts",
         "totals",
         "uniq",
     )
@@ -239,7 +240,10 @@ class Tables:
         # binary search when ids are small numbers, as they usually are; grown while the ids
         # seen stay dense enough (``_DENSE_SPREAD``).
         self.dense_slots = np.zeros(0, I64)
-        self.slot_accounts = np.zeros(0, U64)  # slot -> account id
+        # slot -> account id: the first ``n_slots`` of a buffer grown by doubling, so a new
+        # account costs no copy of every account before it
+        self._slot_buf = np.zeros(0, U64)
+        self.n_slots = 0
         self.totals = KeyIndex()  # slot << 32 | table -> total row
         self.cache = RowCache()  # the rows of the tables ingest is filling, by slot
         self.cell_cache = CellCache()  # their cell rows, by (instance, cell) and slot
@@ -258,21 +262,41 @@ class Tables:
         missing = found == MISSING
         if missing.any():
             fresh, inverse = np.unique(accounts[missing], return_inverse=True)
-            first = len(self.slot_accounts)
+            first = self.n_slots
             numbers = np.arange(first, first + len(fresh), dtype=I64)
             self.accounts.add(fresh, numbers)
-            self.slot_accounts = np.concatenate([self.slot_accounts, fresh])
+            self._append_slots(fresh)
             small = fresh < len(self.dense_slots)
             self.dense_slots[fresh[small]] = numbers[small]
             found[missing] = numbers[inverse]
         return found
+
+    @property
+    def slot_accounts(self) -> Array:
+        """Slot -> account id, for every slot."""
+        return self._slot_buf[: self.n_slots]
+
+    @slot_accounts.setter
+    def slot_accounts(self, accounts: Array) -> None:
+        self._slot_buf = accounts
+        self.n_slots = len(accounts)
+
+    def _append_slots(self, fresh: Array) -> None:
+        first = self.n_slots
+        need = first + len(fresh)
+        if need > len(self._slot_buf):
+            grown = np.zeros(max(need, 2 * len(self._slot_buf), 1024), U64)
+            grown[:first] = self._slot_buf[:first]
+            self._slot_buf = grown
+        self._slot_buf[first:need] = fresh
+        self.n_slots = need
 
     def _dense_for(self, top: int) -> Array | None:
         """The dense slot table if it covers ``top`` (growing it when that stays dense)."""
         dense = self.dense_slots
         if top < len(dense):
             return dense
-        if top >= max(_DENSE_MIN, _DENSE_SPREAD * len(self.slot_accounts)):
+        if top >= max(_DENSE_MIN, _DENSE_SPREAD * self.n_slots):
             return None
         grown = np.full(max(top + 1, 2 * len(dense)), MISSING, I64)
         keys, vals = self.accounts.items()

@@ -5,6 +5,12 @@ keys in one call) plus a small sorted *delta* that takes new keys. The delta is 
 main array once it holds more than a sixteenth of it (at least ``_DELTA_MIN``), so a new key
 costs an amortised handful of element moves and a lookup costs two binary searches. It is the
 columnar form of ``dict[int, int]`` at 16 bytes an entry instead of about a hundred.
+
+Keys added a few at a time (a lone request's new account or row) first go to a *tail* of at
+most ``_TAIL_MAX`` keys: rewriting the delta for each of them would cost a sixteenth of the
+index per key (tens of thousands of element moves in an index of a million), where the tail
+costs a few dozen and reaches the delta once per ``_TAIL_MAX`` keys. A lookup then costs up to
+three binary searches, the last two only while those levels hold keys.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ U64 = np.dtype("<u8")
 I64 = np.dtype("<i8")
 MISSING = -1
 _DELTA_MIN = 1024
+_TAIL_MAX = 64
 
 
 def _find(keys: Array, vals: Array, query: Array) -> Array:
@@ -42,42 +49,53 @@ def _merged(keys: Array, vals: Array, more_keys: Array, more_vals: Array) -> tup
 
 
 class KeyIndex:
-    __slots__ = ("_delta_keys", "_delta_vals", "_keys", "_vals")
+    __slots__ = ("_delta_keys", "_delta_vals", "_keys", "_tail_keys", "_tail_vals", "_vals")
 
     def __init__(self, keys: Array | None = None, vals: Array | None = None) -> None:
         """An index holding ``keys`` (sorted, distinct) -> ``vals``, or an empty one."""
         self._keys = np.zeros(0, U64) if keys is None else keys.astype(U64, copy=False)
         self._vals = np.zeros(0, I64) if vals is None else vals.astype(I64, copy=False)
         assert len(self._keys) == len(self._vals)
-        self._delta_keys = np.zeros(0, U64)
-        self._delta_vals = np.zeros(0, I64)
+        self._delta_keys = self._tail_keys = np.zeros(0, U64)
+        self._delta_vals = self._tail_vals = np.zeros(0, I64)
 
     def __len__(self) -> int:
-        return len(self._keys) + len(self._delta_keys)
+        return len(self._keys) + len(self._delta_keys) + len(self._tail_keys)
+
+    def _small_levels(self) -> tuple[tuple[Array, Array], tuple[Array, Array]]:
+        """(keys, values) of the delta, then of the tail."""
+        return (self._delta_keys, self._delta_vals), (self._tail_keys, self._tail_vals)
 
     def get(self, query: Array) -> Array:
         """The value of each key of ``query`` (uint64), MISSING where absent."""
         found = _find(self._keys, self._vals, query)
-        if len(self._delta_keys):
-            missing = found == MISSING
-            if missing.any():
-                found[missing] = _find(self._delta_keys, self._delta_vals, query[missing])
+        for keys, vals in (
+            (self._delta_keys, self._delta_vals),
+            (self._tail_keys, self._tail_vals),
+        ):
+            if len(keys):
+                missing = found == MISSING
+                if missing.any():
+                    found[missing] = _find(keys, vals, query[missing])
         return found
 
     def get1(self, key: int) -> int:
         """One key's value, MISSING when absent (for reads: no arrays built)."""
         # The key as uint64 (numpy would convert the whole column to search for a Python
-        # int), the arrays' own searchsorted, the delta only when it holds keys.
+        # int), the arrays' own searchsorted, the smaller levels only when they hold keys.
         probe = np.uint64(key)
         keys = self._keys
         pos = int(keys.searchsorted(probe))
         if pos < keys.size and int(keys[pos]) == key:
             return int(self._vals[pos])
-        keys = self._delta_keys
-        if keys.size:
-            pos = int(keys.searchsorted(probe))
-            if pos < keys.size and int(keys[pos]) == key:
-                return int(self._delta_vals[pos])
+        for keys, vals in (
+            (self._delta_keys, self._delta_vals),
+            (self._tail_keys, self._tail_vals),
+        ):
+            if keys.size:
+                pos = int(keys.searchsorted(probe))
+                if pos < keys.size and int(keys[pos]) == key:
+                    return int(vals[pos])
         return MISSING
 
     def add(self, keys: Array, vals: Array) -> None:
@@ -88,6 +106,13 @@ class KeyIndex:
         if len(keys) > 1 and not (keys[1:] > keys[:-1]).all():  # callers mostly pass them sorted
             order = np.argsort(keys, kind="stable")
             keys, vals = keys[order], vals[order]
+        if len(self._tail_keys):
+            keys, vals = _merged(self._tail_keys, self._tail_vals, keys, vals)
+        if len(keys) <= _TAIL_MAX:
+            self._tail_keys, self._tail_vals = np.array(keys, U64), np.array(vals, I64)
+            return
+        self._tail_keys = np.zeros(0, U64)
+        self._tail_vals = np.zeros(0, I64)
         if len(self._delta_keys):
             keys, vals = _merged(self._delta_keys, self._delta_vals, keys, vals)
         if len(keys) > max(_DELTA_MIN, len(self._keys) >> 4):
@@ -98,13 +123,18 @@ class KeyIndex:
             self._delta_keys, self._delta_vals = np.array(keys, U64), np.array(vals, I64)
 
     def _merge(self) -> None:
-        self._keys, self._vals = _merged(self._keys, self._vals, self._delta_keys, self._delta_vals)
-        self._delta_keys = np.zeros(0, U64)
-        self._delta_vals = np.zeros(0, I64)
+        for keys, vals in (
+            (self._delta_keys, self._delta_vals),
+            (self._tail_keys, self._tail_vals),
+        ):
+            if len(keys):
+                self._keys, self._vals = _merged(self._keys, self._vals, keys, vals)
+        self._delta_keys = self._tail_keys = np.zeros(0, U64)
+        self._delta_vals = self._tail_vals = np.zeros(0, I64)
 
     def items(self) -> tuple[Array, Array]:
         """Every (key, value), keys sorted."""
-        if len(self._delta_keys):
+        if len(self._delta_keys) or len(self._tail_keys):
             self._merge()
         return self._keys, self._vals
 
