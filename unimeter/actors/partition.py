@@ -198,7 +198,12 @@ class PartitionCore(ReplicatedCore):
 
     def _on_request(self, msg: ClientRequest, now_us: int, fx: Effects) -> None:
         if not self.leader_ready:
-            if self.role.value == "leader" and len(self._parked_leader) < _PARKED_MAX:
+            # A leader still applying its predecessors' entries answers once it is ready, and
+            # so does a lone member still winning its own election (it is the only possible
+            # leader, a durable vote away): telling the client "no leader" would only make it
+            # ask again.
+            soon = self.role.value == "leader" or len(self.members) == 1
+            if soon and len(self._parked_leader) < _PARKED_MAX:
                 self._parked_leader.append(msg)
             else:
                 fx.replies.append(self.not_leader(msg.token))
