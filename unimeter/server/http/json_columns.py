@@ -13,8 +13,8 @@ same batches.
 
 from __future__ import annotations
 
-from datetime import datetime
 from array import array
+from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
