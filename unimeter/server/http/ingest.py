@@ -24,13 +24,15 @@ from typing import Any
 import orjson
 
 from unimeter import limits
-from unimeter.client.batching import build_groups, split_columns
+from unimeter.client.batching import build_groups, split_packed
 from unimeter.client.cluster_map import Partitioner
+from unimeter.client.columns import pack_lists
 from unimeter.client.ingest import send_groups
 from unimeter.errors import InvalidRequestError
 from unimeter.json_model import event_from_json
 from unimeter.model import IngestResult
 
+from .coalesce import Coalescer, mergeable
 from .dispatch import Dispatcher
 from .json_columns import json_columns
 
@@ -107,6 +109,7 @@ class Ingester:
         self.dispatcher = dispatcher
         node = dispatcher.node
         self._route = Partitioner(node.partition_count).many
+        self._coalescer = Coalescer(dispatcher, self._route)
 
     async def ingest(self, items: list[Any], *, sync: bool) -> IngestResult:
         """Store the parsed JSON events ``items``; ``InvalidRequestError`` names a bad one."""
@@ -130,7 +133,10 @@ class Ingester:
         dispatcher = self.dispatcher
         columns = json_columns(items)
         if columns is not None:
-            groups = split_columns(columns, self._route)
+            packed = pack_lists(columns)
+            if mergeable(packed):
+                return await self._coalescer.ingest(packed, sync=sync)
+            groups = split_packed(packed, self._route)
         else:  # something unusual: each event is read and checked on its own
             events = [event_from_json(item, index) for index, item in enumerate(items)]
             groups = build_groups(events, self._route)
