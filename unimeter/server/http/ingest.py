@@ -4,11 +4,12 @@ The body is read as a JSON array when its first non-blank byte is ``[``, else as
 event object per line, blank lines skipped), whatever its content type says (so ``curl -d``
 works as written). The objects become the client library's columns (``json_columns.py``,
 checked in bulk; an unusual body goes through one ``Event`` per object instead), its batching
-(``split_columns``) splits them into per-partition batches, and its sender (``send_groups``)
+(``split_packed``) splits them into per-partition batches, and its sender (``send_groups``)
 gives each batch the dispatcher's next sequence number for that partition and sends it to the
 partition's leader, here or forwarded, retrying with the same number until it is acknowledged.
 So an HTTP ingest is exactly-once per batch like a client's, and ``event_id`` makes it
-exactly-once across requests.
+exactly-once across requests. Columns without properties or ids are split together with the
+other such requests of the same loop turn (``coalesce.py``): fewer, larger batches.
 
 A malformed event refuses the whole request (400, naming the event by its position in the
 request, counted from 0): nothing is stored. Events the partition refuses one by one (an

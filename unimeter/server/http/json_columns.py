@@ -2,9 +2,10 @@
 
 Building an ``Event`` per JSON object costs microseconds (a frozen dataclass), several times
 what the rest of the request costs per event. ``json_columns`` instead reads each field of
-every object into a list (one comprehension per field) and checks each whole list with C-level
-operations (the set of types, minimum and maximum, distinct metric codes, byte lengths), the
-way ``client/columns.py`` checks a list of ``Event``s. The checks only ever *accept* lists of
+every object into a list (``map`` of an ``itemgetter`` for the fields every event has) and
+checks each whole list with C-level operations (the set of types, a typed ``array`` for the
+ranges, distinct metric codes, byte lengths), the way ``client/columns.py`` checks a list of
+``Event``s. The checks only ever *accept* lists of
 which ``Event.validate`` would accept every entry; when unsure (a malformed event, or a valid
 one in an unusual spelling such as an account id given as a string) they answer None and the
 caller takes the ``Event`` path, which names the first bad event. Either way the result is the

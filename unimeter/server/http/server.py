@@ -7,6 +7,8 @@ times every request for ``/metrics`` and turns every error into a problem-detail
 (``problems.py``): typed errors with their status names, aiohttp's own refusals (no such path,
 wrong method, body too large) and, for bugs, a plain INTERNAL problem (the traceback goes to
 the log, not to the client). The node keeps serving everyone else whatever one request does.
+``GET /v1/usage``, the read a dashboard or a gateway repeats most, is handed to its handler
+before the router (``_serve``), under the same guard.
 
 ``stop`` ends the alert streams, lets in-flight requests finish (bounded), closes the listening
 socket and the forwarding connections.
