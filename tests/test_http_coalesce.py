@@ -22,9 +22,12 @@ from tests.support.nodeproc import NodeProcess
 from unimeter.client.batching import Group, split_packed
 from unimeter.client.cluster_map import Partitioner
 from unimeter.client.columns import Columns, pack_lists, to_lists
-from unimeter.errors import ProtocolError
-from unimeter.server.http.coalesce import merged, shares
-from unimeter.wire.messages import NO_TIMESTAMP, IngestReply
+from unimeter.client.packed import Packed
+from unimeter.client.session import Session
+from unimeter.errors import ProtocolError, UnavailableError
+from unimeter.model import IngestResult
+from unimeter.server.http.coalesce import Coalescer, merged, shares
+from unimeter.wire.messages import NO_TIMESTAMP, Ingest, IngestReply, Request
 
 _CODES = ("a", "b", "c")
 _ROUTE = Partitioner(4).many
@@ -179,3 +182,71 @@ async def test_concurrent_requests_with_rejections_get_exact_answers(
             )
             got += usage["value"]["sum"]
         assert got == expected
+
+
+class _Partitions:
+    """A dispatcher stand-in: stores every batch whole, at consecutive offsets per partition;
+    ``failing`` makes every send fail for good."""
+
+    def __init__(self, failing: bool = False) -> None:
+        self.session = Session()
+        self.failing = failing
+        self.batches: list[int] = []  # the partition of each batch sent
+        self._offsets: dict[int, int] = {}
+
+    def deadline(self) -> float:
+        return asyncio.get_running_loop().time() + 5
+
+    def start(self, target: int, request: Request, deadline: float) -> None:
+        return None  # every batch takes ``call``
+
+    async def call(
+        self, target: int, request: Request, deadline: float, failed: object = None
+    ) -> IngestReply:
+        assert isinstance(request, Ingest)
+        if self.failing:
+            raise UnavailableError("no leader")
+        self.batches.append(target)
+        n = len(request.batch)
+        first = self._offsets.get(target, target << 48)
+        self._offsets[target] = first + n
+        return IngestReply(n_stored=n, n_duplicates=0, n_rejected=0, rejected=(),
+                           last_offset=first + n - 1, log_index=1)  # fmt: skip
+
+
+def _plain(accounts: list[int]) -> Packed:
+    return pack_lists(Columns(accounts, None, ["a"], [1] * len(accounts), None, None, None, None))
+
+
+async def test_requests_of_successive_turns_share_one_batch_per_partition() -> None:
+    partitions = _Partitions()
+    coalescer = Coalescer(partitions, _ROUTE)  # type: ignore[arg-type]
+
+    async def later(turns: int, accounts: list[int]) -> IngestResult:
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        return await coalescer.ingest(_plain(accounts), sync=False)
+
+    accounts = [list(range(k * 10, k * 10 + 10)) for k in range(4)]
+    # Two requests in the first turn, then one in each of the next two: each check of the
+    # merge finds a newcomer, so it waits another turn, and takes all four.
+    results = await asyncio.gather(
+        *(later(t, a) for t, a in zip((0, 0, 1, 2), accounts, strict=True))
+    )
+    assert sorted(partitions.batches) == sorted(set(_ROUTE(np.arange(40, dtype=np.uint64))))
+    assert [r.n_stored for r in results] == [10] * 4
+    # A lone request is sent at once, on its own.
+    before = len(partitions.batches)
+    alone = await coalescer.ingest(_plain([1, 2]), sync=True)
+    assert alone.n_stored == 2
+    assert len(partitions.batches) - before == len(set(_ROUTE(np.array([1, 2], np.uint64))))
+
+
+async def test_a_failed_merged_send_fails_every_request_in_it() -> None:
+    coalescer = Coalescer(_Partitions(failing=True), _ROUTE)  # type: ignore[arg-type]
+    outcomes = await asyncio.gather(
+        coalescer.ingest(_plain([1]), sync=False),
+        coalescer.ingest(_plain([2, 3]), sync=False),
+        return_exceptions=True,
+    )
+    assert all(isinstance(o, UnavailableError) for o in outcomes)

@@ -4,11 +4,17 @@ Why: a request's events spread over every partition, so a 500-event request on t
 eight partitions makes eight batches of about sixty events, and each batch costs the node a
 fixed amount of work whatever its size (its bytes assembled, a sequence number, an ``Ingest``
 message and its token, admission and a log part at the partition, a reply, a future woken).
-Requests whose bodies are read in the same turn of the event loop are therefore merged: their
-columns are concatenated (``merged``), split into per-partition batches once, and sent with
-the dispatcher's sequence numbers like any other batches (``send_group_replies``), so the
+Requests whose bodies are read close together are therefore merged: their columns are
+concatenated (``merged``), split into per-partition batches once, and sent with the
+dispatcher's sequence numbers like any other batches (``send_group_replies``), so the
 exactly-once rules are unchanged. Each request is then answered with its own share of the
 replies (``shares``).
+
+When: a merge is sent on the loop turn after its first request, unless more requests joined
+since the last look; then it looks again one turn later (at most ``GATHER_TURNS_MAX`` turns).
+A lone request thus waits one turn, as before; on a busy node, where requests keep being read,
+a merge takes most of those in flight (measured: about seven of the bench's eight connections'
+requests per merge, against two when merges left after one turn).
 
 What is merged: columns without properties or event ids (``mergeable``). Only those can be
 apportioned from a batch's reply alone: an event without an id is never a duplicate one by one
@@ -38,13 +44,15 @@ from unimeter.wire.messages import IngestReply
 
 from .dispatch import Dispatcher
 
+GATHER_TURNS_MAX = 8  # loop turns a merge may wait while more requests join it
+
 
 def mergeable(packed: Packed) -> bool:
     return not packed.properties and packed.id_data is None
 
 
 class Coalescer:
-    """Collects the mergeable ingests of one loop turn and sends them as one."""
+    """Collects the mergeable ingests read close together and sends them as one."""
 
     def __init__(self, dispatcher: Dispatcher, route: Route) -> None:
         self._dispatcher = dispatcher
@@ -59,13 +67,18 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         waiting = self._waiting[sync]
         if not waiting:
-            loop.call_soon(self._flush, sync)  # after every request ready in this turn
+            loop.call_soon(self._flush, sync, 1, 1)  # after every request ready in this turn
         future: asyncio.Future[IngestResult] = loop.create_future()
         waiting.append((packed, future))
         return await future
 
-    def _flush(self, sync: bool) -> None:
-        taken, self._waiting[sync] = self._waiting[sync], []
+    def _flush(self, sync: bool, seen: int, turns: int) -> None:
+        waiting = self._waiting[sync]
+        if len(waiting) > seen and turns < GATHER_TURNS_MAX:
+            # Requests keep coming (a busy node): one more turn for those about to be read.
+            asyncio.get_running_loop().call_soon(self._flush, sync, len(waiting), turns + 1)
+            return
+        taken, self._waiting[sync] = waiting, []
         task = asyncio.get_running_loop().create_task(self._send(taken, sync))
         self._sends.add(task)
         task.add_done_callback(self._sends.discard)
