@@ -250,3 +250,21 @@ async def test_a_failed_merged_send_fails_every_request_in_it() -> None:
         return_exceptions=True,
     )
     assert all(isinstance(o, UnavailableError) for o in outcomes)
+
+
+async def test_closing_stops_the_sends_under_way() -> None:
+    partitions = _Partitions()
+    never = asyncio.Event()
+
+    async def stuck(*args: object) -> IngestReply:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    partitions.call = stuck  # type: ignore[method-assign]
+    coalescer = Coalescer(partitions, _ROUTE)  # type: ignore[arg-type]
+    request = asyncio.ensure_future(coalescer.ingest(_plain([1, 2, 3]), sync=False))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    await coalescer.close()
+    with pytest.raises(asyncio.CancelledError):
+        await request

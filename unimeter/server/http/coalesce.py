@@ -72,6 +72,13 @@ class Coalescer:
         waiting.append((packed, future))
         return await future
 
+    async def close(self) -> None:
+        """Stop the sends still under way (the node stops); their requests are cancelled."""
+        sends = list(self._sends)
+        for task in sends:
+            task.cancel()
+        await asyncio.gather(*sends, return_exceptions=True)
+
     def _flush(self, sync: bool, seen: int, turns: int) -> None:
         waiting = self._waiting[sync]
         if len(waiting) > seen and turns < GATHER_TURNS_MAX:

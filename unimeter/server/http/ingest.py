@@ -112,6 +112,9 @@ class Ingester:
         self._route = Partitioner(node.partition_count).many
         self._coalescer = Coalescer(dispatcher, self._route)
 
+    async def close(self) -> None:
+        await self._coalescer.close()
+
     async def ingest(self, items: list[Any], *, sync: bool) -> IngestResult:
         """Store the parsed JSON events ``items``; ``InvalidRequestError`` names a bad one."""
         dispatcher = self.dispatcher

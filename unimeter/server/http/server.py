@@ -97,6 +97,7 @@ class HttpServer:
             await self._runner.cleanup()
             self._runner = None
         await self.streams.close()
+        await self._api.ingester.close()
         await self.dispatcher.close()
 
     async def _end_streams(self, app: web.Application) -> None:
