@@ -93,14 +93,26 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def ingest_in_process(port: int, duration_s: float, seed: int) -> dict[str, Any]:
-    import uvloop
-
-    requests = [
+def ndjson_requests(seed: int) -> list[bytes]:
+    """``BODIES`` whole HTTP requests, each a POST of 500 NDJSON events."""
+    return [
         b"POST /v1/events HTTP/1.1\r\nHost: bench\r\nContent-Type: application/x-ndjson\r\n"
         b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         for body in _bodies(seed)
     ]
+
+
+async def exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, bytes]:
+    """Write one request, read its answer: (status, body)."""
+    return await _exchange(reader, writer, request)
+
+
+def ingest_in_process(port: int, duration_s: float, seed: int) -> dict[str, Any]:
+    import uvloop
+
+    requests = ndjson_requests(seed)
 
     async def run() -> dict[str, Any]:
         stored = calls = 0

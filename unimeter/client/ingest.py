@@ -107,6 +107,15 @@ class _Send:
 async def send_groups(
     groups: Sequence[Group], session: Session, sender: Sender, *, sync: bool, deadline: float
 ) -> IngestResult:
+    return merge_results(
+        await send_group_replies(groups, session, sender, sync=sync, deadline=deadline)
+    )
+
+
+async def send_group_replies(
+    groups: Sequence[Group], session: Session, sender: Sender, *, sync: bool, deadline: float
+) -> list[tuple[Group, IngestReply]]:
+    """``send_groups`` before the replies are summed: each group with its reply."""
     assert groups
     sends = [_Send(group, session.window(group.partition)) for group in groups]
     general: list[tuple[_Send, asyncio.Task[None]]] = []
@@ -166,7 +175,7 @@ async def send_groups(
         else:
             parts.append((send.group, send.outcome))
     if not failures:
-        return merge_results(parts)
+        return parts
     for _, failure in failures:
         if not isinstance(failure, Exception):
             raise failure  # KeyboardInterrupt and the like are not ours to annotate

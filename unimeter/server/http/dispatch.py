@@ -28,7 +28,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from unimeter import errors, limits
 from unimeter.actors.catalog import CatalogRequest
@@ -213,6 +213,24 @@ class Dispatcher:
         )
         _post(runtime.mailbox, ClientRequest(token, request))
         return token
+
+    def read_period_here(
+        self, partition: int, account: int, code: str, start_us: int, end_us: int
+    ) -> list[Any] | None:
+        """The read fast path, as the connection actor takes it: an unfiltered read of one
+        whole stored period answered straight from the local leader's row (no request, token
+        or reply object), as its wire form ``[sum, count, max, last_value, last_timestamp_us,
+        alert_flags]``; None whenever it needs anything else (another node leads, the read
+        must wait for this node's writes or catalog, the node is traced): ``call`` then."""
+        node = self.node
+        runtime = node.partitions.get(partition)
+        if runtime is None or runtime.tracer is not None or not node.serving:
+            return None
+        session = self.session
+        body = runtime.core.read_period_body(
+            account, code, start_us, end_us, session.min_index(partition), session.catalog_version
+        )
+        return None if body is None else body["v"]
 
     # ------------------------------------------------------------------ ingest (Sender)
 

@@ -4,11 +4,12 @@ The body is read as a JSON array when its first non-blank byte is ``[``, else as
 event object per line, blank lines skipped), whatever its content type says (so ``curl -d``
 works as written). The objects become the client library's columns (``json_columns.py``,
 checked in bulk; an unusual body goes through one ``Event`` per object instead), its batching
-(``split_columns``) splits them into per-partition batches, and its sender (``send_groups``)
+(``split_packed``) splits them into per-partition batches, and its sender (``send_groups``)
 gives each batch the dispatcher's next sequence number for that partition and sends it to the
 partition's leader, here or forwarded, retrying with the same number until it is acknowledged.
 So an HTTP ingest is exactly-once per batch like a client's, and ``event_id`` makes it
-exactly-once across requests.
+exactly-once across requests. Columns without properties or ids are split together with the
+other such requests of the same loop turn (``coalesce.py``): fewer, larger batches.
 
 A malformed event refuses the whole request (400, naming the event by its position in the
 request, counted from 0): nothing is stored. Events the partition refuses one by one (an
@@ -24,13 +25,15 @@ from typing import Any
 import orjson
 
 from unimeter import limits
-from unimeter.client.batching import build_groups, split_columns
+from unimeter.client.batching import build_groups, split_packed
 from unimeter.client.cluster_map import Partitioner
+from unimeter.client.columns import pack_lists
 from unimeter.client.ingest import send_groups
 from unimeter.errors import InvalidRequestError
 from unimeter.json_model import event_from_json
 from unimeter.model import IngestResult
 
+from .coalesce import Coalescer, mergeable
 from .dispatch import Dispatcher
 from .json_columns import json_columns
 
@@ -107,6 +110,10 @@ class Ingester:
         self.dispatcher = dispatcher
         node = dispatcher.node
         self._route = Partitioner(node.partition_count).many
+        self._coalescer = Coalescer(dispatcher, self._route)
+
+    async def close(self) -> None:
+        await self._coalescer.close()
 
     async def ingest(self, items: list[Any], *, sync: bool) -> IngestResult:
         """Store the parsed JSON events ``items``; ``InvalidRequestError`` names a bad one."""
@@ -130,7 +137,10 @@ class Ingester:
         dispatcher = self.dispatcher
         columns = json_columns(items)
         if columns is not None:
-            groups = split_columns(columns, self._route)
+            packed = pack_lists(columns)
+            if mergeable(packed):
+                return await self._coalescer.ingest(packed, sync=sync)
+            groups = split_packed(packed, self._route)
         else:  # something unusual: each event is read and checked on its own
             events = [event_from_json(item, index) for index, item in enumerate(items)]
             groups = build_groups(events, self._route)

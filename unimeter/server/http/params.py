@@ -11,13 +11,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from multidict import MultiMapping
 
 from unimeter import model, periods
 from unimeter.client import convert
 from unimeter.errors import InvalidRequestError
-from unimeter.json_model import parse_time
+from unimeter.json_model import parse_time, time_text
 from unimeter.model import Period
 
 # The named periods of GET /v1/usage, as the client's period helpers compute them.
@@ -36,7 +37,7 @@ BILLING_PERIODS: dict[str, Callable[[int], Period]] = {
 
 Query = MultiMapping[str]
 
-_named_cache: dict[tuple[str, int, int], Period] = {}
+_named_cache: dict[tuple[str, int, int], Bounds] = {}
 _NAMED_CACHE_MAX = 64
 
 
@@ -77,7 +78,21 @@ def metric_code(query: Query) -> str:
     return convert.metric_code(code)
 
 
-def period(query: Query) -> Period:
+class Bounds(NamedTuple):
+    """A period in microseconds, and as the RFC 3339 text the answers show."""
+
+    start_us: int
+    end_us: int
+    start_text: str
+    end_text: str
+
+
+def _bounds(found: Period) -> Bounds:
+    start_us, end_us = convert.period_us(found)
+    return Bounds(start_us, end_us, time_text(start_us), time_text(end_us))
+
+
+def period(query: Query) -> Bounds:
     """``period=<name>`` (default ``current_month``) or ``from=...&to=...`` (RFC 3339)."""
     named = one(query, "period")
     start, end = one(query, "from"), one(query, "to")
@@ -89,7 +104,7 @@ def period(query: Query) -> Period:
         since, until = parse_time(start, "from"), parse_time(end, "to")
         if until <= since:
             raise InvalidRequestError(f"to ({end}) must be after from ({start})")
-        return Period(since, until)
+        return _bounds(Period(since, until))
     name = named or "current_month"
     day = integer(query, "billing_cycle_day", 1) if name in BILLING_PERIODS else 0
     key = (name, day, time.time_ns() // 1000 // periods.US_PER_DAY)
@@ -109,9 +124,10 @@ def period(query: Query) -> Period:
     if len(_named_cache) >= _NAMED_CACHE_MAX:
         _named_cache.clear()
     # Every named period starts and ends at midnight UTC, so it is the same all day: computing
-    # it (calendar arithmetic, microseconds per request) once per name and day is enough.
-    _named_cache[key] = found
-    return found
+    # it (calendar arithmetic and text, microseconds per request) once per name and day is
+    # enough.
+    bounds = _named_cache[key] = _bounds(found)
+    return bounds
 
 
 def filters(query: Query) -> tuple[tuple[str, str], ...]:

@@ -7,6 +7,8 @@ times every request for ``/metrics`` and turns every error into a problem-detail
 (``problems.py``): typed errors with their status names, aiohttp's own refusals (no such path,
 wrong method, body too large) and, for bugs, a plain INTERNAL problem (the traceback goes to
 the log, not to the client). The node keeps serving everyone else whatever one request does.
+``GET /v1/usage``, the read a dashboard or a gateway repeats most, is handed to its handler
+before the router (``_serve``), under the same guard.
 
 ``stop`` ends the alert streams, lets in-flight requests finish (bounded), closes the listening
 socket and the forwarding connections.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -52,6 +55,9 @@ class HttpServer:
         self._registry = registry_for(node, self.streams)
         self._openapi = orjson.dumps(openapi_document())
         self._runner: web.AppRunner | None = None
+        self._routed: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] | None = None
+        # GET routes served without the router: path -> (handler, route name).
+        self._hot: dict[str, tuple[Handler, str]] = {"/v1/usage": (self._api.usage, "usage")}
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=limits.http_body_bytes_max)
@@ -72,6 +78,10 @@ class HttpServer:
             self.app(), access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_S
         )
         await runner.setup()
+        server = runner.server
+        assert server is not None
+        self._routed = server.request_handler
+        server.request_handler = self._serve
         try:
             site = web.TCPSite(
                 runner, host, port, reuse_address=True, backlog=1024, ssl_context=tls
@@ -87,6 +97,7 @@ class HttpServer:
             await self._runner.cleanup()
             self._runner = None
         await self.streams.close()
+        await self._api.ingester.close()
         await self.dispatcher.close()
 
     async def _end_streams(self, app: web.Application) -> None:
@@ -94,10 +105,28 @@ class HttpServer:
 
     # ------------------------------------------------------------------ every request
 
+    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Every request: the hot reads go straight to their handler, the rest through the
+        application (router, middleware). aiohttp's router and middleware chain cost about a
+        fifth of a plain usage read; a hot route gets exactly what ``_guard`` gives the others.
+        """
+        if request.method == "GET":
+            hot = self._hot.get(request.path)
+            if hot is not None:
+                assert isinstance(request, web.Request)  # the application's request factory
+                return await self._guarded(request, *hot)
+        assert self._routed is not None
+        return await self._routed(request)
+
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await self._guarded(request, handler, request.match_info.route.name or UNMATCHED)
+
+    async def _guarded(
+        self, request: web.Request, handler: Handler, name: str
+    ) -> web.StreamResponse:
+        """Authorises, answers errors as problems and times the request for /metrics."""
         started = perf_counter()
-        name = request.match_info.route.name or UNMATCHED
         try:
             refusal = authorise(self.node.gate, request, name)
             response = refusal if refusal is not None else await handler(request)
