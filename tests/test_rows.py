@@ -81,3 +81,18 @@ def test_dense_slots_number_accounts_as_the_index_does() -> None:
     assert again.tolist() == [1, 3, 2]
     assert tabs.dense_slots.dtype == np.dtype("<i4")
     assert [tabs.slot_of(a) for a in (3, 17, 90_000, 5, 6)] == [0, 1, 2, 3, -1]
+
+
+def test_slot_accounts_grow_in_place_and_after_a_snapshot_load() -> None:
+    tabs = Tables()
+    seen: list[int] = []
+    for start in range(0, 3000, 700):  # past the first buffer of 1024 slots
+        batch = np.arange(10**12 + start, 10**12 + start + 700, dtype=np.uint64)
+        tabs.slots(batch)
+        seen.extend(batch.tolist())
+    assert tabs.slot_accounts.tolist() == seen
+    loaded = np.frombuffer(np.array(seen, np.uint64).tobytes(), np.uint64)  # read-only
+    tabs.slot_accounts = loaded
+    tabs._append_accounts(np.array([7, 8], np.uint64))
+    assert tabs.slot_accounts.tolist() == [*seen, 7, 8]
+    assert loaded.tolist() == seen

@@ -218,13 +218,14 @@ class Tables:
     """The rows of a partition and the indexes that find them."""
 
     __slots__ = (
+        "_slot_buf",
+        "_slots_used",
         "accounts",
         "cache",
         "cell_cache",
         "cells",
         "dense_slots",
         "rows",
-        "slot_accounts",
         "totals",
         "uniq",
     )
@@ -235,7 +236,10 @@ class Tables:
         # binary search when ids are small numbers, as they usually are; grown while the ids
         # seen stay dense enough (``_DENSE_SPREAD``).
         self.dense_slots = np.zeros(0, I32)
-        self.slot_accounts = np.zeros(0, U64)  # slot -> account id
+        # slot -> account id: the first ``_slots_used`` entries of a buffer grown by doubling
+        # (new accounts come a few at a time; a copy of all of them each time adds up).
+        self._slot_buf = np.zeros(0, U64)
+        self._slots_used = 0
         self.totals = KeyIndex()  # slot << 32 | table -> total row
         self.cache = RowCache()  # the rows of the tables ingest is filling, by slot
         self.cell_cache = CellCache()  # their cell rows, by (instance, cell) and slot
@@ -244,6 +248,26 @@ class Tables:
         self.uniq: dict[int, UniqRow] = {}  # COUNT_UNIQUE rows (totals and cells)
 
     # ------------------------------------------------------------------ lookups
+
+    @property
+    def slot_accounts(self) -> Array:
+        """Each slot's account id, by slot."""
+        return self._slot_buf[: self._slots_used]
+
+    @slot_accounts.setter
+    def slot_accounts(self, accounts: Array) -> None:
+        self._slot_buf = accounts.astype(U64, copy=False)
+        self._slots_used = len(accounts)
+
+    def _append_accounts(self, fresh: Array) -> None:
+        used = self._slots_used
+        need = used + len(fresh)
+        if need > len(self._slot_buf):
+            grown = np.zeros(max(need, 2 * len(self._slot_buf), 1024), U64)
+            grown[:used] = self._slot_buf[:used]
+            self._slot_buf = grown
+        self._slot_buf[used:need] = fresh
+        self._slots_used = need
 
     def slots(self, accounts: Array) -> Array:
         """Each account's slot, numbering new accounts as they come."""
@@ -258,10 +282,10 @@ class Tables:
         missing = found == MISSING
         if missing.any():
             fresh, inverse = np.unique(accounts[missing], return_inverse=True)
-            first = len(self.slot_accounts)
+            first = self._slots_used
             numbers = np.arange(first, first + len(fresh), dtype=I64)
             self.accounts.add(fresh, numbers)
-            self.slot_accounts = np.concatenate([self.slot_accounts, fresh])
+            self._append_accounts(fresh)
             small = fresh < len(self.dense_slots)
             self.dense_slots[fresh[small]] = numbers[small]
             found[missing] = numbers[inverse]
@@ -272,7 +296,7 @@ class Tables:
         dense = self.dense_slots
         if top < len(dense):
             return dense
-        if top >= max(_DENSE_MIN, _DENSE_SPREAD * len(self.slot_accounts)):
+        if top >= max(_DENSE_MIN, _DENSE_SPREAD * self._slots_used):
             return None
         grown = np.full(max(top + 1, 2 * len(dense)), MISSING, I32)
         keys, vals = self.accounts.items()
