@@ -139,8 +139,9 @@ class PartitionMachine(RuleBasedStateMachine):
         retention=st.sampled_from([2, 5, 400]),
         window=st.sampled_from([1, 3, 35]),
         first=st.tuples(*(schemas(code) for code in CODES)),
-        # Small chunks seal, sort and merge into runs within a test's few dozen events.
-        chunk_events=st.sampled_from([1, 3, 7, 65536]),
+        # Small chunks seal, sort and merge into runs within a test's few dozen events; a
+        # chunk of 256 stays open while range reads index it in runs of 4 rows and more.
+        chunk_events=st.sampled_from([1, 3, 7, 256, 65536]),
     )
     def setup(
         self, retention: int, window: int, first: tuple[MetricSchema, ...], chunk_events: int

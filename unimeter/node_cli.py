@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
+import ctypes.util
 import gc
 import logging
 import os
@@ -238,8 +240,35 @@ def tune_gc(*, recovered: bool) -> None:
         gc.freeze()
 
 
+# glibc's mallopt parameter and the size from which an allocation gets pages of its own.
+_M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def tune_malloc() -> bool:
+    """Give every large buffer (numpy columns, index arrays, log records) pages of its own.
+
+    glibc starts by mapping allocations of 128 KiB and more separately, but raises that limit
+    to the size of each such block freed (up to 32 MiB), so once the state has grown one
+    column by copying, every later column, index and chunk comes from the shared heap: a
+    column's unused capacity is touched when its memory is recycled, and what is freed stays
+    resident behind live blocks (the node held ~60 B per cell more than its arrays). A fixed
+    threshold keeps large buffers mapped: untouched capacity costs no memory and a freed
+    buffer goes back to the system at once. The price is a page fault per fresh page where a
+    recycled block was warm: about a tenth more CPU while cells are made, more in a log
+    replay (measured +10-25% replay CPU). False where the C library has no ``mallopt``.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES))
+
+
 async def serve(config: NodeConfig) -> None:
     tune_gc(recovered=False)
+    tune_malloc()
     supervisor = Supervisor()
     loop = asyncio.get_running_loop()
     supervisor.install(loop)

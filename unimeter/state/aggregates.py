@@ -36,6 +36,11 @@ from unimeter.state.rows import INT64_MAX, INT64_MIN, RowStore
 Array = npt.NDArray[Any]
 U64 = np.dtype("<u8")
 I64 = np.dtype("<i8")
+# Slots and rows in the lookup tables below (sized by account ids or slots, so they cost more
+# per account than anything else) are 32 bits: a partition numbers fewer than 2**31 accounts,
+# and the row cache stops caching rows beyond that.
+I32 = np.dtype("<i4")
+I32_MAX = 2**31 - 1
 REMOVE = int(OperationType.REMOVE)
 _S16 = np.uint64(16)
 _S32 = np.uint64(32)
@@ -71,7 +76,7 @@ class RowCache:
     def clear(self) -> None:
         self._col_of_mid = np.full(0, -1, I64)
         self._table_of_col = np.full(0, -1, I64)
-        self._rows = np.full((0, 0), -1, I64)
+        self._rows = np.full((0, 0), -1, I32)
 
     def get(
         self, mids: Array, tables: Array, slots: Array, current: dict[int, int] | None
@@ -90,12 +95,12 @@ class RowCache:
                 for mid, table in current.items()
             )
         ):
-            found: Array = rows.reshape(-1)[mids * width + slots]
+            found: Array = rows.reshape(-1)[mids * width + slots].astype(I64)
             return found
         cols = self._col_of_mid[mids]
         hit = (cols >= 0) & (self._table_of_col[cols] == tables) & (slots < width)
         flat = np.where(hit, cols * width + slots, 0)
-        return np.where(hit, rows.reshape(-1)[flat], -1)
+        return np.where(hit, rows.reshape(-1)[flat], -1).astype(I64, copy=False)
 
     def get1(self, mid: int, table: int, slot: int) -> int:
         """One row, as ``get`` (-1 when not cached)."""
@@ -116,6 +121,8 @@ class RowCache:
         needed_cols = max(len(self._table_of_col), int(mids.max()) + 1)
         needed_slots = int(slots.max()) + 1
         if needed_cols * max(needed_slots, self._rows.shape[1]) * 4 > _CACHE_BYTES_MAX:
+            return
+        if int(rows.max()) > I32_MAX:  # never in practice; the index still finds them
             return
         self._grow(needed_cols, needed_slots)
         distinct = np.unique(mids).tolist()
@@ -142,7 +149,7 @@ class RowCache:
             return
         new_cols = max(cols, have_cols)
         new_slots = max(slots, 2 * have_slots, 1024)
-        grown = np.full((new_cols, new_slots), -1, I64)
+        grown = np.full((new_cols, new_slots), -1, I32)
         grown[:have_cols, :have_slots] = self._rows
         self._rows = grown
         tables = np.full(new_cols, -1, I64)
@@ -223,12 +230,12 @@ class Tables:
 
     __slots__ = (
         "_slot_buf",
+        "_slots_used",
         "accounts",
         "cache",
         "cell_cache",
         "cells",
         "dense_slots",
-        "n_slots",
         "rows",
         "totals",
         "uniq",
@@ -239,11 +246,11 @@ class Tables:
         # account id -> slot (-1: none) for ids below its length: one gather instead of a
         # binary search when ids are small numbers, as they usually are; grown while the ids
         # seen stay dense enough (``_DENSE_SPREAD``).
-        self.dense_slots = np.zeros(0, I64)
-        # slot -> account id: the first ``n_slots`` of a buffer grown by doubling, so a new
-        # account costs no copy of every account before it
+        self.dense_slots = np.zeros(0, I32)
+        # slot -> account id: the first ``_slots_used`` entries of a buffer grown by doubling
+        # (new accounts come a few at a time; a copy of all of them each time adds up).
         self._slot_buf = np.zeros(0, U64)
-        self.n_slots = 0
+        self._slots_used = 0
         self.totals = KeyIndex()  # slot << 32 | table -> total row
         self.cache = RowCache()  # the rows of the tables ingest is filling, by slot
         self.cell_cache = CellCache()  # their cell rows, by (instance, cell) and slot
@@ -253,52 +260,56 @@ class Tables:
 
     # ------------------------------------------------------------------ lookups
 
+    @property
+    def slot_accounts(self) -> Array:
+        """Each slot's account id, by slot."""
+        return self._slot_buf[: self._slots_used]
+
+    @slot_accounts.setter
+    def slot_accounts(self, accounts: Array) -> None:
+        self._slot_buf = accounts.astype(U64, copy=False)
+        self._slots_used = len(accounts)
+
+    def _append_accounts(self, fresh: Array) -> None:
+        used = self._slots_used
+        need = used + len(fresh)
+        if need > len(self._slot_buf):
+            grown = np.zeros(max(need, 2 * len(self._slot_buf), 1024), U64)
+            grown[:used] = self._slot_buf[:used]
+            self._slot_buf = grown
+        self._slot_buf[used:need] = fresh
+        self._slots_used = need
+
     def slots(self, accounts: Array) -> Array:
         """Each account's slot, numbering new accounts as they come."""
         dense = self._dense_for(int(accounts.max())) if len(accounts) else None
         # Every id is below the dense table's length then, so its int64 view is the id (and
         # indexes without a conversion of the column).
-        found = dense[accounts.view(I64)] if dense is not None else self.accounts.get(accounts)
+        found = (
+            dense[accounts.view(I64)].astype(I64)
+            if dense is not None
+            else self.accounts.get(accounts)
+        )
         missing = found == MISSING
         if missing.any():
             fresh, inverse = np.unique(accounts[missing], return_inverse=True)
-            first = self.n_slots
+            first = self._slots_used
             numbers = np.arange(first, first + len(fresh), dtype=I64)
             self.accounts.add(fresh, numbers)
-            self._append_slots(fresh)
+            self._append_accounts(fresh)
             small = fresh < len(self.dense_slots)
             self.dense_slots[fresh[small]] = numbers[small]
             found[missing] = numbers[inverse]
         return found
-
-    @property
-    def slot_accounts(self) -> Array:
-        """Slot -> account id, for every slot."""
-        return self._slot_buf[: self.n_slots]
-
-    @slot_accounts.setter
-    def slot_accounts(self, accounts: Array) -> None:
-        self._slot_buf = accounts
-        self.n_slots = len(accounts)
-
-    def _append_slots(self, fresh: Array) -> None:
-        first = self.n_slots
-        need = first + len(fresh)
-        if need > len(self._slot_buf):
-            grown = np.zeros(max(need, 2 * len(self._slot_buf), 1024), U64)
-            grown[:first] = self._slot_buf[:first]
-            self._slot_buf = grown
-        self._slot_buf[first:need] = fresh
-        self.n_slots = need
 
     def _dense_for(self, top: int) -> Array | None:
         """The dense slot table if it covers ``top`` (growing it when that stays dense)."""
         dense = self.dense_slots
         if top < len(dense):
             return dense
-        if top >= max(_DENSE_MIN, _DENSE_SPREAD * self.n_slots):
+        if top >= max(_DENSE_MIN, _DENSE_SPREAD * self._slots_used):
             return None
-        grown = np.full(max(top + 1, 2 * len(dense)), MISSING, I64)
+        grown = np.full(max(top + 1, 2 * len(dense)), MISSING, I32)
         keys, vals = self.accounts.items()
         small = keys < len(grown)
         grown[keys[small]] = vals[small]
@@ -403,7 +414,7 @@ def may_cross(
     """The distinct total rows (of ``inst``'s events in this batch) whose total may reach
     their next threshold level during the batch: an upper bound, checked exactly later."""
     distinct, inverse = np.unique(total_rows, return_inverse=True)
-    level = rows.next_level[distinct]
+    level = rows.levels(distinct)
     if inst.unique:
         added = (
             np.bincount(inverse, weights=adds, minlength=len(distinct))

@@ -596,7 +596,7 @@ def unique_total(
 
 def count_level(tabs: Any, inst: Instance, row: int) -> None:
     level = inst.first_level(tabs.rows.fired.get(row))
-    tabs.rows.next_level[row] = min(level, INT64_MAX)
+    tabs.rows.set_level(row, min(level, INT64_MAX))
 
 
 def _replay_numeric(

@@ -6,8 +6,16 @@ Applied batches are appended, column by column, to the *open* chunk (up to ``CHU
 events, in log order); a full chunk is *sealed* and never changes again except to be indexed:
 the first read that needs a sealed chunk sorts its rows by (account, instance, timestamp,
 position) once, so later reads find an account's events, then one instance's, then a time
-range, by binary search. The open chunk is scanned with array compares. An event's offset is
-the chunk's first offset plus its position in log order (kept as ``pos`` once sorted).
+range, by binary search. An event's offset is the chunk's first offset plus its position in
+log order (kept as ``pos`` once sorted).
+
+The open chunk keeps its rows in log order (appends stay cheap), and a range read
+(``range_totals``) indexes it as it goes: the rows appended since the previous read become a
+sorted run of their own (a copy of the four columns a range needs, sorted as a sealed chunk
+is), merged with the earlier ones like sealed chunks are (a binary counter), so a read costs a
+few binary searches per run plus a scan of at most ``OPEN_SCAN_MAX`` rows (a 64th of a chunk
+when chunks are small, as in tests), whatever the open chunk holds. The index is a cache:
+never written, dropped when the chunk is sealed.
 
 Columns: ``mid`` (metric instance), ``account``, ``ts``, ``value``; and, allocated only when some
 event needs them, ``op`` (operation type), ``cell`` (dimension cell id), ``props`` (interned
@@ -29,6 +37,9 @@ from unimeter.state.runs import RUNS_PER_CHUNK, Blocks, _exact
 Array = npt.NDArray[Any]
 Totals = tuple[int, int, int, tuple[int, int, int]]
 CHUNK_EVENTS = 65536
+# The open chunk's newest rows a range read compares one by one rather than sorting into a run
+# first: about what a read of one sorted run costs.
+OPEN_SCAN_MAX = 1024
 _INT64_MIN = -(2**63)
 
 # Column name -> dtype; the optional ones exist only once a batch brings a non-default value.
@@ -50,6 +61,7 @@ OPTIONAL: dict[str, np.dtype[Any]] = {
 class Chunk:
     __slots__ = (
         "_max_ts",
+        "_open_runs",
         "blocks",
         "cols",
         "extent_newest",
@@ -74,6 +86,8 @@ class Chunk:
         # bytes in ``id_data``), so a snapshot writes the same chunks whatever was merged.
         self.extents: list[tuple[int, int, int]] | None = None
         self.extent_newest: list[dict[int, int]] | None = None  # max_ts() of each extent
+        # While open: sorted runs over its rows [0, k) for range reads (see the module doc).
+        self._open_runs: list[Chunk] = []
 
     @property
     def capacity(self) -> int:
@@ -119,6 +133,7 @@ class Chunk:
     def seal(self) -> None:
         """No more appends (the unused tail was never touched, so it holds no memory)."""
         self._max_ts = self._newest()
+        self._open_runs = []  # a read sorts the sealed chunk whole
 
     def parts(self) -> list[tuple[int, int, int]]:
         """The chunks this one was made of (itself when it is not a merged run)."""
@@ -195,25 +210,10 @@ class Chunk:
 
     def range_totals(self, account: int, mid: int, lo: int, hi: int) -> Totals | None:
         """(count, exact sum, max, latest (ts, offset, value)) of the account's events of
-        ``mid`` with ``lo <= ts < hi``, or None when there are none. Binary searches and
-        block sums on a sorted chunk; array compares on the open one."""
+        ``mid`` with ``lo <= ts < hi``, or None when there are none, in this sorted chunk:
+        binary searches and block sums."""
+        assert self.pos is not None and self.blocks is not None
         c = self.cols
-        if self.pos is None or self.blocks is None:
-            rows = self.rows_of(account, mid)
-            if not len(rows):
-                return None
-            ts = c["ts"][rows]
-            rows = rows[(ts >= lo) & (ts < hi)]
-            if not len(rows):
-                return None
-            values = c["value"][rows]
-            ts = c["ts"][rows]
-            # Rows are in log order here, so the latest is the last row holding the newest
-            # timestamp: argmax of the reversed stamps finds it without a sort.
-            best = len(ts) - 1 - int(np.argmax(ts[::-1]))
-            row = int(rows[best])
-            latest = (int(ts[best]), row + self.first_offset, int(values[best]))
-            return len(rows), _exact(values), int(values.max()), latest
         a, b = self._span(account, mid)
         stamps = c["ts"][a:b]
         i = a + int(stamps.searchsorted(np.int64(lo), "left"))
@@ -224,6 +224,59 @@ class Chunk:
         last = j - 1  # sorted by (ts, offset): the range's latest event is its last row
         latest = (int(c["ts"][last]), int(self.pos[last]) + self.first_offset, int(values[last]))
         return j - i, self.blocks.sum(values, i, j), self.blocks.max(values, i, j), latest
+
+    def open_range_totals(
+        self, account: int, mid: int, lo: int, hi: int, scan_max: int
+    ) -> Totals | None:
+        """``range_totals`` of this open chunk: on the runs of its read index, and by array
+        compares on the rows appended since (at most ``scan_max``)."""
+        first = self._index_open(scan_max)
+        found = [run.range_totals(account, mid, lo, hi) for run in self._open_runs]
+        if first < self.size:
+            found.append(self._scan_totals(account, mid, lo, hi, first))
+        return combined(found)
+
+    def _index_open(self, scan_max: int) -> int:
+        """Bring the open chunk's read index up to date; the first row it leaves to a scan.
+        Rows appended since the last read become a sorted run when there are more than
+        ``scan_max``; runs then merge while the last two are of one size class."""
+        assert self.pos is None
+        runs = self._open_runs
+        covered = runs[-1].end_offset() - self.first_offset if runs else 0
+        if self.size - covered <= scan_max:
+            return covered
+        run = Chunk(self.first_offset + covered, capacity=1)
+        run.cols = {name: self.cols[name][covered : self.size] for name in REQUIRED}
+        run.size = self.size - covered
+        run._max_ts = {}  # an index, never asked what it holds for retention
+        run.sort()  # sorted copies: later appends to the chunk never reach the run
+        runs.append(run)
+        while len(runs) > 1 and runs[-2].size <= 2 * runs[-1].size:
+            right = runs.pop()
+            runs[-1] = merge(runs[-1], right)
+        return self.size
+
+    def _scan_totals(self, account: int, mid: int, lo: int, hi: int, first: int) -> Totals | None:
+        """``range_totals`` over the open chunk's rows from ``first`` on, by array compares."""
+        c = self.cols
+        n = self.size
+        hit = c["account"][first:n] == np.uint64(account)
+        hit &= c["mid"][first:n] == mid
+        rows = first + np.flatnonzero(hit)
+        if not len(rows):
+            return None
+        ts = c["ts"][rows]
+        rows = rows[(ts >= lo) & (ts < hi)]
+        if not len(rows):
+            return None
+        values = c["value"][rows]
+        ts = c["ts"][rows]
+        # Rows are in log order here, so the latest is the last row holding the newest
+        # timestamp: argmax of the reversed stamps finds it without a sort.
+        best = len(ts) - 1 - int(np.argmax(ts[::-1]))
+        row = int(rows[best])
+        latest = (int(ts[best]), row + self.first_offset, int(values[best]))
+        return len(rows), _exact(values), int(values.max()), latest
 
     # ------------------------------------------------------------------ lookups
 
@@ -296,6 +349,18 @@ class EventStore:
         chunk.append(columns, id_data)
         self.next_offset += n
 
+    def range_totals(self, account: int, mid: int, lo: int, hi: int) -> Totals | None:
+        """``Chunk.range_totals`` over every chunk: the account's events of ``mid`` with
+        ``lo <= ts < hi`` (None: there are none)."""
+        scan_max = min(OPEN_SCAN_MAX, self.chunk_events // 64)
+        found = []
+        for chunk in self.readable():
+            if chunk.sorted:
+                found.append(chunk.range_totals(account, mid, lo, hi))
+            else:
+                found.append(chunk.open_range_totals(account, mid, lo, hi, scan_max))
+        return combined(found)
+
     def readable(self) -> Iterator[Chunk]:
         """Every chunk: sealed ones as sorted runs (made on first use, adjacent runs of
         similar size merged), then the open one."""
@@ -332,6 +397,19 @@ class EventStore:
                 pieces = chunk.split()
                 kept.extend(p for p, drop in zip(pieces, verdicts, strict=True) if not drop)
         self.chunks = [*kept, self.chunks[-1]]
+
+
+def combined(found: list[Totals | None]) -> Totals | None:
+    """The totals of disjoint sets of events, each given by its totals (None: no event)."""
+    parts = [t for t in found if t is not None]
+    if len(parts) <= 1:
+        return parts[0] if parts else None
+    return (
+        sum(t[0] for t in parts),
+        sum(t[1] for t in parts),
+        max(t[2] for t in parts),
+        max(t[3] for t in parts),  # (ts, offset, value): offsets differ, so no tie
+    )
 
 
 def merge(left: Chunk, right: Chunk) -> Chunk:

@@ -38,14 +38,25 @@ def _find(keys: Array, vals: Array, query: Array) -> Array:
 
 
 def _merged(keys: Array, vals: Array, more_keys: Array, more_vals: Array) -> tuple[Array, Array]:
-    """Two sorted runs of distinct keys (and their values) as one, in new arrays. A stable
-    sort of the two runs laid end to end is a merge (numpy's timsort finds the runs), and
-    faster than ``np.insert``, which sorts the insertion places again for each array."""
+    """Two sorted runs of distinct keys (and their values) as one, in new arrays. Each new key
+    lands after the old keys below it (a binary search) and the new keys before it; the old
+    keys fill the other places, in order. Only the two results and a mask are written: a merge
+    of the main run writes 17 bytes per key, where sorting the runs laid end to end wrote 40
+    (fresh pages, each a fault, as the index grows)."""
     if not len(keys):
         return np.array(more_keys, U64), np.array(more_vals, I64)
-    both = np.concatenate([keys, more_keys])
-    order = np.argsort(both, kind="stable")
-    return both[order], np.concatenate([vals, more_vals])[order]
+    total = len(keys) + len(more_keys)
+    at = keys.searchsorted(more_keys)
+    at += np.arange(len(more_keys))
+    old = np.ones(total, bool)
+    old[at] = False
+    out_keys = np.empty(total, U64)
+    out_vals = np.empty(total, I64)
+    out_keys[at] = more_keys
+    out_vals[at] = more_vals
+    out_keys[old] = keys
+    out_vals[old] = vals
+    return out_keys, out_vals
 
 
 class KeyIndex:

@@ -280,10 +280,9 @@ def _read_num(
                     _add_row(state, _acc(groups, group), crow)
         elif view.total:
             # An edge of the total: per chunk, binary searches and block sums (runs.py).
-            for chunk in state.events.readable():
-                found = chunk.range_totals(account, inst.mid, a, b)
-                if found is not None:
-                    _acc(groups, ()).add(*found)
+            found = state.events.range_totals(account, inst.mid, a, b)
+            if found is not None:
+                _acc(groups, ()).add(*found)
         else:
             _scan_num(groups, _Events(state, inst, account, a, b), view)
     if inst.agg == AggType.LATEST and inst.recurring and pieces:

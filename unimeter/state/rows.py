@@ -22,6 +22,13 @@ A row with no events yet has count 0 and the sentinels below. Rows are never mov
 state lives; retention frees them and ``compact`` renumbers the survivors. Only rows below
 ``size`` are ever read; ``allocate`` writes a new row's starting values (the capacity beyond
 ``size`` is zero in the columns that start at zero, and undefined in the others).
+
+Memory: a row costs the bytes of the columns it touches. Columns grow by doubling into fresh
+zeroed pages (the node maps large buffers separately, see ``node_cli.tune_malloc``), so the
+unused capacity costs nothing; a zero column that no row has written yet (``sum_hi`` while
+every value fits in 32 bits) is not copied when it grows, so it holds no memory at all; and
+``next_level`` exists only once some row can reach a threshold (``levels`` reads
+``INT64_MAX`` for every row until then).
 """
 
 from __future__ import annotations
@@ -85,8 +92,9 @@ class RowStore:
         # No row's latest event is newer than this (a bound, not written: recomputed on load).
         self.newest_ts = INT64_MIN
         self._best = np.zeros(0, I64)
+        # Every column but ``next_level``, which joins once a row's level is below INT64_MAX.
         self.cols: dict[str, Array] = {
-            name: np.full(capacity, _FILL[name], I64) for name in COLUMNS
+            name: np.full(capacity, _FILL[name], I64) for name in COLUMNS if name != "next_level"
         }
         # 1 for a total row that has cell rows (derived from the cell index, not written).
         self.has_cells = np.zeros(capacity, np.uint8)
@@ -111,10 +119,13 @@ class RowStore:
             # the copy).
             new_capacity = max(need, capacity * 2)
             for name, col in self.cols.items():
-                grown = (
-                    np.zeros(new_capacity, I64) if name in _ZERO else np.empty(new_capacity, I64)
-                )
-                grown[:first] = col[:first]
+                if name in _ZERO:
+                    grown = np.zeros(new_capacity, I64)
+                    if col[:first].any():  # else the copy would only touch zero pages
+                        grown[:first] = col[:first]
+                else:
+                    grown = np.empty(new_capacity, I64)
+                    grown[:first] = col[:first]
                 self.cols[name] = grown
             flags = np.zeros(new_capacity, np.uint8)
             flags[:first] = self.has_cells[:first]
@@ -124,8 +135,43 @@ class RowStore:
         cols = self.cols
         for name in _NONZERO:
             cols[name][first:need] = _FILL[name]
-        cols["next_level"][first:need] = next_level
+        if "next_level" in cols or np.any(np.asarray(next_level) != INT64_MAX):
+            self._level_column()[first:need] = next_level
         return ids
+
+    # ------------------------------------------------------------------ threshold levels
+
+    def _level_column(self) -> Array:
+        """The ``next_level`` column, made (every row INT64_MAX) on first need."""
+        col = self.cols.get("next_level")
+        if col is None:
+            col = self.cols["next_level"] = np.full(len(self.cols["count"]), INT64_MAX, I64)
+        return col
+
+    def levels(self, rows: Array) -> Array:
+        """The next threshold level of each of ``rows``."""
+        col = self.cols.get("next_level")
+        if col is None:
+            return np.full(len(rows), INT64_MAX, I64)
+        return col[rows]
+
+    def set_level(self, row: int, level: int) -> None:
+        if level != INT64_MAX or "next_level" in self.cols:
+            self._level_column()[row] = level
+
+    def column(self, name: str) -> Array:
+        """Column ``name`` of the rows below ``size`` (``next_level`` made up if absent)."""
+        if name == "next_level" and name not in self.cols:
+            return np.full(self.size, INT64_MAX, I64)
+        return self.cols[name][: self.size]
+
+    def load_column(self, name: str, values: Array) -> None:
+        """Set column ``name`` of the first ``len(values)`` rows (a snapshot's)."""
+        if name == "next_level":
+            if "next_level" in self.cols or (values != INT64_MAX).any():
+                self._level_column()[: len(values)] = values
+            return
+        self.cols[name][: len(values)] = values
 
     # ------------------------------------------------------------------ batch updates
 

@@ -217,7 +217,7 @@ def _load_alerts(state: PartitionState, row: list[Any]) -> None:
 def _dump_rows(rows: RowStore, blobs: _Blobs) -> list[Any]:
     return [
         rows.size,
-        {name: blobs.add(rows.cols[name][: rows.size]) for name in COLUMNS},
+        {name: blobs.add(rows.column(name)) for name in COLUMNS},
         sorted([row, total] for row, total in rows.big_sums.items()),
         sorted([row, dict(fired)] for row, fired in rows.fired.items()),
         rows.since_settle,
@@ -228,7 +228,7 @@ def _load_rows(row: list[Any], blobs: memoryview) -> RowStore:
     size, cols, big_sums, fired, since_settle = row
     rows = RowStore(capacity=max(size, 1))
     for name, ref in cols.items():
-        rows.cols[name][:size] = _array(blobs, ref)
+        rows.load_column(name, _array(blobs, ref))
     rows.size = size
     rows.big_sums = {r: total for r, total in big_sums}
     rows.fired = {r: f for r, f in fired}
