@@ -28,6 +28,7 @@ _ops = st.lists(
     st.one_of(
         st.tuples(st.just("add"), _batch, st.integers(0, 5)),
         st.tuples(st.just("expire"), st.integers(0, 6)),
+        st.tuples(st.just("add_new"), _batch, st.integers(0, 5)),
     ),
     max_size=12,
 )
@@ -47,6 +48,14 @@ def test_table_holds_what_a_dict_holds(bits: int, ops: list[tuple], probes: list
             table.add(np.array(fresh_keys, U64), day)
             for k in fresh_keys:
                 model[k] = day
+        elif op[0] == "add_new":
+            # ``add_new`` stores all of them or, when one is stored already, none.
+            _, keys, day = op
+            distinct = list({int(k): None for k in stored_form(np.array(keys, U64)).tolist()})
+            fresh = not any(k in model for k in distinct)
+            assert table.add_new(np.array(distinct, U64), day) == fresh
+            if fresh:
+                model.update(dict.fromkeys(distinct, day))
         else:
             oldest = op[1]
             table.expire(oldest)

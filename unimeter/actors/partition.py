@@ -39,6 +39,7 @@ import numpy as np
 
 from unimeter import errors, limits, testing_switches
 from unimeter.actors.admission import Array, admit
+from unimeter.actors.claims import IdClaims
 from unimeter.actors.effects import Effects, Outgoing
 from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seconds
 from unimeter.consensus.config import ProposalRejected, RaftConfig, Role
@@ -152,10 +153,9 @@ class PartitionCore(ReplicatedCore):
         self._view_term = -1  # the term whose leadership the view was built for
         # Entries this replica proposed, by index, so applying them needs no decoding.
         self._proposals: dict[int, tuple[int, Entry]] = {}
-        # Claims of entries proposed but not yet applied (cleared as each one applies): the
+        # Claims of entries proposed but not yet applied (released as each one applies): the
         # event-id keys each entry stores, by log index, and the producer sequences.
-        self._pending_keys: dict[int, list[int]] = {}
-        self._claimed: set[int] = set()  # every key of ``_pending_keys``, for one lookup
+        self._claims = IdClaims()
         self._pending_seqs: dict[tuple[int, int], tuple[int, m.IngestReply]] = {}
         # Replies released when the entry at their index is applied.
         self._on_apply: dict[int, list[tuple[object, m.IngestReply | None]]] = {}
@@ -283,7 +283,7 @@ class PartitionCore(ReplicatedCore):
         """Admit the INGEST requests that arrived together and log those that store anything
         as one entry (one part each): one Raft proposal and one WAL record for all of them."""
         accepted: list[tuple[ClientRequest, BatchPart]] = []
-        group_keys: set[int] = set()
+        self._claims.drop_staged()  # (nothing is staged between calls)
         group_seqs: dict[tuple[int, int], int] = {}  # a retry within the group: its first part
         for msg in msgs:
             req = msg.request
@@ -295,7 +295,7 @@ class PartitionCore(ReplicatedCore):
                 accepted.append((msg, accepted[group_seqs[key]][1]))
                 continue
             part = admit(req, now_us, self._metrics, self.retention_us,
-                         lambda keys: self._seen_keys(keys, group_keys))  # fmt: skip
+                         self._seen_keys)  # fmt: skip
             if part.n_stored == 0 and req.producer_id == 0:
                 reply = m.IngestReply(
                     n_stored=0, n_duplicates=part.n_duplicates, n_rejected=part.n_rejected,
@@ -304,7 +304,7 @@ class PartitionCore(ReplicatedCore):
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
                 continue
             if part.id_hashes is not None:
-                group_keys.update(part.id_hashes.tolist())
+                self._claims.stage(part.id_hashes)
             if req.producer_id != 0:
                 group_seqs[key] = len(accepted)
             accepted.append((msg, part))
@@ -363,14 +363,11 @@ class PartitionCore(ReplicatedCore):
         entry = BatchEntry(stamp_us=now_us, parts=tuple(parts))
         index = self._append(entry, now_us, fx)
         if index is None:
+            self._claims.drop_staged()
             for msg, _ in accepted:
                 fx.replies.append(self.not_leader(msg.token))
             return
-        keys = [p.id_hashes for p in parts if p.id_hashes is not None]
-        if keys:
-            claimed = (keys[0] if len(keys) == 1 else np.concatenate(keys)).tolist()
-            self._pending_keys[index] = claimed
-            self._claimed.update(claimed)
+        self._claims.claim_staged(index)
         replies: dict[int, m.IngestReply] = {}
         for part in parts:
             n_stored = part.n_stored
@@ -393,18 +390,14 @@ class PartitionCore(ReplicatedCore):
             else:
                 fx.replies.append(Outgoing(msg.token, errors.Status.OK, reply))
 
-    def _seen_keys(self, keys: Array, group_keys: set[int]) -> Array:
+    def _seen_keys(self, keys: Array) -> Array:
         """Which event-id keys are already stored, claimed by an entry in flight, or by an
         earlier part of the entry being built."""
         if testing_switches.SKIP_EVENT_ID_DEDUP:
             seen = np.zeros(len(keys), dtype=bool)
         else:
             seen = self.state.event_keys_seen(keys)
-        for claimed in (self._claimed, group_keys):
-            if claimed:
-                as_ints = keys.tolist()
-                if not claimed.isdisjoint(as_ints):  # rare: a retry racing its first attempt
-                    seen |= np.fromiter(map(claimed.__contains__, as_ints), bool, len(as_ints))
+        seen |= self._claims.taken(keys, self.state.applied_index)
         return seen
 
     # ------------------------------------------------------------------ log
@@ -445,9 +438,7 @@ class PartitionCore(ReplicatedCore):
         for part in entry.parts:
             if part.producer_id != 0:
                 self._pending_seqs.pop((part.producer_id, part.seq), None)
-        released = self._pending_keys.pop(index, None)
-        if released is not None:
-            self._claimed.difference_update(released)
+        self._claims.release(index)
 
     def _install_snapshot(self, snapshot: Snapshot) -> None:
         self.state = PartitionState.from_snapshot(snapshot.data)
@@ -467,8 +458,7 @@ class PartitionCore(ReplicatedCore):
         self._parked_reads.clear()
         self._parked_ingests.clear()
         self._parked_leader.clear()
-        self._pending_keys.clear()
-        self._claimed.clear()
+        self._claims.clear()
         self._pending_seqs.clear()
         self._view_term = -1
         self._webhook_proposed = 0

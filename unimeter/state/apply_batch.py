@@ -62,8 +62,8 @@ def apply(state: PartitionState, index: int, entry: BatchEntry) -> ApplyResult:
     alerts: list[StoredAlert] = []
     if g.n:
         if g.hashes is not None:
-            assert not state.ids.contains(g.hashes).any(), "an event id is already stored"
-            state.ids.add(g.hashes, state.newest_day)
+            stored = state.ids.add_new(g.hashes, state.newest_day)
+            assert stored, "an event id is already stored"
         state.events.append(g.cols, g.id_data)
         found = _fold(state, g, first)
         found.sort(key=lambda f: f[0])

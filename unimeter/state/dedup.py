@@ -7,7 +7,7 @@ Event-id keys (``hashing.event_id_keys``, already uniformly spread 64-bit number
 bucketed hash table of numpy arrays: 8 slots per bucket (one cache line), and every key may sit
 in either of two buckets (two-choice hashing keeps buckets even, so the table fills to 3/4
 before it grows). A column of keys is looked up with two gathers and a compare, and inserted
-with one sort by bucket and a few array operations: no Python per key. Each slot also keeps
+with a few scatters and gathers per round of keys: no sort, no Python per key. Each slot also keeps
 the log day its key was stored on; expiry clears the slots of old days and packs each bucket
 again. About 13 bytes a key, where a Python set of ints costs about eighty and a roaring set
 of random 64-bit values more.
@@ -41,13 +41,14 @@ def stored_form(keys: Array) -> Array:
 class EventIdIndex:
     """The keys of stored event ids, with the day each was stored on."""
 
-    __slots__ = ("_bits", "_days", "_fill", "_keys", "size")
+    __slots__ = ("_bits", "_claim", "_days", "_fill", "_keys", "size")
 
     def __init__(self, bits: int = 10) -> None:
         self._bits = bits
         self._keys = np.zeros((1 << bits, SLOTS), U64)
         self._days = np.zeros((1 << bits, SLOTS), I32)
         self._fill = np.zeros(1 << bits, np.int8)  # used slots of each bucket, packed first
+        self._claim = np.zeros(1 << bits, np.int32)  # scratch of ``_place_round``
         self.size = 0
 
     def __len__(self) -> int:
@@ -62,7 +63,9 @@ class EventIdIndex:
     def contains(self, keys: Array) -> Array:
         """A boolean per key of ``keys`` (uint64): already stored?"""
         keys = stored_form(keys)
-        first, second = self._buckets(keys)
+        return self._hits(keys, *self._buckets(keys))
+
+    def _hits(self, keys: Array, first: Array, second: Array) -> Array:
         column = keys[:, None]
         # A row of 8 booleans is 8 bytes: viewed as one uint64 it is non-zero when any is set.
         hit = (self._keys.take(first, axis=0) == column).view(U64)[:, 0] != 0
@@ -76,7 +79,21 @@ class EventIdIndex:
         """Store ``keys`` (distinct, none stored yet) on log day ``day`` (or one day each)."""
         if not len(keys):
             return
+        self._add(stored_form(keys), day)
+
+    def add_new(self, keys: Array, day: int) -> bool:
+        """Store ``keys`` (distinct) on log day ``day`` unless one of them is stored already:
+        then store nothing and return False. One pass for the check and the placement (the
+        check reads the cache lines the placement writes)."""
+        if not len(keys):
+            return True
         keys = stored_form(keys)
+        if self._hits(keys, *self._buckets(keys)).any():
+            return False
+        self._add(keys, day)
+        return True
+
+    def _add(self, keys: Array, day: int | Array) -> None:
         days = np.broadcast_to(np.asarray(day, I32), keys.shape)
         if (self.size + len(keys)) * 4 > len(self._fill) * SLOTS * 3:
             self._grow(self.size + len(keys))
@@ -87,43 +104,65 @@ class EventIdIndex:
 
     def _place(self, keys: Array, days: Array) -> tuple[Array, Array]:
         """Put keys in the emptier of their two buckets (the other when that one is full);
-        return those that fit in neither. Keys are grouped by bucket with one stable sort,
-        and each takes the next free slot of its bucket by its rank in the group: those
-        ranked past the bucket's end try their other bucket the same way. The same keys in
-        the same order always land in the same slots."""
+        return those that fit in neither. Keys go in rounds of at most a quarter as many as
+        there are buckets, so that few of a round share a bucket (and each round sees the
+        fill the earlier ones left)."""
+        room = max(len(self._fill) // 4, 1)
+        if len(keys) <= room:
+            return self._place_round(keys, days)
+        left = [self._place_round(keys[i : i + room], days[i : i + room])
+                for i in range(0, len(keys), room)]  # fmt: skip
+        return np.concatenate([k for k, _ in left]), np.concatenate([d for _, d in left])
+
+    def _place_round(self, keys: Array, days: Array) -> tuple[Array, Array]:
+        """Each pass, every bucket wanted takes one of the keys that want it (whichever the
+        scatter below leaves in ``_claim``) into its next free slot: no sort. A key whose
+        bucket is full moves to its other bucket once; full there too, it is returned. Which
+        slot a key lands in never changes an answer (lookups read whole buckets, ``dump``
+        sorts)."""
         first, second = self._buckets(keys)
-        fill = self._fill
+        fill, claim = self._fill, self._claim
         bucket = np.where(fill[second] < fill[first], second, first)
-        other = np.where(bucket == first, second, first)
+        other = first ^ second ^ bucket
+        moved = np.zeros(len(keys), dtype=bool)
         flat_keys = self._keys.reshape(-1)
         flat_days = self._days.reshape(-1)
-        for _ in range(2):  # each key's first choice, then its other bucket
-            n = len(bucket)
-            order = np.argsort(bucket, kind="stable")
-            grouped = bucket[order]
-            starts_group = np.empty(n, dtype=bool)
-            starts_group[:1] = True
-            np.not_equal(grouped[1:], grouped[:-1], out=starts_group[1:])
-            starts = np.flatnonzero(starts_group)
-            rank = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
-            slot = fill[grouped] + rank
-            fits = slot < SLOTS
-            placed = order[fits]
-            flat = grouped[fits] * SLOTS + slot[fits]
-            flat_keys[flat] = keys[placed]
-            flat_days[flat] = days[placed]
-            last = np.append(starts[1:], n) - 1  # each bucket's last key: its new fill
-            fill[grouped[last]] = np.minimum(slot[last] + 1, SLOTS)
-            self.size += len(placed)
-            left = order[~fits]
-            if not len(left):
-                return keys[:0], days[:0]
-            keys, days, bucket = keys[left], days[left], other[left]
-        return keys, days
+        overflow: list[tuple[Array, Array]] = []
+        while len(keys):
+            ids = np.arange(len(keys), dtype=np.int32)
+            claim[bucket] = ids
+            won = claim[bucket] == ids  # exactly one key per wanted bucket
+            slot = fill[bucket]
+            free = slot < SLOTS
+            fits = won & free
+            at = bucket[fits]
+            flat = at * SLOTS + slot[fits]
+            flat_keys[flat] = keys[fits]
+            flat_days[flat] = days[fits]
+            fill[at] += 1  # the buckets of ``at`` are distinct
+            self.size += len(at)
+            full = won & ~free
+            if full.any():
+                spilled = full & moved
+                if spilled.any():
+                    overflow.append((keys[spilled], days[spilled]))
+                turn = full & ~moved
+                bucket = np.where(turn, other, bucket)
+                moved |= turn
+                waiting = ~(fits | spilled)
+            else:
+                waiting = ~fits
+            keys, days = keys[waiting], days[waiting]
+            bucket, other, moved = bucket[waiting], other[waiting], moved[waiting]
+        if not overflow:
+            return keys, days
+        return np.concatenate([k for k, _ in overflow]), np.concatenate([d for _, d in overflow])
 
     def _grow(self, size: int) -> None:
-        used = self._keys != _EMPTY  # (in table order: no need to sort them)
-        keys, days = self._keys[used], self._days[used]
+        # Slot by slot across the buckets, not bucket by bucket: keys of one old bucket want
+        # the same new buckets, and a round of ``_place_round`` places one key per bucket.
+        used = (self._keys != _EMPTY).T
+        keys, days = self._keys.T[used], self._days.T[used]
         bits = self._bits
         while size * 4 > (1 << bits) * SLOTS * 3:
             bits += 1
