@@ -264,6 +264,12 @@ def _operations(data: Any, n: int) -> Array | None:
 
 
 def _codes(data: Any, n: int) -> tuple[tuple[str, ...], Array | None]:
+    if isinstance(data, np.ndarray) and data.dtype.kind == "U" and data.ndim == 1 and n:
+        if len(data) != n:
+            _column("metric_codes", data, n)  # raises, naming the lengths
+        found = _few_codes(data)
+        if found is not None:
+            return found
     column = _scalar_or_column("metric_codes", data, n)
     if column is None:
         return (_one(data, validate_code),), None
@@ -280,6 +286,33 @@ def _codes(data: Any, n: int) -> tuple[tuple[str, ...], Array | None]:
         except ValueError as exc:
             raise Bad(index, str(exc)) from None
     return cols.codes_of([str(code) for code in column])
+
+
+_FEW_CODES_MAX = 8
+
+
+def _few_codes(column: Array) -> tuple[tuple[str, ...], Array | None] | None:
+    """``cols.codes_of`` of a numpy array of strings holding a few distinct valid codes, by
+    whole-array compares (one per distinct code to find them, one per code but the first to
+    number them) instead of a Python object per event; None when there are more or one is
+    not valid (then the caller reads the array as a list and names the bad entry)."""
+    distinct: list[str] = []
+    rest = column
+    while len(rest):
+        if len(distinct) == _FEW_CODES_MAX:
+            return None
+        code = str(rest[0])  # what tolist() gives: a str without trailing NULs
+        if not cols.valid_code(code):
+            return None
+        distinct.append(code)
+        rest = rest[rest != rest[0]]
+    table = tuple(sorted(distinct))
+    if len(table) == 1:
+        return table, None
+    index = np.zeros(len(column), U8)
+    for number, code in enumerate(table[1:], 1):
+        index[column == code] = number
+    return table, index
 
 
 def _timestamps(data: Any, n: int) -> Array | None:
