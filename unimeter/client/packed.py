@@ -194,7 +194,7 @@ def packed_ids(texts: Sequence[str], lengths: Array, data: bytes) -> tuple[bytes
 
 def offsets_of(lengths: Array) -> Array:
     offsets = np.zeros(len(lengths) + 1, I64)
-    np.cumsum(lengths, out=offsets[1:])
+    np.cumsum(lengths, dtype=I64, out=offsets[1:])
     return offsets
 
 
