@@ -141,10 +141,12 @@ class _RunFacts:
         self.all_codes: list[bool] | None = None
         if packed.code_ids is not None:
             self.all_codes = _uses_every(keys, packed.code_ids, len(packed.code_table), runs)
+        # Events with a timestamp per run; None when every event has one (or none has).
         self.stamped: list[int] | None = None
         if packed.timestamps is not None:
-            stamped = keys[packed.timestamps != NO_TIMESTAMP]
-            self.stamped = np.bincount(stamped, minlength=runs).tolist()
+            present = packed.timestamps != NO_TIMESTAMP
+            if not present.all():
+                self.stamped = np.bincount(keys[present], minlength=runs).tolist()
         self.operations: list[int] | None = None
         if packed.operation_types is not None:
             operated = keys[packed.operation_types != 0]
@@ -179,9 +181,8 @@ class _Cutter:
         self.bytes_budget = bytes_budget
         self.facts = facts
         self.groups: list[Group] = []
-        stamps = packed.timestamps
         # Whether a batch may lack timestamps altogether (then it carries no column).
-        self.gaps = stamps is not None and bool(np.count_nonzero(stamps == NO_TIMESTAMP))
+        self.gaps = facts.stamped is not None
         self.zeros = np.zeros(len(packed), U8) if packed.code_ids is None else None
         # Ids of one width have the same offsets in every batch: slices of one column.
         width = packed.id_width
@@ -217,8 +218,7 @@ class _Cutter:
         if p.timestamps is not None:
             stamps = p.timestamps[low:high]
             if run is not None:
-                assert facts.stamped is not None
-                if not facts.stamped[run]:
+                if facts.stamped is not None and not facts.stamped[run]:
                     stamps = None
             elif self.gaps and not np.count_nonzero(stamps != NO_TIMESTAMP):
                 stamps = None
