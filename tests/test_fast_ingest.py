@@ -183,9 +183,7 @@ def test_the_codec_answers_an_ingest_through_the_fast_path_as_through_the_generi
     codec.feed(frame_of(cbor2.dumps([0, 2, encode_body(rejecting)])))
     first, second = codec.next_frame(), codec.next_frame()
     assert first == m.ResponseFrame(request_id=1, status=0, kind=m.Kind.INGEST, message=plain)
-    assert second == m.ResponseFrame(
-        request_id=2, status=0, kind=m.Kind.INGEST, message=rejecting
-    )
+    assert second == m.ResponseFrame(request_id=2, status=0, kind=m.Kind.INGEST, message=rejecting)
     codec.forget(3)  # given up on: its late reply is dropped, on either path
     codec.feed(frame_of(cbor2.dumps([0, 3, encode_body(plain)])))
     assert codec.next_frame() is None

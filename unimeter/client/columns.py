@@ -264,7 +264,7 @@ def _event_ids(ids: list[Any]) -> tuple[bytes | None, Array | None, int]:
             # One byte per character, so every valid id is under 256 characters: their lengths
             # fit a byte string (ValueError for a longer one: the caller validates each).
             lengths = np.frombuffer(bytes(map(len, ids)), U8)
-            if not (1 <= int(lengths.min()) and int(lengths.max()) <= _EVENT_ID_BYTES_MAX):
+            if int(lengths.min()) == 0 or int(lengths.max()) > _EVENT_ID_BYTES_MAX:
                 raise _Unsure
             return pk.packed_ids(ids, lengths, joined.encode("ascii"))
         texts = ids
