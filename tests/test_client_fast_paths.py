@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from unimeter import Event, InvalidRequestError, limits
 from unimeter.client import arrays, columns
+from unimeter.client import packed as packed_module
 from unimeter.client.arrays import pack_arrays
 from unimeter.client.batching import split_packed
 from unimeter.client.cluster_map import Partitioner
@@ -45,15 +46,19 @@ def test_a_string_array_of_codes_packs_as_the_list_of_them(metric_codes: list[st
     assert to_lists(pack_arrays(**as_array)) == expected
 
 
-def test_few_codes_leaves_many_distinct_codes_to_the_list_path() -> None:
-    many = np.array([f"m{i}" for i in range(20)] * 3, dtype=str)
-    assert arrays._few_codes(many) is None
-    few = np.array(["b", "a", "b", "c"], dtype=str)
-    found = arrays._few_codes(few)
+def test_codes_of_a_string_array_are_found_beyond_the_first_events() -> None:
+    late = np.array(["b", "a"] * 1000 + ["c", "a"], dtype=str)  # "c" after the seed
+    found = arrays._array_codes(late)
     assert found is not None
     table, index = found
-    assert table == ("a", "b", "c") and index is not None and index.tolist() == [1, 0, 1, 2]
-    assert arrays._few_codes(np.array(["ok", "not ok"], dtype=str)) is None
+    assert table == ("a", "b", "c") and index is not None
+    assert index.tolist() == [1, 0] * 1000 + [2, 0]
+    assert arrays._array_codes(np.array(["a"] * 2000 + ["not ok"], dtype=str)) is None
+    assert arrays._array_codes(np.array(["one"] * 3, dtype=str)) == (("one",), None)
+    many = [f"m{i}" for i in range(300)] * 2
+    found = arrays._array_codes(np.array(many, dtype=str))
+    assert found is not None and found[1] is not None and found[1].dtype == np.uint16
+    assert [found[0][i] for i in found[1].tolist()] == many
 
 
 ascii_ids = st.text("abc-0123456789", min_size=0, max_size=70)
@@ -116,3 +121,25 @@ def test_an_event_with_too_many_properties_is_named() -> None:
     many = {f"k{i}": "v" for i in range(limits.properties_per_event_max + 1)}
     events = [Event(account_id=1, metric_code="m", properties=many)] * 2
     assert message_of(lambda: pack_events(events)).startswith("event 0: ")
+
+
+def test_strided_columns_encode_as_their_contiguous_copies() -> None:
+    accounts = np.arange(80, dtype=np.uint64)
+    values = np.arange(80, dtype=np.int64)
+    strided = pack_arrays(account_ids=accounts[::2], metric_codes="m", values=values[::2])
+    copied = pack_arrays(
+        account_ids=accounts[::2].copy(), metric_codes="m", values=values[::2].copy()
+    )
+    route = Partitioner(1).many
+    assert [g.batch.raw for g in split_packed(strided, route)] == [
+        g.batch.raw for g in split_packed(copied, route)
+    ]
+
+
+@SETTINGS
+@given(st.integers(1, 64), st.integers(0, 40), st.randoms())
+def test_ids_of_one_width_are_gathered_as_bytes_are(width: int, n: int, rnd: Any) -> None:
+    data = bytes(rnd.getrandbits(8) for _ in range(width * n))
+    order = np.array(rnd.sample(range(n), n), dtype=np.intp)
+    expected = b"".join(data[i * width : (i + 1) * width] for i in order.tolist())
+    assert packed_module.gather_rows(data, width, order) == expected

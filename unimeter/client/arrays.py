@@ -267,7 +267,7 @@ def _codes(data: Any, n: int) -> tuple[tuple[str, ...], Array | None]:
     if isinstance(data, np.ndarray) and data.dtype.kind == "U" and data.ndim == 1 and n:
         if len(data) != n:
             _column("metric_codes", data, n)  # raises, naming the lengths
-        found = _few_codes(data)
+        found = _array_codes(data)
         if found is not None:
             return found
     column = _scalar_or_column("metric_codes", data, n)
@@ -288,31 +288,30 @@ def _codes(data: Any, n: int) -> tuple[tuple[str, ...], Array | None]:
     return cols.codes_of([str(code) for code in column])
 
 
-_FEW_CODES_MAX = 8
+_SEED_EVENTS = 1024  # events whose codes are read as Python strings to guess the table
 
 
-def _few_codes(column: Array) -> tuple[tuple[str, ...], Array | None] | None:
-    """``cols.codes_of`` of a numpy array of strings holding a few distinct valid codes, by
-    whole-array compares (one per distinct code to find them, one per code but the first to
-    number them) instead of a Python object per event; None when there are more or one is
-    not valid (then the caller reads the array as a list and names the bad entry)."""
-    distinct: list[str] = []
-    rest = column
-    while len(rest):
-        if len(distinct) == _FEW_CODES_MAX:
+def _array_codes(column: Array) -> tuple[tuple[str, ...], Array | None] | None:
+    """``cols.codes_of`` of a non-empty numpy array of strings, without a Python object per
+    event: the table guessed from the first events' codes, each event's code found in it by a
+    binary search over the whole array, and the guess checked (codes it missed are added and
+    the search made again). None when a code is not valid: the caller then reads the array as
+    a list and names the bad entry."""
+    distinct = set(column[:_SEED_EVENTS].tolist())
+    for _ in range(2):
+        if not all(map(cols.valid_code, distinct)):
             return None
-        code = str(rest[0])  # what tolist() gives: a str without trailing NULs
-        if not cols.valid_code(code):
-            return None
-        distinct.append(code)
-        rest = rest[rest != rest[0]]
-    table = tuple(sorted(distinct))
-    if len(table) == 1:
-        return table, None
-    index = np.zeros(len(column), U8)
-    for number, code in enumerate(table[1:], 1):
-        index[column == code] = number
-    return table, index
+        names = sorted(distinct)
+        table = np.array(names, column.dtype)  # sorted alike: by code point
+        index = np.searchsorted(table, column)
+        np.minimum(index, len(table) - 1, out=index)  # past the end: not in the table
+        missed = table[index] != column
+        if not missed.any():
+            if len(names) == 1:
+                return tuple(names), None
+            return tuple(names), index.astype(pk.index_dtype(len(names) - 1))
+        distinct.update(column[missed].tolist())
+    raise AssertionError("the second search found every code")
 
 
 def _timestamps(data: Any, n: int) -> Array | None:
