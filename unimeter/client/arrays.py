@@ -26,6 +26,7 @@ from unimeter import limits, periods
 from unimeter.errors import InvalidRequestError
 from unimeter.model import (
     OperationType,
+    is_valid_code,
     validate_account_id,
     validate_code,
     validate_event_id,
@@ -299,7 +300,7 @@ def _array_codes(column: Array) -> tuple[tuple[str, ...], Array | None] | None:
     a list and names the bad entry."""
     distinct = set(column[:_SEED_EVENTS].tolist())
     for _ in range(2):
-        if not all(map(cols.valid_code, distinct)):
+        if not all(map(is_valid_code, distinct)):
             return None
         names = sorted(distinct)
         table = np.array(names, column.dtype)  # sorted alike: by code point

@@ -32,7 +32,7 @@ import numpy as np
 
 from unimeter import limits, periods
 from unimeter.errors import InvalidRequestError
-from unimeter.model import Event, OperationType, validate_code
+from unimeter.model import Event, OperationType, is_valid_code
 from unimeter.wire.batch import NO_TIMESTAMP
 
 from . import packed as pk
@@ -158,31 +158,12 @@ def _bulk(events: Sequence[object]) -> Packed:
     )
 
 
-# Metric codes found valid before: a set lookup instead of a regular expression per call.
-_valid_codes: set[str] = set()
-_VALID_CODES_MAX = 4096
-
-
-def valid_code(code: str) -> bool:
-    """Whether the ``str`` ``code`` is a valid metric code (remembered when it is)."""
-    if code in _valid_codes:
-        return True
-    try:
-        validate_code(code)
-    except ValueError:
-        return False
-    if len(_valid_codes) >= _VALID_CODES_MAX:
-        _valid_codes.clear()
-    _valid_codes.add(code)
-    return True
-
-
 def codes_of(metric_codes: list[Any]) -> tuple[tuple[str, ...], Array | None]:
     """The sorted table of distinct valid codes and each event's index into it (None when
     there is one code). ``_Unsure`` for anything but valid ``str`` codes."""
     distinct = set(metric_codes)  # TypeError for an unhashable code
     for code in distinct:
-        if type(code) is not str or not valid_code(code):
+        if not is_valid_code(code):
             raise _Unsure  # the caller validates each event
     table = tuple(sorted(distinct))
     if len(table) == 1:
