@@ -13,6 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from unimeter import limits, periods
@@ -66,6 +67,26 @@ def validate_code(code: object, what: str = "metric code") -> str:
     if not isinstance(code, str) or not _CODE_RE.match(code):
         raise ValueError(f"{what} must be 1-64 characters of [A-Za-z0-9_.:-], got {code!r}")
     return code
+
+
+# Metric codes already found valid: most checks are one set lookup instead of a regular
+# expression (a producer or a reader names a few codes over and over). Bounded; cleared when full.
+valid_codes: set[str] = set()
+_VALID_CODES_MAX = 4096
+
+
+def is_valid_code(code: object) -> TypeGuard[str]:
+    """``validate_code`` as a yes or no, for an exact ``str`` (remembered when valid)."""
+    if type(code) is not str:
+        return False
+    if code in valid_codes:
+        return True
+    if not _CODE_RE.match(code):
+        return False
+    if len(valid_codes) >= _VALID_CODES_MAX:
+        valid_codes.clear()
+    valid_codes.add(code)
+    return True
 
 
 def validate_webhook_url(url: object, threshold: str = "?") -> str:

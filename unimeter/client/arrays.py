@@ -26,6 +26,7 @@ from unimeter import limits, periods
 from unimeter.errors import InvalidRequestError
 from unimeter.model import (
     OperationType,
+    is_valid_code,
     validate_account_id,
     validate_code,
     validate_event_id,
@@ -264,6 +265,12 @@ def _operations(data: Any, n: int) -> Array | None:
 
 
 def _codes(data: Any, n: int) -> tuple[tuple[str, ...], Array | None]:
+    if isinstance(data, np.ndarray) and data.dtype.kind == "U" and data.ndim == 1 and n:
+        if len(data) != n:
+            _column("metric_codes", data, n)  # raises, naming the lengths
+        found = _array_codes(data)
+        if found is not None:
+            return found
     column = _scalar_or_column("metric_codes", data, n)
     if column is None:
         return (_one(data, validate_code),), None
@@ -280,6 +287,32 @@ def _codes(data: Any, n: int) -> tuple[tuple[str, ...], Array | None]:
         except ValueError as exc:
             raise Bad(index, str(exc)) from None
     return cols.codes_of([str(code) for code in column])
+
+
+_SEED_EVENTS = 1024  # events whose codes are read as Python strings to guess the table
+
+
+def _array_codes(column: Array) -> tuple[tuple[str, ...], Array | None] | None:
+    """``cols.codes_of`` of a non-empty numpy array of strings, without a Python object per
+    event: the table guessed from the first events' codes, each event's code found in it by a
+    binary search over the whole array, and the guess checked (codes it missed are added and
+    the search made again). None when a code is not valid: the caller then reads the array as
+    a list and names the bad entry."""
+    distinct = set(column[:_SEED_EVENTS].tolist())
+    for _ in range(2):
+        if not all(map(is_valid_code, distinct)):
+            return None
+        names = sorted(distinct)
+        table = np.array(names, column.dtype)  # sorted alike: by code point
+        index = np.searchsorted(table, column)
+        np.minimum(index, len(table) - 1, out=index)  # past the end: not in the table
+        missed = table[index] != column
+        if not missed.any():
+            if len(names) == 1:
+                return tuple(names), None
+            return tuple(names), index.astype(pk.index_dtype(len(names) - 1))
+        distinct.update(column[missed].tolist())
+    raise AssertionError("the second search found every code")
 
 
 def _timestamps(data: Any, n: int) -> Array | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 from unimeter.wire.batch import (
     TAG_SINT64_LE,
@@ -128,6 +129,12 @@ def batch_bytes(
     )
 
 
+def _buffer(column: Array) -> Array | bytes:
+    """What ``join`` copies a column's bytes from: the array itself when its items are back
+    to back (no copy of its own), else a copy that is."""
+    return column if column.flags.c_contiguous else column.tobytes()
+
+
 def _assemble(
     metric_codes: tuple[str, ...],
     metric_index: Array,
@@ -144,37 +151,37 @@ def _assemble(
     eight = head(_BYTES, 8 * n)  # every 64-bit column's byte-string head
     one = head(_BYTES, n)  # and every 8-bit one's
     keys = 4
-    parts = [
+    parts: list[Any] = [  # bytes, and arrays whose buffers join reads
         b"",
         _M,
         text_array(metric_codes),
         *(
-            (_MI_U8, one, metric_index.tobytes())
+            (_MI_U8, one, _buffer(metric_index))
             if metric_index.dtype.itemsize == 1
-            else (_MI_U16, head(_BYTES, 2 * n), metric_index.tobytes())
+            else (_MI_U16, head(_BYTES, 2 * n), _buffer(metric_index))
         ),
         _A,
         eight,
-        account_ids.tobytes(),
+        _buffer(account_ids),
         _V,
         eight,
-        values.tobytes(),
+        _buffer(values),
     ]
     if timestamps is not None:
         keys += 1
-        parts += (_T, eight, timestamps.tobytes())
+        parts += (_T, eight, _buffer(timestamps))
     if operation_types is not None:
         keys += 1
-        parts += (_O, one, operation_types.tobytes())
+        parts += (_O, one, _buffer(operation_types))
     if properties:
         keys += 1
         parts += (_P, head(_ARRAY, len(properties)))
         for key, table, index in properties:
             parts += (_TRIPLE, _text(key), text_array(table))
             if index.dtype.itemsize == 1:
-                parts += (_INDEX_U8, one, index.tobytes())
+                parts += (_INDEX_U8, one, _buffer(index))
             else:
-                parts += (_INDEX_U16, head(_BYTES, 2 * n), index.tobytes())
+                parts += (_INDEX_U16, head(_BYTES, 2 * n), _buffer(index))
     if event_id_data is not None:
         assert event_id_offsets is not None
         keys += 2
@@ -184,7 +191,7 @@ def _assemble(
             event_id_data,
             _EO,
             head(_BYTES, 4 * (n + 1)),
-            event_id_offsets.tobytes(),
+            _buffer(event_id_offsets),
         )
     parts[0] = _MAP_HEADS[keys]
     return b"".join(parts)

@@ -103,47 +103,94 @@ def split_packed(
     n = len(packed)
     if n == 0:
         return []
-    partitions = route(packed.account_ids)
-    first = int(partitions[0])
-    runs: list[tuple[int, int, int]]
-    if bool((partitions == first).all()):
+    keys = route(packed.account_ids).astype(np.intp)
+    counts = np.bincount(keys)
+    facts = _RunFacts(packed, keys, counts)  # before the sort: they do not depend on order
+    sizes = counts.tolist()
+    if max(sizes) == n:  # one partition: the events stay in the caller's order
         order = np.arange(n)
-        runs = [(first, 0, n)]
     else:
-        keys = partitions.astype(np.uint16)  # partitions_max fits: a radix sort
-        order = np.argsort(keys, kind="stable")
+        # Partitions fit 16 bits: numpy sorts them by radix.
+        order = np.argsort(keys.astype(np.uint16), kind="stable")
         packed = packed.take(order)
-        counts = np.bincount(keys)
-        used = np.flatnonzero(counts)
-        ends = np.cumsum(counts)[used]
-        runs = list(zip(used.tolist(), (ends - counts[used]).tolist(), ends.tolist(), strict=True))
-    cutter = _Cutter(packed, order, frame_bytes_max // 2)
-    for partition, start, end in runs:
-        for low in range(start, end, events_per_batch_max):
-            cutter.cut(partition, low, min(low + events_per_batch_max, end))
+    cutter = _Cutter(packed, order, frame_bytes_max // 2, facts)
+    start = 0
+    for partition, size in enumerate(sizes):
+        if not size:
+            continue
+        end = start + size
+        if size <= events_per_batch_max:
+            cutter.cut(partition, start, end, whole=True)
+        else:
+            for low in range(start, end, events_per_batch_max):
+                cutter.cut(partition, low, min(low + events_per_batch_max, end))
+        start = end
     return cutter.groups
+
+
+class _RunFacts:
+    """What each partition's events use, for all partitions at once (a few numpy calls per
+    column, not per batch): whether they use every metric code of the call, every value of a
+    property key or none, how many carry a timestamp or an operation. ``_Cutter`` trusts these
+    only for a batch that is its partition's whole run; a part of a run is looked at itself."""
+
+    __slots__ = ("all_codes", "operations", "properties", "stamped")
+
+    def __init__(self, packed: Packed, keys: Array, counts: Array) -> None:
+        runs = len(counts)
+        self.all_codes: list[bool] | None = None
+        if packed.code_ids is not None:
+            self.all_codes = _uses_every(keys, packed.code_ids, len(packed.code_table), runs)
+        # Events with a timestamp per run; None when every event has one (or none has).
+        self.stamped: list[int] | None = None
+        if packed.timestamps is not None:
+            present = packed.timestamps != NO_TIMESTAMP
+            if not present.all():
+                self.stamped = np.bincount(keys[present], minlength=runs).tolist()
+        self.operations: list[int] | None = None
+        if packed.operation_types is not None:
+            operated = keys[packed.operation_types != 0]
+            self.operations = np.bincount(operated, minlength=runs).tolist()
+        # Per key: (events lacking it, whether every value of its table is used) per run.
+        self.properties: list[tuple[list[int], list[bool]]] = []
+        for column in packed.properties:
+            table = len(column.values) + 1  # 0: the event lacks the key
+            used = np.bincount(keys * table + column.index, minlength=runs * table)
+            used = used.reshape(runs, table)
+            lacking = used[:, 0].tolist()
+            every = np.count_nonzero(used[:, 1:], axis=1) == table - 1
+            self.properties.append((lacking, every.tolist()))
+
+
+def _uses_every(keys: Array, index: Array, entries: int, runs: int) -> list[bool]:
+    """Per run: whether its events use every one of ``entries`` table entries."""
+    used = np.bincount(keys * entries + index, minlength=runs * entries).reshape(runs, entries)
+    every: list[bool] = (np.count_nonzero(used, axis=1) == entries).tolist()
+    return every
 
 
 class _Cutter:
     """Makes the batches of contiguous slices of ``packed`` (already in partition order)."""
 
-    __slots__ = ("bytes_budget", "gaps", "groups", "id_offsets", "order", "packed", "zeros")
+    __slots__ = ("bytes_budget", "facts", "gaps", "groups", "id_offsets", "order", "packed",
+                 "zeros")  # fmt: skip
 
-    def __init__(self, packed: Packed, order: Array, bytes_budget: int) -> None:
+    def __init__(self, packed: Packed, order: Array, bytes_budget: int, facts: _RunFacts) -> None:
         self.packed = packed
         self.order = order
         self.bytes_budget = bytes_budget
+        self.facts = facts
         self.groups: list[Group] = []
-        stamps = packed.timestamps
         # Whether a batch may lack timestamps altogether (then it carries no column).
-        self.gaps = stamps is not None and bool(np.count_nonzero(stamps == NO_TIMESTAMP))
+        self.gaps = facts.stamped is not None
         self.zeros = np.zeros(len(packed), U8) if packed.code_ids is None else None
         # Ids of one width have the same offsets in every batch: slices of one column.
         width = packed.id_width
         self.id_offsets = pk.uniform_offsets(width, len(packed)).astype(U32) if width else None
 
-    def cut(self, partition: int, low: int, high: int) -> None:
-        batch, keys = self.batch(low, high)
+    def cut(self, partition: int, low: int, high: int, *, whole: bool = False) -> None:
+        """Batches of events ``low:high`` of ``partition`` (``whole``: all of its events)."""
+        batch, keys = self.batch(low, high, partition if whole else None)
         size = len(batch.raw)
         if (size <= self.bytes_budget and keys <= _KEYS_PER_BATCH_MAX) or high - low == 1:
             self.groups.append(Group(partition, self.order[low:high], batch))
@@ -153,23 +200,46 @@ class _Cutter:
         for a, b in pairwise(bounds):
             self.cut(partition, a, b)
 
-    def batch(self, low: int, high: int) -> tuple[EventBatch, int]:
-        """The batch of events ``low:high`` (encoded), and how many property keys it has.
+    def batch(self, low: int, high: int, run: int | None) -> tuple[EventBatch, int]:
+        """The batch of events ``low:high`` (encoded), and how many property keys it has;
+        ``run``: the partition whose whole run these events are (its facts apply), else None.
         Runs once per batch: numpy calls on views, no copies but the bytes."""
-        p = self.packed
-        table, index = self.codes(low, high)
+        p, facts = self.packed, self.facts
+        if run is not None and (facts.all_codes is None or facts.all_codes[run]):
+            table = p.code_table
+            if p.code_ids is None:
+                assert self.zeros is not None
+                index = self.zeros[low:high]
+            else:
+                index = p.code_ids[low:high]
+        else:
+            table, index = self.codes(low, high)
         stamps = operations = None
         if p.timestamps is not None:
             stamps = p.timestamps[low:high]
-            if self.gaps and not np.count_nonzero(stamps != NO_TIMESTAMP):
+            if run is not None:
+                if facts.stamped is not None and not facts.stamped[run]:
+                    stamps = None
+            elif self.gaps and not np.count_nonzero(stamps != NO_TIMESTAMP):
                 stamps = None
         if p.operation_types is not None:
             operations = p.operation_types[low:high]
-            if not np.count_nonzero(operations):  # count_nonzero: a tenth of any()'s cost
+            if run is not None:
+                assert facts.operations is not None
+                if not facts.operations[run]:
+                    operations = None
+            elif not np.count_nonzero(operations):  # count_nonzero: a tenth of any()'s cost
                 operations = None
         properties = []
-        for column in p.properties:
-            sliced = _key_slice(column, low, high)
+        for column, (lacking, every) in zip(p.properties, facts.properties, strict=True):
+            if run is None:
+                sliced = _key_slice(column, low, high)
+            elif lacking[run] == high - low:
+                sliced = None
+            elif every[run]:
+                sliced = column.key, column.values, column.index[low:high]
+            else:
+                sliced = _key_slice(column, low, high)
             if sliced is not None:
                 properties.append(sliced)
         id_data = id_offsets = None

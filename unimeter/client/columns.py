@@ -25,13 +25,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import compress
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
 
 from unimeter import limits, periods
 from unimeter.errors import InvalidRequestError
-from unimeter.model import Event, OperationType, validate_code
+from unimeter.model import Event, OperationType, is_valid_code
 from unimeter.wire.batch import NO_TIMESTAMP
 
 from . import packed as pk
@@ -132,13 +133,13 @@ def _bulk(events: Sequence[object]) -> Packed:
     first = batch[0]
     if first.timestamp is None and first.event_id is None and first.operation_type is _NONE:
         special = [
-            e
+            1
             for e in batch
             if e.timestamp is not None
-            or e.operation_type is not _NONE
-            or e.properties.__class__ is not dict
-            or e.properties
             or e.event_id is not None
+            or e.operation_type is not _NONE
+            or e.properties
+            or e.properties.__class__ is not dict
         ]
         if not special:  # the common case: no optional field is set
             return Packed(accounts, amounts, code_table, code_ids, None, None, (), None, None)
@@ -162,9 +163,8 @@ def codes_of(metric_codes: list[Any]) -> tuple[tuple[str, ...], Array | None]:
     there is one code). ``_Unsure`` for anything but valid ``str`` codes."""
     distinct = set(metric_codes)  # TypeError for an unhashable code
     for code in distinct:
-        if type(code) is not str:
-            raise _Unsure
-        validate_code(code)  # ValueError: the caller validates each event
+        if not is_valid_code(code):
+            raise _Unsure  # the caller validates each event
     table = tuple(sorted(distinct))
     if len(table) == 1:
         return table, None
@@ -216,9 +216,15 @@ def _properties(mappings: list[Any]) -> tuple[KeyColumn, ...]:
         raise _Unsure
     if not texts_within(list(keys), 1, _KEY_BYTES_MAX):
         raise _Unsure
+    # Each mapping's keys are among ``keys``: if they add up to all of them for every event,
+    # every event has every key, and a column is read without asking.
+    everywhere = sum(map(len, mappings)) == len(keys) * len(mappings)
     out = []
     for key in sorted(keys):
-        column = [p[key] if key in p else ABSENT for p in mappings]  # noqa: SIM401 - faster
+        if everywhere:
+            column = list(map(itemgetter(key), mappings))
+        else:
+            column = [p[key] if key in p else ABSENT for p in mappings]  # noqa: SIM401 - faster
         if not set(map(type, column)) <= _VALUE_OR_ABSENT:
             raise _Unsure
         encoded = pk.key_column(key, column)
@@ -234,6 +240,14 @@ def _event_ids(ids: list[Any]) -> tuple[bytes | None, Array | None, int]:
     if kinds == _NONE_TYPES:
         return None, None, 0
     if kinds == _STR_TYPES:
+        joined = "".join(ids)
+        if joined.isascii():
+            # One byte per character, so every valid id is under 256 characters: their lengths
+            # fit a byte string (ValueError for a longer one: the caller validates each).
+            lengths = np.frombuffer(bytes(map(len, ids)), U8)
+            if int(lengths.min()) == 0 or int(lengths.max()) > _EVENT_ID_BYTES_MAX:
+                raise _Unsure
+            return pk.packed_ids(ids, lengths, joined.encode("ascii"))
         texts = ids
         shortest = min(map(len, texts))
     elif kinds == _STR_OR_NONE:

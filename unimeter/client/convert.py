@@ -25,9 +25,6 @@ def expect(reply: Reply, cls: type[_R]) -> _R:
 
 
 _ACCOUNT_ID_MAX = limits.account_id_max
-# Metric codes ``validate_code`` accepted before: a set lookup instead of a regex per call.
-_valid_codes: set[str] = set()
-_VALID_CODES_MAX = 4096
 
 
 def account_id(value: object) -> int:
@@ -40,17 +37,12 @@ def account_id(value: object) -> int:
 
 
 def metric_code(value: object) -> str:
-    if type(value) is str and value in _valid_codes:
+    if model.is_valid_code(value):  # a set lookup for a code seen before
         return value
     try:
-        code = model.validate_code(value)
+        return model.validate_code(value)  # a str subclass, or the problem
     except ValueError as exc:
         raise InvalidRequestError(str(exc)) from None
-    if type(code) is str:
-        if len(_valid_codes) >= _VALID_CODES_MAX:
-            _valid_codes.clear()
-        _valid_codes.add(code)
-    return code
 
 
 def period_us(period: object) -> tuple[int, int]:

@@ -80,8 +80,7 @@ class Packed:
         data, offsets, width = self.id_data, self.id_offsets, self.id_width
         if width:
             assert data is not None
-            # Ids of one width are rows of a matrix: one gather of fixed-size items.
-            data = np.frombuffer(data, f"V{width}")[order].tobytes()
+            data = gather_rows(data, width, order)
             offsets = uniform_offsets(width, len(order))
         elif data is not None:
             assert offsets is not None
@@ -179,6 +178,20 @@ def utf8_lengths(texts: Sequence[str]) -> tuple[bytes, Array]:
     return b"".join(encoded), np.fromiter(map(len, encoded), I64, len(encoded))
 
 
+def gather_rows(data: bytes, width: int, order: Array) -> bytes:
+    """Ids of one ``width`` (the rows of a matrix), those at ``order``, in that order. Numpy
+    gathers items of a numeric type column by column several times faster than it gathers
+    items of ``width`` bytes, so a width made of 32-bit words (a UUID's 36 bytes: 9) is
+    gathered a word column at a time."""
+    if width % 4:
+        return np.frombuffer(data, f"V{width}")[order].tobytes()
+    words = np.frombuffer(data, U32).reshape(-1, width // 4)
+    out = np.empty((len(order), width // 4), U32)
+    for j in range(width // 4):
+        out[:, j] = words[:, j][order]
+    return out.tobytes()
+
+
 def uniform_offsets(width: int, n: int) -> Array:
     return np.arange(0, (n + 1) * width, width, dtype=I64)
 
@@ -194,7 +207,7 @@ def packed_ids(texts: Sequence[str], lengths: Array, data: bytes) -> tuple[bytes
 
 def offsets_of(lengths: Array) -> Array:
     offsets = np.zeros(len(lengths) + 1, I64)
-    np.cumsum(lengths, out=offsets[1:])
+    np.cumsum(lengths, dtype=I64, out=offsets[1:])
     return offsets
 
 

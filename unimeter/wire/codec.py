@@ -36,6 +36,7 @@ from unimeter import errors, limits
 from unimeter.wire import messages as m
 from unimeter.wire.bodies import decode_push, decode_reply, decode_request, encode_body
 from unimeter.wire.convert import BodyError
+from unimeter.wire.fast_ingest import ingest_frame, ingest_reply
 from unimeter.wire.frames import FrameDecoder, encode_frame
 
 __all__ = [
@@ -128,7 +129,9 @@ class ClientCodec:
         if request_id in self._pending or request_id in self._forgotten:
             raise ValueError(f"request id {request_id} is still awaiting its reply")
         kind = message.KIND
-        frame = encode_frame([int(kind), request_id, encode_body(message)])
+        frame = ingest_frame(request_id, message) if type(message) is m.Ingest else None
+        if frame is None:
+            frame = encode_frame([int(kind), request_id, encode_body(message)])
         if len(frame) - 4 > self.frame_bytes_max:
             raise errors.InvalidRequestError(
                 f"{type(message).__name__} frame of {len(frame) - 4} bytes exceeds "
@@ -161,12 +164,20 @@ class ClientCodec:
     def next_event(self) -> m.ResponseFrame | m.PushFrame | None:
         """The next reply or push, or None until more bytes arrive; ProtocolError on
         anything bad."""
+        decoder = self._decoder
         try:
             while True:
-                item = self._decoder.next_item()
-                if item is None:
+                payload = decoder.next_payload()
+                if payload is None:
                     return None
-                frame = self._response(item)
+                fast = ingest_reply(payload)
+                if fast is not None and self._pending.get(fast[0]) is m.Kind.INGEST:
+                    request_id, reply = fast
+                    del self._pending[request_id]
+                    return m.ResponseFrame(
+                        request_id=request_id, status=0, kind=m.Kind.INGEST, message=reply
+                    )
+                frame = self._response(decoder.item_of(payload))
                 if frame is not None:
                     return frame
         except errors.ProtocolError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from unimeter import limits
-from unimeter.model import validate_code
+from unimeter.model import is_valid_code, valid_codes
 
 KIND_QUERY = 9
 KIND_QUERY_REALTIME = 10
@@ -28,30 +28,10 @@ _I64_MIN = -(2**63)
 _I64_MAX = 2**63 - 1
 _PARTITION_END = limits.partitions_max
 
-# Metric codes already found valid: a query names one of a few codes, so most are checked by
-# one set lookup instead of a regular expression. Bounded; cleared when full.
-_valid_codes: set[str] = set()
-_VALID_CODES_MAX = 4096
-
 # (partition, account_id, metric_code, start_us, end_us, min_index, catalog_version)
 QueryFields = tuple[int, int, str, int, int, int, int]
 # (partition, account_id, metric_code, catalog_version)
 RealtimeFields = tuple[int, int, str, int]
-
-
-def _code_ok(code: object) -> bool:
-    if type(code) is not str:
-        return False
-    if code in _valid_codes:
-        return True
-    try:
-        validate_code(code)
-    except ValueError:
-        return False
-    if len(_valid_codes) >= _VALID_CODES_MAX:
-        _valid_codes.clear()
-    _valid_codes.add(code)
-    return True
 
 
 def query(body: Any) -> QueryFields | None:
@@ -90,7 +70,7 @@ def query(body: Any) -> QueryFields | None:
         or not 0 <= min_index <= _U64_MAX
         or not 0 <= cv <= _U64_MAX
         or type(code) is not str
-        or (code not in _valid_codes and not _code_ok(code))
+        or (code not in valid_codes and not is_valid_code(code))
     ):
         return None
     return p, a, code, s, e, min_index, cv
@@ -122,7 +102,7 @@ def query_realtime(body: Any) -> RealtimeFields | None:
         or not 0 <= a <= _U64_MAX
         or not 0 <= cv <= _U64_MAX
         or type(code) is not str
-        or (code not in _valid_codes and not _code_ok(code))
+        or (code not in valid_codes and not is_valid_code(code))
     ):
         return None
     return p, a, code, cv

@@ -152,6 +152,14 @@ class FrameDecoder:
 
         Raises ``errors.ProtocolError`` on bad framing or bytes that are not one CBOR item.
         """
+        payload = self.next_payload()
+        if payload is None:
+            return None
+        return self.item_of(payload)
+
+    def next_payload(self) -> bytes | None:
+        """The next frame's payload (not yet decoded: ``item_of``), or None until its last
+        byte has arrived. Raises ``errors.ProtocolError`` on bad framing."""
         if self._error is not None:
             raise errors.ProtocolError(self._error)
         buffer = self._buffer
@@ -183,6 +191,12 @@ class FrameDecoder:
             )
         else:
             self.frame_ready = False
+        return payload
+
+    def item_of(self, payload: bytes) -> Any:
+        """The one CBOR item of a payload ``next_payload`` returned; ``errors.ProtocolError``
+        (and the decoder broken for good) if it is not one."""
+        size = len(payload)
         try:
             if size > _CHECK_BYTES_MIN:  # cborscan.needs_check, inlined
                 check_item(payload, items_max=budget_for(size, self.items_per_byte_max))
