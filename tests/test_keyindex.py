@@ -20,7 +20,7 @@ def batches(draw: st.DrawFn) -> list[tuple[list[int], bool]]:
     """Batches of keys (some big enough to force a merge of the delta, many of one key as a
     lone request adds them, filling and spilling the tail), each sorted or not."""
     out = []
-    for _ in range(draw(st.integers(1, 30))):
+    for _ in range(draw(st.integers(1, 20))):
         kind = draw(st.integers(0, 4))
         if kind == 1:
             keys = [draw(KEYS)]
