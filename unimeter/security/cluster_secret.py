@@ -34,8 +34,8 @@ from unimeter.wire import messages as m
 NONCE_BYTES = 32
 PROOF_BYTES = 32  # HMAC-SHA256
 SECRET_BYTES_MIN = 16  # after stripping surrounding whitespace
-_WELCOME = b"unimeter-cluster-v1 welcome"
-_HELLO = b"unimeter-cluster-v1 hello"
+WELCOME = b"unimeter-cluster-v1 welcome"  # the accepting node proves with this label
+HELLO = b"unimeter-cluster-v1 hello"  # the dialling node, with this one
 
 
 class SecretFileError(ValueError):
@@ -82,7 +82,7 @@ def _transcript(
     )
 
 
-def _proof(
+def proof(
     label: bytes,
     secret: bytes,
     server_id: int,
@@ -91,34 +91,10 @@ def _proof(
     client_nonce: bytes,
     server_nonce: bytes,
 ) -> bytes:
-    """HMAC of the handshake transcript; ``label`` tells the two directions apart, so a
-    proof can never be reflected back as the other side's."""
+    """HMAC of the handshake transcript; ``label`` (``WELCOME`` or ``HELLO``) tells the two
+    directions apart, so a proof can never be reflected back as the other side's."""
     body = _transcript(server_id, member_id, link, client_nonce, server_nonce)
     return hmac.new(secret, label + body, hashlib.sha256).digest()
-
-
-def welcome_proof(
-    secret: bytes,
-    server_id: int,
-    member_id: int,
-    link: bool,
-    client_nonce: bytes,
-    server_nonce: bytes,
-) -> bytes:
-    """The accepting node's proof (sent in its welcome)."""
-    return _proof(_WELCOME, secret, server_id, member_id, link, client_nonce, server_nonce)
-
-
-def hello_proof(
-    secret: bytes,
-    server_id: int,
-    member_id: int,
-    link: bool,
-    client_nonce: bytes,
-    server_nonce: bytes,
-) -> bytes:
-    """The dialling node's proof (sent in its hello)."""
-    return _proof(_HELLO, secret, server_id, member_id, link, client_nonce, server_nonce)
 
 
 class MemberGreeting:
@@ -175,21 +151,11 @@ class MemberGreeting:
                 f"node {welcome.node_id} did not prove the cluster secret (it has none, or "
                 "runs an older version); refusing to treat it as a member"
             )
-        expected = welcome_proof(
-            self.secret, welcome.node_id, self.node_id, self.link, self._nonce, welcome.challenge
-        )
-        if not hmac.compare_digest(expected, welcome.proof):
+        # The transcript both proofs cover; only their labels differ.
+        facts = (self.secret, welcome.node_id, self.node_id, self.link, self._nonce)
+        if not hmac.compare_digest(proof(WELCOME, *facts, welcome.challenge), welcome.proof):
             raise AuthError(
                 f"node {welcome.node_id} holds a different cluster secret; check "
                 "--cluster-secret-file on both nodes"
             )
-        return self._hello(
-            hello_proof(
-                self.secret,
-                welcome.node_id,
-                self.node_id,
-                self.link,
-                self._nonce,
-                welcome.challenge,
-            )
-        )
+        return self._hello(proof(HELLO, *facts, welcome.challenge))

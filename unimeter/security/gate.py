@@ -220,13 +220,17 @@ class HelloGate:
                 )
             server_nonce = cs.new_nonce()
             self._pending = (member, link, msg.nonce, server_nonce)
-            proof = cs.welcome_proof(secret, gate.node_id, member, link, msg.nonce, server_nonce)
+            proof = cs.proof(
+                cs.WELCOME, secret, gate.node_id, member, link, msg.nonce, server_nonce
+            )
             return Verdict(challenge=server_nonce, proof=proof)
         pending, self._pending = self._pending, None  # a challenge is answered once
         if pending is None or pending[:3] != (member, link, msg.nonce):
             return self._refused("bad_proof", "a proof without its challenge")
         client_nonce, server_nonce = pending[2], pending[3]
-        expected = cs.hello_proof(secret, gate.node_id, member, link, client_nonce, server_nonce)
+        expected = cs.proof(
+            cs.HELLO, secret, gate.node_id, member, link, client_nonce, server_nonce
+        )
         if not hmac.compare_digest(expected, msg.proof):
             return self._refused("bad_proof", f"node {member} does not hold this cluster's secret")
         log.info("event=member_authenticated node=%d link=%s peer=%s", member, link, self.peer)
