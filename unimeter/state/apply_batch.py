@@ -136,13 +136,14 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     present = sorted(g.mids)  # every instance the parts' code tables name (a superset)
     insts = [state.instances[mid] for mid in present]
     tabs = state.tables
+    stamp = g.stamp
     simple = (
-        g.stamp is not None
+        stamp is not None
         and not any(i.unique or i.thresholds for i in insts)
         and g.cols["cell"] is None
         and not len(tabs.cells)
     )
-    if simple and n <= SCALAR_MAX and _fold_scalar(state, g, g.stamp, first):  # type: ignore[arg-type]
+    if simple and stamp is not None and n <= SCALAR_MAX and _fold_scalar(state, g, stamp, first):
         return []
     table_of = np.full(present[-1] + 1, -1, I64)  # by mid, when each has one table
     level_of = np.full(present[-1] + 1, INT64_MAX, I64)  # a new row's first level, by mid
