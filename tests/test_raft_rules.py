@@ -9,6 +9,7 @@ RaftLog edge cases and misuse of the API.
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -298,6 +299,17 @@ def test_next_deadline_drives_ticks() -> None:
     core.tick(due)
     assert core.status().role is Role.PRE_CANDIDATE
     assert core.next_deadline() > due
+
+
+def test_a_lone_leader_has_no_deadline_and_a_group_leader_does() -> None:
+    lone = make_core(1, members=(1,))
+    lone.tick(0.0)  # a lone member campaigns at its first tick and wins on its own vote
+    drain(lone)
+    assert lone.role is Role.LEADER
+    assert lone.next_deadline() == math.inf  # no heartbeats to send, no quorum to check
+    leader = make_core(1)
+    elect(leader)
+    assert leader.next_deadline() <= 10.0 + FAST.election_timeout_s
 
 
 def test_an_ack_for_state_stored_earlier_waits_for_that_sync() -> None:
