@@ -139,6 +139,7 @@ class CatalogCore(ReplicatedCore):
         self._proposed_version = state.version
         self._view_term = -1
         self._pending: dict[int, tuple[CatalogEntry, list[Outgoing]]] = {}
+        self._parked: list[CatalogRequest] = []  # changes waiting for leader_ready
 
     @property
     def version(self) -> int:
@@ -188,7 +189,10 @@ class CatalogCore(ReplicatedCore):
             )
             return
         if not self.leader_ready:
-            fx.replies.append(self.not_leader(msg.token))
+            if self.parks_for_leader(len(self._parked)):
+                self._parked.append(msg)
+            else:
+                fx.replies.append(self.not_leader(msg.token))
             return
         self._refresh_view()
         try:
@@ -302,14 +306,22 @@ class CatalogCore(ReplicatedCore):
         for _, replies in self._pending.values():
             for out in replies:
                 fx.replies.append(self.not_leader(out.token))
+        for msg in self._parked:
+            fx.replies.append(self.not_leader(msg.token))
         self._pending.clear()
+        self._parked.clear()
         self._view_term = -1
 
     def _after_drain(self, now_us: int, fx: Effects) -> None:
-        pass
+        if self._parked and self.leader_ready:
+            assert isinstance(fx, CatalogEffects)
+            parked, self._parked = self._parked, []
+            for msg in parked:
+                self._on_request(msg, now_us, fx)
 
     def pending_tokens(self) -> list[object]:
-        return [out.token for _, replies in self._pending.values() for out in replies]
+        tokens = [out.token for _, replies in self._pending.values() for out in replies]
+        return tokens + [msg.token for msg in self._parked]
 
 
 def _error(token: object, exc: errors.UnimeterError) -> Outgoing:

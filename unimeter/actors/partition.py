@@ -41,7 +41,13 @@ from unimeter import errors, limits, testing_switches
 from unimeter.actors.admission import Array, admit
 from unimeter.actors.claims import IdClaims
 from unimeter.actors.effects import Effects, Outgoing
-from unimeter.actors.replicated import RaftTick, Recovered, ReplicatedCore, seconds
+from unimeter.actors.replicated import (
+    PARKED_MAX,
+    RaftTick,
+    Recovered,
+    ReplicatedCore,
+    seconds,
+)
 from unimeter.consensus.config import ProposalRejected, RaftConfig, Role
 from unimeter.consensus.messages import LogEntry, Snapshot
 from unimeter.periods import US_PER_DAY
@@ -64,9 +70,6 @@ PartitionRead = (
 
 # How often a leader that is not the preferred one tries to hand leadership back.
 _HAND_BACK_INTERVAL_US = 2_000_000
-
-# Requests parked while a new leader applies earlier terms' entries (beyond: UNAVAILABLE).
-_PARKED_MAX = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,12 +201,7 @@ class PartitionCore(ReplicatedCore):
 
     def _on_request(self, msg: ClientRequest, now_us: int, fx: Effects) -> None:
         if not self.leader_ready:
-            # A leader still applying its predecessors' entries answers once it is ready, and
-            # so does a lone member still winning its own election (it is the only possible
-            # leader, a durable vote away): telling the client "no leader" would only make it
-            # ask again.
-            soon = self.role.value == "leader" or len(self.members) == 1
-            if soon and len(self._parked_leader) < _PARKED_MAX:
+            if self.parks_for_leader(len(self._parked_leader)):
                 self._parked_leader.append(msg)
             else:
                 fx.replies.append(self.not_leader(msg.token))
@@ -314,7 +312,7 @@ class PartitionCore(ReplicatedCore):
     def _ingest_may_proceed(self, msg: ClientRequest, req: m.Ingest, fx: Effects) -> bool:
         """False when the request is answered, parked or waiting already (no new part)."""
         if req.catalog_version > self._catalog_version:
-            if len(self._parked_ingests) >= _PARKED_MAX:
+            if len(self._parked_ingests) >= PARKED_MAX:
                 fx.replies.append(
                     _error(
                         msg.token,
@@ -492,7 +490,7 @@ class PartitionCore(ReplicatedCore):
         if answer is None:
             # Read-your-writes: wait until this replica has applied what the client saw
             # (its writes, and the catalog version of a metric it just created).
-            if len(self._parked_reads) >= _PARKED_MAX:
+            if len(self._parked_reads) >= PARKED_MAX:
                 fx.replies.append(
                     _error(
                         msg.token,

@@ -31,6 +31,9 @@ from unimeter.wire import messages as m
 # clock arithmetic.
 NEVER_US = 2**62
 
+# Requests parked while a replica becomes ready to lead (beyond: NOT_LEADER or UNAVAILABLE).
+PARKED_MAX = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class PeerMessage:
@@ -129,7 +132,15 @@ class ReplicatedCore(abc.ABC):
         return int(due * 1_000_000) + 1
 
     def drain(self, now_us: int, fx: Effects) -> None:
-        """Run every Ready the Raft core has, turning it into effects."""
+        """Run every Ready the Raft core has, turning it into effects; again when what became
+        answerable proposed (a parked change once this replica leads)."""
+        self._drain_readies(now_us, fx)
+        self._after_drain(now_us, fx)
+        if self.raft.has_ready():
+            self._drain_readies(now_us, fx)
+            self._after_drain(now_us, fx)
+
+    def _drain_readies(self, now_us: int, fx: Effects) -> None:
         raft = self.raft
         while raft.has_ready():
             ready = raft.ready()
@@ -169,7 +180,6 @@ class ReplicatedCore(abc.ABC):
             # advance(), and its applied index then matches the state the snapshot is cut from.
             for peer in ready.snapshot_requests:
                 self._send_snapshot(peer, now_us)
-        self._after_drain(now_us, fx)
 
     def _role_changed(self, soft: SoftState, now_us: int, fx: Effects) -> None:
         was_leader = self.role == Role.LEADER
@@ -195,6 +205,17 @@ class ReplicatedCore(abc.ABC):
     def leader_ready(self) -> bool:
         """Leader of its term with every earlier entry applied: safe to propose and read."""
         return self.role == Role.LEADER and self.raft.leader_ready
+
+    def parks_for_leader(self, parked: int) -> bool:
+        """Whether a request that finds this replica not ``leader_ready`` waits here (``parked``
+        already wait) instead of being answered NOT_LEADER at once.
+
+        A leader still applying its predecessors' entries answers once it is ready, and so does
+        a lone member still winning its own election (it is the only possible leader, a durable
+        vote away): telling the client "no leader" would only make it ask again.
+        """
+        soon = self.role == Role.LEADER or len(self.members) == 1
+        return soon and parked < PARKED_MAX
 
     def not_leader(self, token: object) -> Outgoing:
         hint = self.addresses.get(self.leader_id) if self.leader_id is not None else None
