@@ -10,6 +10,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from tests.wire_cases import empty_batch, full_batch, minimal_batch
 from unimeter import Event, limits
 from unimeter.client import packed as pk
@@ -18,7 +19,7 @@ from unimeter.client.batching import build_groups
 from unimeter.client.cluster_map import Partitioner
 from unimeter.wire.batch import NO_TIMESTAMP, EventBatch, decode_batch, encode_batch
 
-SETTINGS = settings(max_examples=150, deadline=None)
+SETTINGS = settings(max_examples=examples(75), deadline=None)
 
 
 def our_bytes(batch: EventBatch) -> bytes:

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.support.examples import examples
 from unimeter.actors.claims import IdClaims
 
 U64 = np.dtype("<u8")
@@ -73,7 +74,7 @@ class ClaimsMachine(RuleBasedStateMachine):
         assert len(self.claims) == len(self.staged) + sum(map(len, self.pending.values()))
 
 
-ClaimsMachine.TestCase.settings = settings(max_examples=300, stateful_step_count=40,
+ClaimsMachine.TestCase.settings = settings(max_examples=examples(150), stateful_step_count=40,
                                            deadline=None)  # fmt: skip
 test_claims_hold_what_a_set_model_holds = ClaimsMachine.TestCase
 

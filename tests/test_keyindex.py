@@ -7,6 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from unimeter.state.keyindex import _DELTA_MIN, MISSING, KeyIndex
 
 U64 = np.dtype("<u8")
@@ -34,7 +35,7 @@ def batches(draw: st.DrawFn) -> list[tuple[list[int], bool]]:
     return out
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(75), deadline=None)
 @given(batches(), st.lists(KEYS, max_size=30), st.randoms(use_true_random=False))
 def test_the_index_answers_like_a_dict(
     adds: list[tuple[list[int], bool]], probes: list[int], rng: object

@@ -25,6 +25,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 from tests.partition_helpers import ADD, DAY, NONE, REMOVE, T0, E, H, batch_entry, schema_entry
 from tests.partition_model import SEEN, Model
 from tests.state_structure import structure
+from tests.support.examples import examples
 from unimeter import errors
 from unimeter.model import AggType, AlertThreshold, DimensionFilter, MetricSchema, PeriodType
 from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
@@ -372,7 +373,7 @@ class PartitionMachine(RuleBasedStateMachine):
 
 
 PartitionMachine.TestCase.settings = settings(
-    max_examples=int(os.environ.get("UNIMETER_STATE_EXAMPLES", "60")),
+    max_examples=int(os.environ.get("UNIMETER_STATE_EXAMPLES", str(examples(40)))),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
