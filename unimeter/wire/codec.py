@@ -37,6 +37,7 @@ from unimeter.wire import messages as m
 from unimeter.wire.bodies import decode_push, decode_reply, decode_request, encode_body
 from unimeter.wire.convert import BodyError
 from unimeter.wire.fast_ingest import ingest_frame, ingest_reply
+from unimeter.wire.fast_read import agg_reply, read_body
 from unimeter.wire.frames import FrameDecoder, encode_frame
 
 __all__ = [
@@ -129,9 +130,15 @@ class ClientCodec:
         if request_id in self._pending or request_id in self._forgotten:
             raise ValueError(f"request id {request_id} is still awaiting its reply")
         kind = message.KIND
-        frame = ingest_frame(request_id, message) if type(message) is m.Ingest else None
-        if frame is None:
-            frame = encode_frame([int(kind), request_id, encode_body(message)])
+        if type(message) is m.Ingest:
+            frame = ingest_frame(request_id, message)
+            if frame is None:
+                frame = encode_frame([int(kind), request_id, encode_body(message)])
+        else:
+            body = read_body(message)  # a read's body map without the field table, or None
+            if body is None:
+                body = encode_body(message)
+            frame = encode_frame([int(kind), request_id, body])
         if len(frame) - 4 > self.frame_bytes_max:
             raise errors.InvalidRequestError(
                 f"{type(message).__name__} frame of {len(frame) - 4} bytes exceeds "
@@ -177,12 +184,33 @@ class ClientCodec:
                     return m.ResponseFrame(
                         request_id=request_id, status=0, kind=m.Kind.INGEST, message=reply
                     )
-                frame = self._response(decoder.item_of(payload))
+                item = decoder.item_of(payload)
+                read = self._read_reply(item)
+                if read is not None:
+                    return read
+                frame = self._response(item)
                 if frame is not None:
                     return frame
         except errors.ProtocolError as exc:
             self._decoder.fail(exc.message)  # nothing after it can be trusted
             raise
+
+    def _read_reply(self, item: Any) -> m.ResponseFrame | None:
+        """The OK reply to a QUERY or QUERY_REALTIME in flight, read without the field table
+        (``fast_read.agg_reply``); None for any other item, which ``_response`` then takes."""
+        if type(item) is not list or len(item) != 3 or item[0] != 0:
+            return None
+        request_id = item[1]
+        if type(request_id) is not int:
+            return None
+        kind = self._pending.get(request_id)
+        if kind is not m.Kind.QUERY and kind is not m.Kind.QUERY_REALTIME:
+            return None
+        reply = agg_reply(item[2])
+        if reply is None:
+            return None
+        del self._pending[request_id]
+        return m.ResponseFrame(request_id=request_id, status=0, kind=kind, message=reply)
 
     def _response(self, item: Any) -> m.ResponseFrame | m.PushFrame | None:
         status, request_id, body = _split(item, "response")

@@ -148,12 +148,12 @@ def _decode_code(obj: Any, path: str) -> str:
 
 CODE = Conv(_same, _decode_code)
 
-_US_MIN = periods.to_us(datetime.min.replace(tzinfo=UTC))
-_US_MAX = periods.to_us(datetime.max.replace(tzinfo=UTC))
+TIME_US_MIN = periods.to_us(datetime.min.replace(tzinfo=UTC))
+TIME_US_MAX = periods.to_us(datetime.max.replace(tzinfo=UTC))
 
 
 def _decode_time(obj: Any, path: str) -> datetime:
-    if type(obj) is not int or not _US_MIN <= obj <= _US_MAX:
+    if type(obj) is not int or not TIME_US_MIN <= obj <= TIME_US_MAX:
         raise BodyError(f"{path}: expected microseconds within years 1-9999, got {describe(obj)}")
     return periods.from_us(obj)
 
