@@ -293,8 +293,9 @@ class ConnectionCore:
     # ------------------------------------------------------------------ read fast path
 
     def _fast(self, item: list[Any]) -> bool:
-        """Answer a whole-period QUERY or a QUERY_REALTIME here if it needs nothing else;
-        False: the general path handles the item (decoding it again, generically)."""
+        """Answer a whole-period QUERY or a QUERY_REALTIME here if it needs nothing else, or
+        dispatch an INGEST of a small plain batch decoded directly; False: the general path
+        handles the item (decoding it again, generically)."""
         try:
             kind, rid, body = item
         except ValueError:
@@ -306,6 +307,14 @@ class ConnectionCore:
             or not 0 <= rid <= fast.REQUEST_ID_MAX
         ):
             return False
+        if kind == fast.KIND_INGEST:
+            # Decoded directly, then handled as the general path handles any request.
+            ingest = fast.ingest(body)
+            if ingest is None:
+                return False
+            self.in_flight += 1
+            self._dispatch(m.RequestFrame(request_id=rid, message=ingest))
+            return True
         if kind == fast.KIND_QUERY:
             q = fast.query(body)
             if q is None:

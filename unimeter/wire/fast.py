@@ -1,4 +1,5 @@
-"""Direct decoders for the hot request kinds: a decoded top-level item to plain fields.
+"""Direct decoders for the hot request kinds: a decoded top-level item to plain fields (or,
+for an INGEST of a few plain events, straight to its message).
 
 Theory of operation. The generic request decoder (``bodies.py``) walks a table of converters and
 builds a frozen message object, which costs dozens of Python calls per request; a lone query
@@ -18,7 +19,10 @@ from typing import Any
 
 from unimeter import limits
 from unimeter.model import is_valid_code, valid_codes
+from unimeter.wire.batch import decode_small_batch
+from unimeter.wire.messages import Ingest
 
+KIND_INGEST = 8
 KIND_QUERY = 9
 KIND_QUERY_REALTIME = 10
 REQUEST_ID_MAX = 2**64 - 1
@@ -32,6 +36,34 @@ _PARTITION_END = limits.partitions_max
 QueryFields = tuple[int, int, str, int, int, int, int]
 # (partition, account_id, metric_code, catalog_version)
 RealtimeFields = tuple[int, int, str, int]
+
+
+def ingest(body: Any) -> Ingest | None:
+    """The INGEST of a small plain batch (``decode_small_batch``), or None (decode it
+    generically)."""
+    if type(body) is not dict or len(body) != 6:  # exactly the six keys below
+        return None
+    p = body.get("p")
+    pid = body.get("pid")
+    seq = body.get("seq")
+    sync = body.get("sy")
+    cv = body.get("cv")
+    if (
+        type(p) is not int
+        or type(pid) is not int
+        or type(seq) is not int
+        or type(cv) is not int
+        or type(sync) is not bool
+        or not 0 <= p < _PARTITION_END
+        or not 0 <= pid <= _U64_MAX
+        or not 0 <= seq <= _U64_MAX
+        or not 0 <= cv <= _U64_MAX
+    ):
+        return None
+    batch = decode_small_batch(body.get("b"))
+    if batch is None:
+        return None
+    return Ingest(partition=p, producer_id=pid, seq=seq, sync=sync, catalog_version=cv, batch=batch)
 
 
 def query(body: Any) -> QueryFields | None:
