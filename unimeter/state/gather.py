@@ -115,9 +115,84 @@ def _pick_or_none(column: Array | None, keep: Array | None) -> Array | None:
     return picked if picked.any() else None
 
 
+# An entry whose parts all hold at most this many plain events (no properties, no event ids)
+# is gathered with Python lists: producers sending one event per request fill an entry with
+# dozens of such parts, and a part's array steps cost more than its events.
+TINY_PART_EVENTS = 8
+U8 = np.dtype("u1")
+
+
+def _tiny_parts(entry: BatchEntry, live: dict[str, Instance]) -> Gathered | None:
+    """``gather`` of an entry of tiny plain parts, or None when a part is not one."""
+    named: set[int] = set()
+    mids: list[int] = []
+    accounts: list[int] = []
+    values: list[int] = []
+    stamps: list[int] = []
+    ops: list[int] = []
+    stamp = entry.stamp_us
+    any_stamp = any_op = False
+    for part in entry.parts:
+        b = part.batch
+        index = b.metric_index
+        if (
+            len(index) > TINY_PART_EVENTS
+            or b.property_columns
+            or b.event_id_data is not None
+            or part.id_hashes is not None
+        ):
+            return None
+        mid_of_code = []
+        for code in b.metric_codes:
+            inst = live.get(code)
+            mid_of_code.append(-1 if inst is None else inst.mid)
+            if inst is not None:
+                named.add(inst.mid)
+        part_mids = [mid_of_code[j] for j in index.tolist()]
+        part_accounts = b.account_ids.tolist()
+        part_values = b.values.tolist()
+        ts = b.timestamps
+        part_stamps = (
+            [stamp] * len(index)
+            if ts is None
+            else [stamp if t == NO_TIMESTAMP else t for t in ts.tolist()]
+        )
+        any_stamp = any_stamp or ts is not None
+        part_ops = [0] * len(index) if b.operation_types is None else b.operation_types.tolist()
+        dropped = part.dropped
+        if dropped is not None and len(dropped):
+            gone = set(dropped.tolist())
+            kept = [i for i in range(len(index)) if i not in gone]
+            part_mids = [part_mids[i] for i in kept]
+            part_accounts = [part_accounts[i] for i in kept]
+            part_values = [part_values[i] for i in kept]
+            part_stamps = [part_stamps[i] for i in kept]
+            part_ops = [part_ops[i] for i in kept]
+        assert min(part_mids, default=0) >= 0, "a stored event for a metric not known"
+        any_op = any_op or any(part_ops)  # of the stored events, as the array path counts
+        mids += part_mids
+        accounts += part_accounts
+        values += part_values
+        stamps += part_stamps
+        ops += part_ops
+    cols: dict[str, Array | None] = dict.fromkeys(NAMES)
+    cols["mid"] = np.array(mids, I64)
+    cols["account"] = np.array(accounts, U64)
+    cols["value"] = np.array(values, I64)
+    cols["ts"] = np.array(stamps, I64)
+    if any_op:
+        cols["op"] = np.array(ops, U8)
+    gathered = Gathered(cols, None, None, None if any_stamp else stamp)
+    gathered.mids = named
+    return gathered
+
+
 def gather(
     entry: BatchEntry, live: dict[str, Instance], props: PropsTable, cells: CellTable
 ) -> Gathered:
+    tiny = _tiny_parts(entry, live)
+    if tiny is not None:
+        return tiny
     named: set[int] = set()
     parts = [_part(p, entry.stamp_us, live, props, cells, named) for p in entry.parts]
     hashes = [p.id_hashes for p in entry.parts if p.id_hashes is not None and len(p.id_hashes)]
