@@ -354,10 +354,8 @@ class PartitionCore(ReplicatedCore):
 
     def _log_parts(self, accepted: list[tuple[ClientRequest, BatchPart]], now_us: int,
                    fx: Effects) -> None:  # fmt: skip
-        parts: list[BatchPart] = []
-        for _, part in accepted:
-            if all(p is not part for p in parts):  # a retry within the group shares its part
-                parts.append(part)
+        # A retry within the group shares its first part: each part once, in order.
+        parts = list({id(part): part for _, part in accepted}.values())
         entry = BatchEntry(stamp_us=now_us, parts=tuple(parts))
         index = self._append(entry, now_us, fx)
         if index is None:
