@@ -1,5 +1,5 @@
 """KeyIndex against a dict: adds in sorted or shuffled batches, across tail and delta merges,
-then every lookup (column, single key, range) and the final items."""
+then every lookup (column, single key, range, the unmerged ``pairs_in``) and the final items."""
 
 from __future__ import annotations
 
@@ -56,6 +56,10 @@ def test_the_index_answers_like_a_dict(
         got = index.get(np.array(asked, U64)).tolist()
         assert got == [model.get(k, MISSING) for k in asked]
         assert [index.get1(k) for k in asked] == [model.get(k, MISSING) for k in asked]
+        low, high = sorted(rng.sample([0, 2**64 - 1, *asked, *model], 2))  # type: ignore[attr-defined]
+        assert sorted(index.pairs_in(low, high)) == [
+            (k, v) for k, v in sorted(model.items()) if low <= k < high
+        ]
     keys, values = index.items()
     assert keys.tolist() == sorted(model)
     assert values.tolist() == [model[k] for k in sorted(model)]

@@ -27,10 +27,20 @@ from tests.partition_model import SEEN, Model
 from tests.state_structure import structure
 from tests.support.examples import examples
 from unimeter import errors
-from unimeter.model import AggType, AlertThreshold, DimensionFilter, MetricSchema, PeriodType
+from unimeter.model import (
+    AggType,
+    AggValue,
+    AlertThreshold,
+    DimensionFilter,
+    MetricSchema,
+    PeriodType,
+)
 from unimeter.state.entries import BatchEntry, LiveMetric, SchemaEntry
 from unimeter.state.partition_state import PartitionState, Seen
+from unimeter.state.reads import whole_period_wire
 from unimeter.state.records import decode_entry, encode_entry
+from unimeter.wire.codec import ServerCodec
+from unimeter.wire.messages import AggReply
 
 CODES = ("m0", "m1")
 ACCOUNTS = (1, 2**64 - 1)  # the largest account id does not fit an int64 column
@@ -298,6 +308,29 @@ class PartitionMachine(RuleBasedStateMachine):
             filters = filters_for(data.draw, self.model, code)
             group_by = tuple(data.draw(st.lists(st.sampled_from(["region", "tier"]), unique=True)))
             self.check("breakdown", code, account, start, end, group_by, filters)
+
+    @rule(data=st.data())
+    def read_a_stored_period_as_the_fast_path_does(self, data: st.DataObject) -> None:
+        """Where the read fast path answers a query of one stored period, filtered or not
+        (``whole_period_wire``), its reply frame is the general path's, and the model's."""
+        code = data.draw(st.sampled_from(CODES))
+        inst = self.states[0].live.get(code)
+        if inst is None or not inst.periods:
+            return
+        account = data.draw(st.sampled_from(ACCOUNTS))
+        start = data.draw(st.sampled_from(sorted(inst.periods)))
+        end = inst.periods[start][0]
+        filters = filters_for(data.draw, self.model, code)
+        expected = outcome(self.model.query, code, account, start, end, filters)
+        codec = ServerCodec()
+        for state in self.states:
+            wire = whole_period_wire(state, code, account, start, end, filters)
+            if wire is None:
+                continue
+            assert isinstance(expected, AggValue), (code, filters, expected)
+            reply = AggReply(value=expected, period_start_us=start, period_end_us=end)
+            frame = codec.encode_ok(1, {"v": wire, "ps": start, "pe": end})
+            assert frame == codec.encode_response(1, errors.Status.OK, reply), (code, filters)
             now = self.stamp + data.draw(st.integers(-8, 2)) * H
             self.check("query_realtime", code, account, now)
 

@@ -9,14 +9,15 @@ one slow partition never stalls the connection or the node. Replies may leave in
 each carries its request id. What the core needs of the node it is handed as ``node`` (a
 ``ConnectionHost``): the real ``Node``, or the simulator's node, which drives this same core.
 
-The read fast path: an unfiltered QUERY of a whole stored period, or a QUERY_REALTIME, that
-needs no waiting is decoded by the direct decoders (``wire/fast.py``), answered from the
-partition's state in this callback (the state is this thread's; a mailbox hop would only add a
-task switch) and its reply frame built from the row in one encode: no request, token or reply
-object. Anything else on that path -- a read that must wait for ``min_index``, a replica that
-does not lead, a traced node (``--trace`` sends every request through the mailbox so the trace
-shows it), a body the direct decoder does not take -- falls through to the general path,
-which answers exactly as before.
+The read fast path: a QUERY of a whole stored period (unfiltered, or filtered on declared
+dimension values), or a QUERY_REALTIME, that needs no waiting is decoded by the direct decoders
+(``wire/fast.py``), answered from the partition's state in this callback (the state is this
+thread's; a mailbox hop would only add a task switch) and its reply frame built from the rows
+in one encode: no request, token or reply object. Anything else on that path -- a read that
+must wait for ``min_index``, a replica that does not lead, a traced node (``--trace`` sends
+every request through the mailbox so the trace shows it), a body the direct decoder does not
+take, a filter the rows cannot plainly answer -- falls through to the general path, which
+answers exactly as before.
 
 ``ClientConnection`` is the asyncio Protocol around a core: ``data_received`` feeds it, one
 ``flush`` per loop iteration writes every reply frame the core produced (one system call for all
@@ -319,13 +320,14 @@ class ConnectionCore:
             q = fast.query(body)
             if q is None:
                 return False
-            part, account, code, start, end, min_index, catalog = q
+            part, account, code, start, end, min_index, catalog, filters = q
         elif kind == fast.KIND_QUERY_REALTIME:
             r = fast.query_realtime(body)
             if r is None:
                 return False
             part, account, code, catalog = r
             start = end = min_index = 0
+            filters = ()
         else:
             return False
         # The principal may send this kind, under the token file in force (else the general
@@ -345,7 +347,9 @@ class ConnectionCore:
             return False
         started = perf_counter()
         if kind == fast.KIND_QUERY:
-            reply = target.core.read_period_body(account, code, start, end, min_index, catalog)
+            reply = target.core.read_period_body(
+                account, code, start, end, min_index, catalog, filters
+            )
             stats = self._query_stats
         else:
             reply = target.core.read_realtime_body(account, code, catalog, target.now())

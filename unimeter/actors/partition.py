@@ -518,18 +518,25 @@ class PartitionCore(ReplicatedCore):
         return self._answer_read(msg, now_us)
 
     def read_period_body(
-        self, account: int, code: str, start: int, end: int, min_index: int, catalog_version: int
+        self,
+        account: int,
+        code: str,
+        start: int,
+        end: int,
+        min_index: int,
+        catalog_version: int,
+        filters: tuple[tuple[str, str], ...] = (),
     ) -> dict[str, Any] | None:
-        """The OK reply body of an unfiltered QUERY of exactly one stored period, read straight
-        from its row (the read fast path: no request or reply object is built); None whenever
-        the answer needs anything else, and the request then goes through ``read_now`` or
-        ``step`` as usual. Like ``read_now`` it changes nothing."""
+        """The OK reply body of a QUERY of exactly one stored period, read straight from its
+        row, or under ``filters`` from its cell rows (the read fast path: no request or reply
+        object is built); None whenever the answer needs anything else, and the request then
+        goes through ``read_now`` or ``step`` as usual. Like ``read_now`` it changes nothing."""
         if self.role is not Role.LEADER or not self.raft.leader_ready:  # self.leader_ready
             return None
         state = self.state
         if min_index > state.applied_index or catalog_version > state.catalog_version:
             return None
-        value = whole_period_wire(state, code, account, start, end)
+        value = whole_period_wire(state, code, account, start, end, filters)
         if value is None:
             return None
         return {"v": value, "ps": start, "pe": end}

@@ -156,6 +156,25 @@ class KeyIndex:
         b = int(keys.searchsorted(np.uint64(high)))
         return keys[a:b], vals[a:b]
 
+    def pairs_in(self, low: int, high: int) -> list[tuple[int, int]]:
+        """Every (key, value) with ``low <= key < high``, in no set order, as Python ints. Unlike
+        ``range`` it leaves the levels unmerged: a lone read's cost stays a few binary
+        searches, not a rewrite of the whole index after each write."""
+        low_key = np.uint64(low)
+        high_key = np.uint64(high)
+        out: list[tuple[int, int]] = []
+        for keys, vals in (
+            (self._keys, self._vals),
+            (self._delta_keys, self._delta_vals),
+            (self._tail_keys, self._tail_vals),
+        ):
+            if keys.size:
+                a = int(keys.searchsorted(low_key))
+                b = int(keys.searchsorted(high_key))
+                if a < b:
+                    out += zip(keys[a:b].tolist(), vals[a:b].tolist(), strict=True)
+        return out
+
     def keep(self, mask_of: Any) -> None:
         """Keep only the entries for which ``mask_of(keys, vals)`` is True."""
         keys, vals = self.items()

@@ -442,17 +442,27 @@ def whole_period(
 
 
 def whole_period_wire(
-    state: PartitionState, code: str, account: int, start: int, end: int
+    state: PartitionState,
+    code: str,
+    account: int,
+    start: int,
+    end: int,
+    filters: tuple[tuple[str, str], ...] = (),
 ) -> list[Any] | None:
-    """``whole_period`` of an unfiltered query, as the AggValue travels on the wire
+    """The answer to a query of exactly one stored period, as the AggValue travels on the wire
     (``[sum, count, max, last_value, last_timestamp_us, alert_flags]``, ``bodies.AGG_VALUE``):
-    the reply template of the read fast path, built without an ``AggValue``. None whenever
-    ``whole_period`` would be None (or the metric is unknown): the general path answers."""
+    the reply template of the read fast path, built without an ``AggValue``. Unfiltered, it is
+    ``whole_period``; with ``filters``, what ``_read`` answers from the period's cell rows
+    (``_filtered_wire``). None whenever the general path must answer: ``whole_period`` would be
+    None, the metric is unknown, or the filters are not plainly answerable from the rows
+    (``_reads_whole``)."""
     inst = state.live.get(code)
     if inst is None:
         return None
     found = inst.periods.get(start)
     if found is None or found[0] != end or (inst.recurring and inst.carries):
+        return None
+    if filters and not _reads_whole(state, inst, start, end, filters):
         return None
     tabs = state.tables
     # tabs.total_row(tabs.slot_of(account), table), inlined (this is the read fast path)
@@ -465,6 +475,8 @@ def whole_period_wire(
         return [0, 0, None, None, None, 0]
     rows = tabs.rows
     flags = flags_of(rows.fired.get(row), inst.thresholds) if inst.thresholds else 0
+    if filters:
+        return _filtered_wire(state, inst, row, flags, filters)
     cols = rows.cols
     count = int(cols["count"][row])
     if inst.unique:
@@ -482,6 +494,84 @@ def whole_period_wire(
         int(cols["last_ts"][row]),
         flags,
     ]
+
+
+def _reads_whole(
+    state: PartitionState,
+    inst: Instance,
+    start: int,
+    end: int,
+    filters: tuple[tuple[str, str], ...],
+) -> bool:
+    """Whether ``_read`` reads the stored period ``[start, end)`` whole under ``filters``:
+    every filter names a declared value of a declared dimension (else it answers an error),
+    and neither the timestamp bounds nor retention's cutoff move the range's start or end."""
+    if start < TS_MIN_US or end > TS_MAX_US or state.cutoff > start:
+        return False
+    for key, value in filters:
+        allowed = inst.dim_values(key)
+        if allowed is None or value not in allowed:
+            return False
+    return True
+
+
+def _filtered_wire(
+    state: PartitionState,
+    inst: Instance,
+    row: int,
+    flags: int,
+    filters: tuple[tuple[str, str], ...],
+) -> list[Any]:
+    """The wire AggValue of a total row's cell rows that ``filters`` keep, as ``_read_num`` or
+    ``_read_unique`` (not recurring) folds them for a whole period: counts and sums added, the
+    greatest max, the latest (timestamp, offset), the union of unique sets; the total row's
+    alert flags. A row without cells is all in the empty cell, which no filter keeps."""
+    tabs = state.tables
+    rows = tabs.rows
+    if not rows.has_cells[row]:
+        return [0, 0, None, None, None, flags]
+    wanted = frozenset(filters)
+    cells = state.cells.cells
+    kept = [
+        crow
+        for key, crow in tabs.cells.pairs_in(row << 16, (row + 1) << 16)
+        if wanted.issubset(cells[key & 0xFFFF])
+    ]
+    if inst.unique:
+        uniq = tabs.uniq
+        members = None
+        for crow in kept:
+            found = uniq.get(crow)
+            if found is not None:
+                members = found.present if members is None else members | found.present
+        return [0, 0 if members is None else len(members), None, None, None, flags]
+    cols = rows.cols
+    counts, sum_lo, sum_hi = cols["count"], cols["sum_lo"], cols["sum_hi"]
+    maxes, last_val = cols["max"], cols["last_val"]
+    last_ts, last_off = cols["last_ts"], cols["last_off"]
+    big_sums = rows.big_sums
+    count = total = 0
+    maximum: int | None = None
+    latest: tuple[int, int, int] | None = None  # (timestamp, offset, value)
+    for crow in kept:
+        n = int(counts[crow])
+        if not n:
+            continue
+        count += n
+        total += (int(sum_hi[crow]) << 32) + int(sum_lo[crow])
+        if big_sums:
+            total += big_sums.get(crow, 0)
+        top = int(maxes[crow])
+        if maximum is None or top > maximum:
+            maximum = top
+        ts, offset = int(last_ts[crow]), int(last_off[crow])
+        if (ts != INT64_MIN or offset != INT64_MIN) and (
+            latest is None or (ts, offset) > latest[:2]
+        ):
+            latest = (ts, offset, int(last_val[crow]))
+    if latest is None:
+        return [total, count, maximum, None, None, flags]
+    return [total, count, maximum, latest[2], latest[0], flags]
 
 
 def _read(
