@@ -157,22 +157,26 @@ class KeyIndex:
         return keys[a:b], vals[a:b]
 
     def pairs_in(self, low: int, high: int) -> list[tuple[int, int]]:
-        """Every (key, value) with ``low <= key < high``, in no set order, as Python ints. Unlike
-        ``range`` it leaves the levels unmerged: a lone read's cost stays a few binary
-        searches, not a rewrite of the whole index after each write."""
-        low_key = np.uint64(low)
-        high_key = np.uint64(high)
+        """Every (key, value) with ``low <= key < high``, in no set order, as Python ints: for
+        a narrow span (a total row's few cell rows). Unlike ``range`` it leaves the levels
+        unmerged, so a lone read costs one binary search a level, not a rewrite of the whole
+        index after each write; the keys of the span are then stepped through one by one."""
+        probe = np.uint64(low)
         out: list[tuple[int, int]] = []
         for keys, vals in (
             (self._keys, self._vals),
             (self._delta_keys, self._delta_vals),
             (self._tail_keys, self._tail_vals),
         ):
-            if keys.size:
-                a = int(keys.searchsorted(low_key))
-                b = int(keys.searchsorted(high_key))
-                if a < b:
-                    out += zip(keys[a:b].tolist(), vals[a:b].tolist(), strict=True)
+            size = keys.size
+            if size:
+                at = int(keys.searchsorted(probe))
+                while at < size:
+                    key = int(keys[at])
+                    if key >= high:
+                        break
+                    out.append((key, int(vals[at])))
+                    at += 1
         return out
 
     def keep(self, mask_of: Any) -> None:
