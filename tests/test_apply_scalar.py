@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.partition_helpers import DAY, T0, E, H, batch_entry, live, schema_entry
+from tests.support.examples import examples
 from unimeter.model import AggType, PeriodType
 from unimeter.state import apply_batch
 from unimeter.state.partition_state import PartitionState
@@ -74,7 +75,7 @@ def apply_both(steps: list[tuple[int, list[tuple[str, int, int]]]]) -> None:
             )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(75), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries)
 def test_the_scalar_fold_leaves_the_state_the_grouped_fold_leaves(
     steps: list[tuple[int, list[tuple[str, int, int]]]],

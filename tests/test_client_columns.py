@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from tests.wire_cases import typecode
 from unimeter import Event, InvalidRequestError, OperationType, limits, periods
 from unimeter.client import batching, columns
@@ -23,7 +24,7 @@ from unimeter.client.cluster_map import Partitioner
 from unimeter.routing import partition_of
 from unimeter.wire.messages import NO_TIMESTAMP
 
-SETTINGS = settings(max_examples=200, deadline=None)
+SETTINGS = settings(max_examples=examples(100), deadline=None)
 T0 = datetime(2026, 3, 14, 15, 9, 26, 535897, tzinfo=UTC)
 GOOD = Event(account_id=1, metric_code="m")
 

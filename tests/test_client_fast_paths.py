@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from unimeter import Event, InvalidRequestError, limits
 from unimeter.client import arrays, columns
 from unimeter.client import packed as packed_module
@@ -21,7 +22,7 @@ from unimeter.client.batching import split_packed
 from unimeter.client.cluster_map import Partitioner
 from unimeter.client.columns import pack_events, to_lists
 
-SETTINGS = settings(max_examples=200, deadline=None)
+SETTINGS = settings(max_examples=examples(100), deadline=None)
 
 
 def all_valid(events: list[Event]) -> bool:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from tests.test_client_columns import Index, exact_events, observed, with_field
 from tests.test_client_unit_surface import closed_address
 from unimeter import AsyncClient, Event, InvalidRequestError, OperationType, periods
@@ -21,7 +22,7 @@ from unimeter.client.batching import build_groups, split_packed
 from unimeter.client.cluster_map import Partitioner
 from unimeter.client.columns import pack_events, to_lists
 
-SETTINGS = settings(max_examples=200, deadline=None)
+SETTINGS = settings(max_examples=examples(100), deadline=None)
 
 
 def as_columns(events: list[Event], data: st.DataObject) -> dict[str, Any]:

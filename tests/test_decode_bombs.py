@@ -31,6 +31,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.support.examples import examples
 from unimeter import errors, limits
 from unimeter.consensus.codec import encode_message
 from unimeter.consensus.messages import AppendEntries, LogEntry
@@ -161,7 +162,7 @@ _shapes: st.SearchStrategy[bytes] = st.recursive(
 )
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(20), deadline=None)
 @given(shape=_shapes, size=st.sampled_from([4096, 65536, PAYLOAD_BYTES // 2]))
 def test_random_bombs_cost_a_small_multiple_of_their_size(shape: bytes, size: int) -> None:
     assert_cheap(bomb(shape, max(size, 16 + len(shape))), f"shape {shape[:16].hex()}")

@@ -11,6 +11,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from tests.support.examples import examples
 from unimeter.errors import InvalidRequestError
 from unimeter.json_model import schema_from_json, schema_json
 from unimeter.model import AggType, AlertThreshold, MetricSchema
@@ -144,7 +145,9 @@ class PlanMachine(RuleBasedStateMachine):
 
 
 TestPlanMachine = PlanMachine.TestCase
-TestPlanMachine.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestPlanMachine.settings = settings(
+    max_examples=examples(75), stateful_step_count=40, deadline=None
+)
 
 
 # --------------------------------------------------------------------------- records and state
