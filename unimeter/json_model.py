@@ -16,9 +16,12 @@ Every reader raises ``InvalidRequestError`` naming the field (and the event's in
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Any, TypeVar
+
+import orjson
 
 from unimeter import periods
 from unimeter.errors import InvalidRequestError
@@ -164,6 +167,16 @@ def event_record_json(record: EventRecord) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- results
+
+
+def json_bytes(body: Any) -> bytes:
+    """``body`` as compact JSON. orjson refuses integers past 64 bits, and an exact sum (or an
+    alert's value at its crossing) can be one: those bodies are written by the standard
+    library, which keeps every digit (JSON numbers have no size limit)."""
+    try:
+        return orjson.dumps(body)
+    except TypeError:  # orjson.JSONEncodeError: an integer out of its range
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def agg_value_json(value: AggValue) -> dict[str, Any]:

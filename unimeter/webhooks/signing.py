@@ -18,9 +18,7 @@ import hashlib
 import hmac
 from pathlib import Path
 
-import orjson
-
-from unimeter.json_model import stored_alert_json
+from unimeter.json_model import json_bytes, stored_alert_json
 from unimeter.wire.messages import StoredAlert
 
 IDEMPOTENCY_HEADER = "Idempotency-Key"
@@ -51,7 +49,7 @@ def idempotency_key(cluster_id: str, partition: int, cursor: int) -> str:
 
 
 def body_of(cluster_id: str, partition: int, alert: StoredAlert) -> bytes:
-    return orjson.dumps(
+    return json_bytes(
         {
             "idempotency_key": idempotency_key(cluster_id, partition, alert.cursor),
             "cluster_id": cluster_id,

@@ -28,7 +28,7 @@ from aiohttp import web
 
 from unimeter import limits
 from unimeter.errors import BackpressureError, InvalidRequestError, Status, UnimeterError
-from unimeter.json_model import alert_record_json
+from unimeter.json_model import alert_record_json, json_bytes
 from unimeter.model import AlertRecord
 from unimeter.routing import partition_of
 from unimeter.wire.messages import Hello
@@ -140,7 +140,7 @@ async def _pump(subscription: AlertSubscription, response: web.StreamResponse) -
                 await response.write(_error_event(exc))
                 return
             stream_id = params.stream_id(subscription.cursors)
-            data = orjson.dumps(alert_record_json(alert))
+            data = json_bytes(alert_record_json(alert))
             await response.write(b"id: %s\nevent: alert\ndata: %s\n\n" % (stream_id.encode(), data))
     finally:
         if upcoming is not None:

@@ -18,6 +18,7 @@ from unimeter.client import convert
 from unimeter.errors import InvalidRequestError, UnknownMetricError
 from unimeter.json_model import (
     agg_value_json,
+    json_bytes,
     schema_from_json,
     schema_json,
     stored_alert_json,
@@ -33,7 +34,7 @@ from .ingest import Ingester, delivery_is_sync, parse_events, result_json
 
 
 def json_response(body: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+    return web.Response(status=status, body=json_bytes(body), content_type="application/json")
 
 
 def _json_bytes(body: bytes) -> web.Response:
@@ -45,7 +46,7 @@ def usage_row_json(account: int, code: str, bounds: params.Bounds, row: list[Any
     row: ``[sum, count, max, last_value, last_timestamp_us, alert_flags]``), as
     ``agg_value_json`` writes the same value read through the partition."""
     total, count, top, last_value, last_us, flags = row
-    return orjson.dumps(
+    return json_bytes(
         {
             "account_id": account,
             "metric_code": code,
@@ -130,11 +131,13 @@ class Api:
         bounds = params.period(query)
         start_us, end_us = bounds.start_us, bounds.end_us
         partition = self._partition(account)
-        if not ("filter" in query or "group_by" in query):
-            row = self.dispatcher.read_period_here(partition, account, code, start_us, end_us)
+        filters = params.filters(query) if "filter" in query else ()
+        if "group_by" not in query:
+            row = self.dispatcher.read_period_here(
+                partition, account, code, start_us, end_us, filters
+            )
             if row is not None:
                 return _json_bytes(usage_row_json(account, code, bounds, row))
-        filters = params.filters(query)
         group_by = params.group_by(query)
         session = self.dispatcher.session
         out: dict[str, Any] = {

@@ -215,21 +215,30 @@ class Dispatcher:
         return token
 
     def read_period_here(
-        self, partition: int, account: int, code: str, start_us: int, end_us: int
+        self,
+        partition: int,
+        account: int,
+        code: str,
+        start_us: int,
+        end_us: int,
+        filters: tuple[tuple[str, str], ...] = (),
     ) -> list[Any] | None:
-        """The read fast path, as the connection actor takes it: an unfiltered read of one
-        whole stored period answered straight from the local leader's row (no request, token
-        or reply object), as its wire form ``[sum, count, max, last_value, last_timestamp_us,
-        alert_flags]``; None whenever it needs anything else (another node leads, the read
-        must wait for this node's writes or catalog, the node is traced): ``call`` then."""
+        """The read fast path, as the connection actor takes it: a read of one whole stored
+        period (unfiltered, or filtered on declared dimension values) answered straight from
+        the local leader's rows (no request, token or reply object), as its wire form ``[sum,
+        count, max, last_value, last_timestamp_us, alert_flags]``; None whenever it needs
+        anything else (another node leads, the read must wait for this node's writes or
+        catalog, the node is traced, a filter the rows cannot plainly answer): ``call``
+        then."""
         node = self.node
         runtime = node.partitions.get(partition)
         if runtime is None or runtime.tracer is not None or not node.serving:
             return None
         session = self.session
         body = runtime.core.read_period_body(
-            account, code, start_us, end_us, session.min_index(partition), session.catalog_version
-        )
+            account, code, start_us, end_us, session.min_index(partition),
+            session.catalog_version, filters,
+        )  # fmt: skip
         return None if body is None else body["v"]
 
     # ------------------------------------------------------------------ ingest (Sender)
