@@ -28,20 +28,23 @@ def partition_of(account_id: int, partitions: int) -> int:
     return mix64(account_id) % partitions
 
 
-class PartitionCache:
-    """Memoised ``partition_of`` for hot paths (bounded: cleared when it grows too large)."""
+class PartitionCache(dict[int, int]):
+    """Memoised ``partition_of`` for hot paths: ``cache[account_id]`` is a plain dict lookup
+    once the account was seen (the hot paths index it: no Python call), and calling the cache
+    does the same. Bounded: cleared when it grows too large."""
 
-    __slots__ = ("_cache", "_size_max", "partitions")
+    __slots__ = ("_size_max", "partitions")
 
     def __init__(self, partitions: int, size_max: int = 1 << 20) -> None:
+        super().__init__()
         self.partitions = partitions
-        self._cache: dict[int, int] = {}
         self._size_max = size_max
 
-    def __call__(self, account_id: int) -> int:
-        p = self._cache.get(account_id)
-        if p is None:
-            if len(self._cache) >= self._size_max:
-                self._cache.clear()
-            p = self._cache[account_id] = mix64(account_id) % self.partitions
+    def __missing__(self, account_id: int) -> int:
+        if len(self) >= self._size_max:
+            self.clear()
+        p = self[account_id] = mix64(account_id) % self.partitions
         return p
+
+    def __call__(self, account_id: int) -> int:
+        return self[account_id]

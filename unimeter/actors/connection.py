@@ -47,6 +47,7 @@ from unimeter.actors.partition import ClientRequest, PartitionCore
 from unimeter.consensus.codec import PeerMessageError, decode_message
 from unimeter.observe import NodeStats, RequestStats
 from unimeter.peer import GOSSIP_TAG
+from unimeter.routing import PartitionCache
 from unimeter.security.gate import Gatekeeper, HelloGate, Principal
 from unimeter.wire import fast
 from unimeter.wire import messages as m
@@ -114,7 +115,8 @@ class ConnectionHost(Protocol):
     @property
     def gate(self) -> Gatekeeper: ...  # tokens, roles and the cluster secret (security/)
 
-    def route(self, account_id: int, /) -> int: ...
+    @property
+    def route(self) -> PartitionCache: ...  # route[account_id]: its partition
 
     def runtime_of(self, partition: int, /) -> PartitionTarget | None: ...
 
@@ -247,15 +249,16 @@ class ConnectionCore:
 
     def process(self) -> None:
         """Handle every complete frame received (stops early while peer reading is paused)."""
-        codec = self.codec
-        decoder = codec.decoder
+        decoder = self.codec.decoder
         while not self.closing and not self.paused:
             try:
-                item = codec.next_item()
+                # ``decoder.next_item()``, its two steps called here (once per request).
+                payload = decoder.next_payload()
+                if payload is None:
+                    return
+                item = decoder.item_of(payload)
             except errors.ProtocolError as exc:
                 self._protocol_error(exc)
-                return
-            if item is None:
                 return
             if (type(item) is not list or not self._fast(item)) and not self._general(item):
                 return
@@ -343,7 +346,7 @@ class ConnectionCore:
         ):
             return False
         target = node.runtime_of(part)
-        if target is None or target.tracer is not None or node.route(account) != part:
+        if target is None or target.tracer is not None or node.route[account] != part:
             return False
         started = perf_counter()
         if kind == fast.KIND_QUERY:
