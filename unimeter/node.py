@@ -627,7 +627,7 @@ class Node:
         if len(accounts) <= _ROUTE_SCALAR_MAX:  # a few ids: the memoised mix beats numpy's calls
             route = self.route
             for account in accounts.tolist():
-                if route(account) != part:
+                if route[account] != part:
                     return self._misrouted(account, part)
             return None
         # The routing check as one array expression (the documented mix, vectorised).

@@ -168,6 +168,13 @@ class _NumAcc:
             self.max = maximum
         self.last = later(self.last, latest)
 
+    def wire(self, flags: int) -> list[Any]:
+        """``value(flags)`` as it travels on the wire (``bodies.AGG_VALUE``)."""
+        last = self.last
+        if last is None:
+            return [self.sum, self.count, self.max, None, None, flags]
+        return [self.sum, self.count, self.max, last[2], last[0], flags]
+
     def value(self, flags: int) -> AggValue:
         last = self.last
         return AggValue(
@@ -522,10 +529,10 @@ def _filtered_wire(
     flags: int,
     filters: tuple[tuple[str, str], ...],
 ) -> list[Any]:
-    """The wire AggValue of a total row's cell rows that ``filters`` keep, as ``_read_num`` or
-    ``_read_unique`` (not recurring) folds them for a whole period: counts and sums added, the
-    greatest max, the latest (timestamp, offset), the union of unique sets; the total row's
-    alert flags. A row without cells is all in the empty cell, which no filter keeps."""
+    """The wire AggValue of a total row's cell rows that ``filters`` keep, folded as
+    ``_read_num`` folds them for a whole period (its accumulator) or as ``_read_unique`` does
+    (not recurring: the union of the sets), with the total row's alert flags. A row without
+    cells is all in the empty cell, which no filter keeps."""
     tabs = state.tables
     rows = tabs.rows
     if not rows.has_cells[row]:
@@ -545,33 +552,10 @@ def _filtered_wire(
             if found is not None:
                 members = found.present if members is None else members | found.present
         return [0, 0 if members is None else len(members), None, None, None, flags]
-    cols = rows.cols
-    counts, sum_lo, sum_hi = cols["count"], cols["sum_lo"], cols["sum_hi"]
-    maxes, last_val = cols["max"], cols["last_val"]
-    last_ts, last_off = cols["last_ts"], cols["last_off"]
-    big_sums = rows.big_sums
-    count = total = 0
-    maximum: int | None = None
-    latest: tuple[int, int, int] | None = None  # (timestamp, offset, value)
+    acc = _NumAcc()
     for crow in kept:
-        n = int(counts[crow])
-        if not n:
-            continue
-        count += n
-        total += (int(sum_hi[crow]) << 32) + int(sum_lo[crow])
-        if big_sums:
-            total += big_sums.get(crow, 0)
-        top = int(maxes[crow])
-        if maximum is None or top > maximum:
-            maximum = top
-        ts, offset = int(last_ts[crow]), int(last_off[crow])
-        if (ts != INT64_MIN or offset != INT64_MIN) and (
-            latest is None or (ts, offset) > latest[:2]
-        ):
-            latest = (ts, offset, int(last_val[crow]))
-    if latest is None:
-        return [total, count, maximum, None, None, flags]
-    return [total, count, maximum, latest[2], latest[0], flags]
+        _add_row(state, acc, crow)
+    return acc.wire(flags)
 
 
 def _read(

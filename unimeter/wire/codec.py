@@ -130,11 +130,8 @@ class ClientCodec:
         if request_id in self._pending or request_id in self._forgotten:
             raise ValueError(f"request id {request_id} is still awaiting its reply")
         kind = message.KIND
-        if type(message) is m.Ingest:
-            frame = ingest_frame(request_id, message)
-            if frame is None:
-                frame = encode_frame([int(kind), request_id, encode_body(message)])
-        else:
+        frame = ingest_frame(request_id, message) if type(message) is m.Ingest else None
+        if frame is None:
             body = read_body(message)  # a read's body map without the field table, or None
             if body is None:
                 body = encode_body(message)
@@ -332,15 +329,11 @@ class ServerCodec:
         if type(message) is m.IngestReply and not message.rejected and status == 0:
             # The reply of nearly every ingest, its body built here as the field table builds
             # it (same keys in the same order: ``tests/test_codec.py``), without the walk.
-            r = message
-            last = r.last_offset
-            body = (
-                {"ns": r.n_stored, "nd": r.n_duplicates, "nr": r.n_rejected, "li": r.log_index}
-                if last is None
-                else {"ns": r.n_stored, "nd": r.n_duplicates, "nr": r.n_rejected, "lo": last,
-                      "li": r.log_index}
-            )  # fmt: skip
-            return encode_frame([0, request_id, body])
+            reply = {"ns": message.n_stored, "nd": message.n_duplicates, "nr": message.n_rejected}
+            if message.last_offset is not None:
+                reply["lo"] = message.last_offset
+            reply["li"] = message.log_index
+            return encode_frame([0, request_id, reply])
         if (status == errors.Status.OK) == isinstance(message, m.ErrorReply):
             raise ValueError(f"status {status} cannot carry a {type(message).__name__}")
         frame = encode_frame([int(status), request_id, encode_body(message)])

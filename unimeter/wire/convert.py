@@ -116,7 +116,8 @@ def _decode_bool(obj: Any, path: str) -> bool:
 BOOL = Conv(_same, _decode_bool)
 
 
-def _utf8_bytes(text: str) -> int:
+def utf8_bytes(text: str) -> int:
+    """The UTF-8 size of ``text`` (``UnicodeEncodeError`` for text UTF-8 cannot hold)."""
     return len(text) if text.isascii() else len(text.encode())
 
 
@@ -126,7 +127,7 @@ def _text(bytes_min: int = 0, bytes_max: int | None = None) -> Conv:
     def decode(obj: Any, path: str) -> str:
         if type(obj) is not str:
             raise BodyError(f"{path}: expected a string, got {describe(obj)}")
-        if bytes_max is not None and not bytes_min <= _utf8_bytes(obj) <= bytes_max:
+        if bytes_max is not None and not bytes_min <= utf8_bytes(obj) <= bytes_max:
             raise BodyError(f"{path}: expected a string of {bounds}, got {describe(obj)}")
         return obj
 

@@ -21,6 +21,7 @@ from typing import Any
 from unimeter import limits
 from unimeter.model import is_valid_code, valid_codes
 from unimeter.wire.batch import decode_small_batch
+from unimeter.wire.convert import utf8_bytes
 from unimeter.wire.messages import Ingest
 
 KIND_INGEST = 8
@@ -147,10 +148,10 @@ def _filters(raw: list[Any]) -> Filters | None:
 
 
 def _utf8_bytes(text: str) -> int:
-    """The UTF-8 size of ``text``; -1 (out of every range) for text UTF-8 cannot hold (a lone
+    """``convert.utf8_bytes``, or -1 (out of every range) for text UTF-8 cannot hold (a lone
     surrogate: the generic decoder fails on it in its own way)."""
     try:
-        return len(text.encode())
+        return utf8_bytes(text)
     except UnicodeEncodeError:
         return -1
 

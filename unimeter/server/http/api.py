@@ -37,7 +37,8 @@ def json_response(body: Any, status: int = 200) -> web.Response:
     return web.Response(status=status, body=json_bytes(body), content_type="application/json")
 
 
-def _json_bytes(body: bytes) -> web.Response:
+def _bytes_response(body: bytes) -> web.Response:
+    """An answer already written as JSON bytes."""
     return web.Response(body=body, content_type="application/json")
 
 
@@ -137,7 +138,7 @@ class Api:
                 partition, account, code, start_us, end_us, filters
             )
             if row is not None:
-                return _json_bytes(usage_row_json(account, code, bounds, row))
+                return _bytes_response(usage_row_json(account, code, bounds, row))
         group_by = params.group_by(query)
         session = self.dispatcher.session
         out: dict[str, Any] = {
