@@ -106,6 +106,9 @@ class ReplicatedCore(abc.ABC):
         self.leader_id: int | None = None
         self._stored_last = self.raft.last_index  # the newest index handed to the WAL
         self.writable = True
+        # A lone member's applied index as the previous drain left it (see ``drain``).
+        self._lone = len(members) == 1
+        self._applied_before = self.raft.applied_index
 
     # ------------------------------------------------------------------ raft plumbing
 
@@ -133,12 +136,22 @@ class ReplicatedCore(abc.ABC):
 
     def drain(self, now_us: int, fx: Effects) -> None:
         """Run every Ready the Raft core has, turning it into effects; again when what became
-        answerable proposed (a parked change once this replica leads)."""
+        answerable proposed (a parked change once this replica leads).
+
+        A lone member first releases the payloads of what earlier drains applied
+        (``RaftCore.release``): one step late, so whoever watches a step (the simulator's
+        checkers, a trace) still sees the entries that step applied.
+        """
+        raft = self.raft
+        if self._lone:
+            raft.release(self._applied_before)
         self._drain_readies(now_us, fx)
         self._after_drain(now_us, fx)
-        if self.raft.has_ready():
+        if raft.has_ready():
             self._drain_readies(now_us, fx)
             self._after_drain(now_us, fx)
+        if self._lone:
+            self._applied_before = raft.applied_index
 
     def _drain_readies(self, now_us: int, fx: Effects) -> None:
         raft = self.raft

@@ -192,6 +192,14 @@ class RaftCore(CoreView):
             raise ValueError(f"cannot compact to {index}: only {self._applied} is applied")
         self._log.compact(index)
 
+    def release(self, index: int) -> None:
+        """In a group of one, drop from memory the payloads of applied entries up to ``index``
+        (``RaftLog.release``): there is no follower to send them to, and the WAL holds them.
+        With peers it does nothing: a lagging follower may still need them."""
+        self._assert_no_outstanding_ready()
+        if not self._peers:
+            self._log.release(min(index, self._applied))
+
     def on_persisted(self, number: int) -> None:
         """Every Ready numbered up to ``number`` is durable (entries, hard state, snapshot)."""
         self._assert_no_outstanding_ready()

@@ -91,8 +91,8 @@ class CoreView:
         return self._log.term_at(index)
 
     def entries(self, lo: int, hi: int) -> tuple[LogEntry, ...]:
-        """Entries ``lo..hi`` (inclusive) still in memory."""
-        lo = max(lo, self._log.first_index)
+        """Entries ``lo..hi`` (inclusive) still held in memory (neither compacted nor released)."""
+        lo = max(lo, self._log.held_from)
         hi = min(hi, self._log.last_index)
         return self._log.span(lo, hi) if lo <= hi else ()
 

@@ -126,13 +126,19 @@ def _tables_of(state: PartitionState, inst: Instance, stamps: Array) -> Array:
     return out
 
 
+def _table_at(state: PartitionState, inst: Instance, stamp: int) -> int:
+    """``_tables_of`` for one timestamp, without arrays when it is in the current period."""
+    if inst.table >= 0 and inst.ps <= stamp < inst.pe:
+        return inst.table
+    return int(_tables_of(state, inst, np.array([stamp], I64))[0])
+
+
 # --------------------------------------------------------------------------- the fold
 
 
 def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     n = g.n
     mids = g.col("mid")
-    stamps = g.col("ts")
     present = sorted(g.mids)  # every instance the parts' code tables name (a superset)
     insts = [state.instances[mid] for mid in present]
     tabs = state.tables
@@ -158,9 +164,9 @@ def _fold(state: PartitionState, g: Gathered, first: int) -> list[Found]:
     ev = _Events(g, order, first)
     bounds = {} if simple else _slices(ev.mid, present)
     current: dict[int, int] | None = None
-    if g.stamp is not None:
+    if stamp is not None:
         for inst in insts:
-            table_of[inst.mid] = _tables_of(state, inst, stamps[:1])[0]
+            table_of[inst.mid] = _table_at(state, inst, stamp)
         ev.tables = table_of[ev.mid]
         current = {mid: int(table_of[mid]) for mid in present if table_of[mid] >= 0}
     else:
@@ -249,7 +255,7 @@ def _fold_scalar(state: PartitionState, g: Gathered, stamp: int, first: int) -> 
 
 def _make_row(state: PartitionState, inst: Instance, account: int, stamp: int) -> int:
     """The row of one event, making its table, slot and row as the grouped fold does."""
-    table = int(_tables_of(state, inst, np.array([stamp], I64))[0])
+    table = _table_at(state, inst, stamp)
     if table < 0:
         return MISSING
     tabs = state.tables
