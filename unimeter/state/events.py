@@ -110,11 +110,7 @@ class Chunk:
         at = self.size
         end = at + len(mids)
         if end > self.capacity:
-            capacity = max(end, 2 * self.capacity)
-            for name, col in self.cols.items():
-                grown = np.zeros(capacity, col.dtype)
-                grown[:at] = col[:at]
-                self.cols[name] = grown
+            self._grow(end)
         for name, values in columns.items():
             if values is None:
                 continue
@@ -129,6 +125,27 @@ class Chunk:
         if id_data is not None:
             self.id_data += id_data
         self.size = end
+
+    def append_one(self, mid: int, account: int, ts: int, value: int) -> None:
+        """``append`` of one event without optional columns (a lone request's entry)."""
+        assert self.pos is None
+        at = self.size
+        if at == self.capacity:
+            self._grow(at + 1)
+        cols = self.cols
+        cols["mid"][at] = mid
+        cols["account"][at] = account
+        cols["ts"][at] = ts
+        cols["value"][at] = value
+        self.size = at + 1
+
+    def _grow(self, end: int) -> None:
+        at = self.size
+        capacity = max(end, 2 * self.capacity)
+        for name, col in self.cols.items():
+            grown = np.zeros(capacity, col.dtype)
+            grown[:at] = col[:at]
+            self.cols[name] = grown
 
     def seal(self) -> None:
         """No more appends (the unused tail was never touched, so it holds no memory)."""
@@ -340,14 +357,23 @@ class EventStore:
         mids = columns["mid"]
         assert mids is not None
         n = len(mids)
+        self._open_chunk(n).append(columns, id_data)
+        self.next_offset += n
+
+    def append_one(self, mid: int, account: int, ts: int, value: int) -> None:
+        """``append`` of one event without optional columns (``Chunk.append_one``)."""
+        self._open_chunk(1).append_one(mid, account, ts, value)
+        self.next_offset += 1
+
+    def _open_chunk(self, n: int) -> Chunk:
+        """The chunk the next ``n`` events go to: a new one when the open one has no room."""
         chunk = self.chunks[-1] if self.chunks else None
         if chunk is None or (chunk.size and chunk.size + n > self.chunk_events):
             if chunk is not None:
                 chunk.seal()
             chunk = Chunk(self.next_offset, max(self.chunk_events, n))
             self.chunks.append(chunk)
-        chunk.append(columns, id_data)
-        self.next_offset += n
+        return chunk
 
     def range_totals(self, account: int, mid: int, lo: int, hi: int) -> Totals | None:
         """``Chunk.range_totals`` over every chunk: the account's events of ``mid`` with
