@@ -17,7 +17,9 @@ in one encode: no request, token or reply object. Anything else on that path -- 
 must wait for ``min_index``, a replica that does not lead, a traced node (``--trace`` sends
 every request through the mailbox so the trace shows it), a body the direct decoder does not
 take, a filter the rows cannot plainly answer -- falls through to the general path, which
-answers exactly as before.
+answers exactly as before. An INGEST of a few plain events in the shape clients write is read
+straight from the frame's bytes (``wire/ingest_bytes.py``: no CBOR decoder at all), then
+dispatched like any request; any other INGEST is decoded as before.
 
 ``ClientConnection`` is the asyncio Protocol around a core: ``data_received`` feeds it, one
 ``flush`` per loop iteration writes every reply frame the core produced (one system call for all
@@ -52,6 +54,7 @@ from unimeter.security.gate import Gatekeeper, HelloGate, Principal
 from unimeter.wire import fast
 from unimeter.wire import messages as m
 from unimeter.wire.codec import BadRequest, ServerCodec
+from unimeter.wire.ingest_bytes import ingest_payload
 
 if TYPE_CHECKING:
     from unimeter.node import Node
@@ -69,6 +72,7 @@ _PARTITION_KINDS = (
 _CATALOG_KINDS = (m.MetricCreate, m.MetricUpdate, m.MetricGet, m.MetricList, m.MetricDelete)
 _OK = int(errors.Status.OK)
 _IN_FLIGHT_MAX = limits.in_flight_requests_per_connection_max
+_INGEST_START = b"\x83\x08"  # a frame's array of three items, kind 8 (INGEST)
 
 
 class PartitionTarget(Protocol):
@@ -256,6 +260,12 @@ class ConnectionCore:
                 payload = decoder.next_payload()
                 if payload is None:
                     return
+                # A small plain INGEST read straight from its bytes, else the CBOR item.
+                direct = ingest_payload(payload) if payload[:2] == _INGEST_START else None
+                if direct is not None and self._ingest_here(*direct):
+                    if not decoder.frame_ready:
+                        return
+                    continue
                 item = decoder.item_of(payload)
             except errors.ProtocolError as exc:
                 self._protocol_error(exc)
@@ -312,13 +322,8 @@ class ConnectionCore:
         ):
             return False
         if kind == fast.KIND_INGEST:
-            # Decoded directly, then handled as the general path handles any request.
             ingest = fast.ingest(body)
-            if ingest is None:
-                return False
-            self.in_flight += 1
-            self._dispatch(m.RequestFrame(request_id=rid, message=ingest))
-            return True
+            return ingest is not None and self._ingest_here(rid, ingest)
         if kind == fast.KIND_QUERY:
             q = fast.query(body)
             if q is None:
@@ -375,6 +380,15 @@ class ConnectionCore:
         stats.statuses[_OK] += 1
         if self.on_read_here is not None:
             self.on_read_here(target, rid, _OK, self.codec.reply_of(kind, reply))
+        return True
+
+    def _ingest_here(self, rid: int, ingest: m.Ingest) -> bool:
+        """Handle an INGEST decoded directly as the general path handles any request; False
+        (the general path decodes it again) before the HELLO or at the in-flight limit."""
+        if not self.greeted or self.in_flight >= _IN_FLIGHT_MAX or rid > fast.REQUEST_ID_MAX:
+            return False
+        self.in_flight += 1
+        self._dispatch(m.RequestFrame(request_id=rid, message=ingest))
         return True
 
     def _fast_stats(self, kind: int) -> RequestStats:

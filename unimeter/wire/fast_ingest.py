@@ -105,12 +105,12 @@ def ingest_frame(request_id: int, message: Ingest) -> bytes | None:
     return b"".join((size.to_bytes(4, "big"), head, raw))
 
 
-# An unsigned integer in any of CBOR's widths (cbor2 reads them all alike).
-_UINT = rb"([\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})"
+# An unsigned integer in any of CBOR's widths (cbor2 reads them all alike), as a regex group.
+UINT_PATTERN = rb"([\x00-\x17]|\x18.|\x19..|\x1a.{4}|\x1b.{8})"
 # The keys in the order the node writes them; "lo" absent when the node has no offset to give.
 _PLAIN_REPLY = re.compile(
-    rb"\x83\x00" + _UINT + rb"([\xa4\xa5])bns" + _UINT + rb"bnd" + _UINT
-    + rb"bnr" + _UINT + rb"(?:blo" + _UINT + rb")?bli" + _UINT,
+    rb"\x83\x00" + UINT_PATTERN + rb"([\xa4\xa5])bns" + UINT_PATTERN + rb"bnd" + UINT_PATTERN
+    + rb"bnr" + UINT_PATTERN + rb"(?:blo" + UINT_PATTERN + rb")?bli" + UINT_PATTERN,
     re.DOTALL,
 )  # fmt: skip
 
@@ -124,16 +124,16 @@ def ingest_reply(payload: bytes) -> tuple[int, IngestReply] | None:
     if (pairs == b"\xa5") != (offset is not None):
         return None  # the map's size does not match its keys
     reply = IngestReply(
-        n_stored=_value(stored),
-        n_duplicates=_value(duplicates),
-        n_rejected=_value(rejected),
+        n_stored=uint_value(stored),
+        n_duplicates=uint_value(duplicates),
+        n_rejected=uint_value(rejected),
         rejected=(),
-        last_offset=None if offset is None else _value(offset),
-        log_index=_value(log_index),
+        last_offset=None if offset is None else uint_value(offset),
+        log_index=uint_value(log_index),
     )
-    return _value(raw_id), reply
+    return uint_value(raw_id), reply
 
 
-def _value(item: bytes) -> int:
-    """The value of an unsigned integer ``_UINT`` matched."""
+def uint_value(item: bytes) -> int:
+    """The value of an unsigned integer ``UINT_PATTERN`` matched."""
     return item[0] if len(item) == 1 else int.from_bytes(item[1:], "big")
