@@ -46,8 +46,6 @@ Found = tuple[int, int, str, str, int]
 
 
 def apply(state: PartitionState, index: int, entry: BatchEntry) -> ApplyResult:
-    from unimeter.state.partition_state import ApplyResult
-
     if len(entry.parts) == 1:
         lone = _lone_event(state, index, entry)
         if lone is not None:
@@ -56,11 +54,7 @@ def apply(state: PartitionState, index: int, entry: BatchEntry) -> ApplyResult:
     if state.newest_day is None or day > state.newest_day:
         state.advance(day)
     assert state.newest_day is not None
-    for part in entry.parts:
-        if part.producer_id:
-            assert state.producers.outcome(part.producer_id, part.seq) is None, (
-                f"producer {part.producer_id} seq {part.seq} is already applied"
-            )
+    _check_not_applied(state, entry)
     first = state.events.next_offset
     g = gather(entry, state.live, state.props, state.cells)
     alerts: list[StoredAlert] = []
@@ -75,26 +69,51 @@ def apply(state: PartitionState, index: int, entry: BatchEntry) -> ApplyResult:
             state.alerts.append(account, code, threshold, total, entry.stamp_us)
             for _, account, code, threshold, total in found
         ]
+    return _result(state, index, entry, first, g.n, tuple(alerts))
+
+
+def _check_not_applied(state: PartitionState, entry: BatchEntry) -> None:
+    for part in entry.parts:
+        if part.producer_id:
+            assert state.producers.outcome(part.producer_id, part.seq) is None, (
+                f"producer {part.producer_id} seq {part.seq} is already applied"
+            )
+
+
+def _result(
+    state: PartitionState,
+    index: int,
+    entry: BatchEntry,
+    first: int,
+    n: int,
+    alerts: tuple[StoredAlert, ...],
+) -> ApplyResult:
+    """Each part's reply (recorded for its producer) and the entry's result: its ``n`` stored
+    events took offsets from ``first`` on, part after part."""
+    from unimeter.state.partition_state import ApplyResult
+
+    day = state.newest_day
+    assert day is not None
     replies: list[IngestReply] = []
     offset = first
     for part in entry.parts:
-        n = part.n_stored
+        stored = part.n_stored
         reply = IngestReply(
-            n_stored=n,
+            n_stored=stored,
             n_duplicates=part.n_duplicates,
             n_rejected=part.n_rejected,
             rejected=part.rejected,
-            last_offset=offset + n - 1 if n else None,
+            last_offset=offset + stored - 1 if stored else None,
             log_index=index,
         )
-        offset += n
+        offset += stored
         replies.append(reply)
         if part.producer_id:
-            state.producers.record(part.producer_id, part.seq, reply, state.newest_day)
+            state.producers.record(part.producer_id, part.seq, reply, day)
     return ApplyResult(
-        first_offset=first if g.n else None,
-        last_offset=first + g.n - 1 if g.n else None,
-        alerts=tuple(alerts),
+        first_offset=first if n else None,
+        last_offset=first + n - 1 if n else None,
+        alerts=alerts,
         replies=tuple(replies),
     )
 
@@ -105,8 +124,6 @@ def _lone_event(state: PartitionState, index: int, entry: BatchEntry) -> ApplyRe
     a lone event several times what its few scalar updates do. None for any other entry (or
     when the event needs a new day, period table or row), and ``apply`` takes its general
     path. Both leave the same state, byte for byte (``tests/test_apply_scalar.py``)."""
-    from unimeter.state.partition_state import ApplyResult
-
     part = entry.parts[0]
     b = part.batch
     ops = b.operation_types
@@ -125,44 +142,18 @@ def _lone_event(state: PartitionState, index: int, entry: BatchEntry) -> ApplyRe
     if state.newest_day is None or stamp // US_PER_DAY > state.newest_day:
         return None  # ``advance`` first: the general path
     inst = state.live.get(b.metric_codes[0])
-    tabs = state.tables
-    if (
-        inst is None
-        or inst.unique
-        or inst.thresholds
-        or len(tabs.cells)
-        or inst.table < 0
-        or not inst.ps <= stamp < inst.pe
-    ):
+    if inst is None or inst.unique or inst.thresholds or len(state.tables.cells):
         return None
     account = int(b.account_ids[0])
-    slot = tabs.slot_of(account)
-    if slot == MISSING:
-        return None
-    row = tabs.cache.get1(inst.mid, inst.table, slot)
+    row = _existing_row(state, inst, account, stamp)
     if row == MISSING:
-        row = tabs.total_row(slot, inst.table)
-        if row == MISSING:
-            return None
-    if part.producer_id:
-        assert state.producers.outcome(part.producer_id, part.seq) is None, (
-            f"producer {part.producer_id} seq {part.seq} is already applied"
-        )
+        return None
+    _check_not_applied(state, entry)
     value = int(b.values[0])
-    offset = state.events.next_offset
+    first = state.events.next_offset
     state.events.append_one(inst.mid, account, stamp, value)
-    tabs.rows.add_one(row, value, stamp, offset)
-    reply = IngestReply(
-        n_stored=1,
-        n_duplicates=part.n_duplicates,
-        n_rejected=part.n_rejected,
-        rejected=part.rejected,
-        last_offset=offset,
-        log_index=index,
-    )
-    if part.producer_id:
-        state.producers.record(part.producer_id, part.seq, reply, state.newest_day)
-    return ApplyResult(first_offset=offset, last_offset=offset, alerts=(), replies=(reply,))
+    state.tables.rows.add_one(row, value, stamp, first)
+    return _result(state, index, entry, first, 1, ())
 
 
 # --------------------------------------------------------------------------- tables
@@ -303,13 +294,7 @@ def _fold_scalar(state: PartitionState, g: Gathered, stamp: int, first: int) -> 
     targets: list[int] = []
     for mid, account in zip(mids, g.col("account").tolist(), strict=True):
         inst = instances[mid]
-        row = MISSING
-        if inst.table >= 0 and inst.ps <= stamp < inst.pe:
-            slot = tabs.slot_of(account)
-            if slot != MISSING:
-                row = tabs.cache.get1(mid, inst.table, slot)
-                if row == MISSING:
-                    row = tabs.total_row(slot, inst.table)
+        row = _existing_row(state, inst, account, stamp)
         if row == MISSING:
             if g.n > 1:
                 return False
@@ -321,6 +306,19 @@ def _fold_scalar(state: PartitionState, g: Gathered, stamp: int, first: int) -> 
     for offset, (row, value) in enumerate(zip(targets, g.col("value").tolist(), strict=True)):
         add_one(row, value, stamp, first + offset)
     return True
+
+
+def _existing_row(state: PartitionState, inst: Instance, account: int, stamp: int) -> int:
+    """The total row of ``account`` in the current period of ``inst`` holding ``stamp``, if
+    both exist (the row cache first, then the totals index); MISSING otherwise."""
+    if inst.table < 0 or not inst.ps <= stamp < inst.pe:
+        return MISSING
+    tabs = state.tables
+    slot = tabs.slot_of(account)
+    if slot == MISSING:
+        return MISSING
+    row = tabs.cache.get1(inst.mid, inst.table, slot)
+    return row if row != MISSING else tabs.total_row(slot, inst.table)
 
 
 def _make_row(state: PartitionState, inst: Instance, account: int, stamp: int) -> int:
