@@ -314,16 +314,13 @@ class ConnectionCore:
             kind, rid, body = item
         except ValueError:
             return False  # not 3 items: the general path names the problem
-        if (
-            not self.greeted
-            or self.in_flight >= _IN_FLIGHT_MAX
-            or type(rid) is not int
-            or not 0 <= rid <= fast.REQUEST_ID_MAX
-        ):
+        if type(rid) is not int or not 0 <= rid <= fast.REQUEST_ID_MAX:
             return False
         if kind == fast.KIND_INGEST:
             ingest = fast.ingest(body)
             return ingest is not None and self._ingest_here(rid, ingest)
+        if not self.greeted or self.in_flight >= _IN_FLIGHT_MAX:
+            return False
         if kind == fast.KIND_QUERY:
             q = fast.query(body)
             if q is None:
@@ -383,9 +380,10 @@ class ConnectionCore:
         return True
 
     def _ingest_here(self, rid: int, ingest: m.Ingest) -> bool:
-        """Handle an INGEST decoded directly as the general path handles any request; False
-        (the general path decodes it again) before the HELLO or at the in-flight limit."""
-        if not self.greeted or self.in_flight >= _IN_FLIGHT_MAX or rid > fast.REQUEST_ID_MAX:
+        """Handle an INGEST decoded directly (``rid`` in range) as the general path handles
+        any request; False (the general path decodes it again) before the HELLO or at the
+        in-flight limit."""
+        if not self.greeted or self.in_flight >= _IN_FLIGHT_MAX:
             return False
         self.in_flight += 1
         self._dispatch(m.RequestFrame(request_id=rid, message=ingest))

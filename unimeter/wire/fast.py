@@ -136,8 +136,8 @@ def _filters(raw: list[Any]) -> Filters | None:
         if (
             type(key) is not str
             or type(value) is not str
-            or not 1 <= (len(key) if key.isascii() else _utf8_bytes(key)) <= _KEY_BYTES_MAX
-            or not 0 <= (len(value) if value.isascii() else _utf8_bytes(value)) <= _VALUE_BYTES_MAX
+            or not 1 <= _utf8_bytes(key) <= _KEY_BYTES_MAX
+            or not 0 <= _utf8_bytes(value) <= _VALUE_BYTES_MAX
         ):
             return None
         for seen, _ in out:
