@@ -17,9 +17,9 @@ in one encode: no request, token or reply object. Anything else on that path -- 
 must wait for ``min_index``, a replica that does not lead, a traced node (``--trace`` sends
 every request through the mailbox so the trace shows it), a body the direct decoder does not
 take, a filter the rows cannot plainly answer -- falls through to the general path, which
-answers exactly as before. An INGEST of a few plain events in the shape clients write is read
-straight from the frame's bytes (``wire/ingest_bytes.py``: no CBOR decoder at all), then
-dispatched like any request; any other INGEST is decoded as before.
+answers exactly as before. An INGEST in the shape clients write is read straight from the
+frame's bytes (``wire/ingest_bytes.py``: no CBOR decoder at all), then dispatched like any
+request; any other INGEST is decoded as before.
 
 ``ClientConnection`` is the asyncio Protocol around a core: ``data_received`` feeds it, one
 ``flush`` per loop iteration writes every reply frame the core produced (one system call for all

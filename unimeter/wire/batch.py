@@ -607,6 +607,12 @@ def decode_small_batch(data: object) -> EventBatch | None:
         obj = decode_item(data)
     except ValueError:
         return None
+    return small_batch_of(obj, data)
+
+
+def small_batch_of(obj: object, data: bytes) -> EventBatch | None:
+    """``decode_small_batch`` of the batch map ``obj`` decoded from ``data`` (its checks,
+    after the decode): the batch, or None."""
     if type(obj) is not dict or not _SMALL_KEYS_REQUIRED <= obj.keys() <= _SMALL_KEYS:
         return None
     accounts, index, values, codes = obj["a"], obj["mi"], obj["v"], obj["m"]
