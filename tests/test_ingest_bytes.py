@@ -287,3 +287,24 @@ def test_mutated_payloads_are_read_as_before_or_left_alone(
 def test_a_truncated_payload_is_left_alone(good: Any, size: int) -> None:
     payload = good()
     assert ingest_payload(payload[: size % len(payload)]) is None
+
+
+def _plain_of(n: int) -> bytes:
+    batch = EventBatch(
+        metric_codes=["api_calls", "seats"],
+        metric_index=(np.arange(n) % 2).astype(np.uint8),
+        account_ids=np.arange(n, dtype=np.uint64),
+        values=np.ones(n, np.int64),
+    )
+    message = m.Ingest(partition=0, producer_id=1, seq=2, sync=False, catalog_version=3,
+                       batch=batch)  # fmt: skip
+    return written(4, message)
+
+
+def test_a_plain_batch_at_the_event_limit_is_read_and_one_past_it_refused() -> None:
+    at_limit = _plain_of(limits.events_per_batch_max)  # columns of four-byte lengths
+    direct = ingest_payload(at_limit)
+    assert direct is not None and same(direct, (4, generic(at_limit)))
+    past = _plain_of(limits.events_per_batch_max + 1)
+    assert ingest_payload(past) is None
+    assert generic(past) is None
