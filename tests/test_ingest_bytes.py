@@ -82,8 +82,17 @@ def batches(draw: st.DrawFn) -> EventBatch:
         st.lists(st.sampled_from(CODES), min_size=1, max_size=4, unique=True)
         | st.just([f"c{i}" for i in range(300)])  # two-byte metric indexes
     )
-    index = draw(st.lists(st.integers(0, len(codes) - 1), min_size=n, max_size=n))
-    values = st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)
+    if n <= SMALL_BATCH_EVENTS_MAX + 2:
+        index = np.array(draw(st.lists(st.integers(0, len(codes) - 1), min_size=n, max_size=n)))
+        accounts = np.array(draw(st.lists(u64, min_size=n, max_size=n)), np.uint64)
+        values = np.array(
+            draw(st.lists(st.integers(-(2**63), 2**63 - 1), min_size=n, max_size=n)), np.int64
+        )
+    else:  # hundreds of events: columns from a drawn seed (drawing each event is slow)
+        rng = np.random.default_rng(draw(st.integers(0, 2**32)))
+        index = rng.integers(0, len(codes), n)
+        accounts = rng.integers(0, 2**64, n, dtype=np.uint64, endpoint=False)
+        values = rng.integers(-(2**63), 2**63, n, dtype=np.int64, endpoint=False)
     with_stamps, with_ops, with_props, with_ids = draw(st.tuples(*[st.booleans()] * 4))
     props = None
     if with_props:
@@ -91,12 +100,13 @@ def batches(draw: st.DrawFn) -> EventBatch:
         props = [one if i % 3 else None for i in range(n)]
     ids = None
     if with_ids:
-        ids = [None if i % 5 == 4 else f"id-{i}-{draw(st.text(max_size=3))}" for i in range(n)]
+        tail = draw(st.text(max_size=3))  # (one draw per batch, as above)
+        ids = [None if i % 5 == 4 else f"id-{i}-{tail}" for i in range(n)]
     return EventBatch(
         metric_codes=codes,
-        metric_index=np.array(index, np.uint16 if len(codes) > 255 else np.uint8),
-        account_ids=np.array(draw(st.lists(u64, min_size=n, max_size=n)), np.uint64),
-        values=np.array(draw(values), np.int64),
+        metric_index=index.astype(np.uint16 if len(codes) > 255 else np.uint8),
+        account_ids=accounts,
+        values=values,
         timestamps=np.arange(n, dtype=np.int64) + 1_765_000_000_000_000 if with_stamps else None,
         operation_types=np.zeros(n, np.uint8) if with_ops else None,
         properties=props,
