@@ -260,7 +260,7 @@ class ConnectionCore:
                 payload = decoder.next_payload()
                 if payload is None:
                     return
-                # A small plain INGEST read straight from its bytes, else the CBOR item.
+                # An INGEST in the clients' shape read straight from its bytes, else the CBOR item.
                 direct = ingest_payload(payload) if payload[:2] == _INGEST_START else None
                 if direct is not None and self._ingest_here(*direct):
                     if not decoder.frame_ready:
