@@ -103,7 +103,7 @@ def ingest_payload(payload: bytes) -> tuple[int, Ingest] | None:
     rid, p, pid, seq, sync, cv, head = match.groups()
     partition = uint_value(p)
     start = match.end()
-    if partition >= _PARTITION_END or len(payload) - start != _length(head):
+    if partition >= _PARTITION_END or len(payload) - start != _head(head, 0, 0x40)[0]:
         return None
     batch = read_batch(payload[start:])
     if batch is None:
@@ -140,11 +140,6 @@ def read_batch(raw: bytes) -> EventBatch | None:
         return None
 
 
-def _length(head: bytes) -> int:
-    """The length a byte string's head (major type 2) gives."""
-    return head[0] - 0x40 if len(head) == 1 else int.from_bytes(head[1:], "big")
-
-
 def _column(raw: bytes, pos: int, key: bytes, size: int) -> int:
     """Where the column of ``size`` bytes behind ``key`` (its name and tag) starts at
     ``pos``, or -1 when something else is there."""
@@ -169,19 +164,10 @@ def _plain_batch(raw: bytes) -> EventBatch | None:
     pos = 4
     codes: list[str] = []
     for _ in range(count):
-        head = raw[pos]
-        if 0x61 <= head <= 0x77:
-            size, pos = head - 0x60, pos + 1
-        elif head == 0x78:
-            size, pos = raw[pos + 1], pos + 2
-        else:
-            return None
-        # latin-1 never fails; a byte outside the codes' ASCII alphabet makes no valid code
-        code = raw[pos : pos + size].decode("latin-1")
-        if len(code) != size or not is_valid_code(code):
+        code, pos = _text(raw, pos)
+        if not is_valid_code(code):
             return None
         codes.append(code)
-        pos += size
     if len(set(codes)) != count:
         return None
     n = _head(raw, pos + len(_INDEX), 0x40)[0]  # the index column's length: the events
@@ -242,12 +228,7 @@ def _batch_map(raw: bytes) -> dict[str, Any] | None:
             return None  # an unknown or repeated key: the generic path names it
         kind = _KIND[key]
         if kind == _TYPED:
-            if raw[pos] != 0xD8:  # a tag of one byte
-                return None
-            tag = raw[pos + 1]
-            size, pos = _head(raw, pos + 2, 0x40)
-            obj[key] = CBORTag(tag, raw[pos : pos + size])
-            pos += size
+            obj[key], pos = _typed(raw, pos)
             weight += _WEIGHT[_TAG] + _WEIGHT[_BYTES]
         elif kind == _TEXTS:
             texts, pos, weight = _texts(raw, pos, weight, budget)
@@ -255,16 +236,14 @@ def _batch_map(raw: bytes) -> dict[str, Any] | None:
                 return None
             obj[key] = texts
         elif kind == _BYTES:
-            size, pos = _head(raw, pos, 0x40)
-            obj[key] = raw[pos : pos + size]
-            pos += size
+            obj[key], pos = _string(raw, pos, 0x40)
             weight += _WEIGHT[_BYTES]
         else:
             columns, pos, weight = _properties(raw, pos, weight, budget)
             if columns is None:
                 return None
             obj[key] = columns
-        if pos > end or weight > budget:  # (a string cut short, or too many items)
+        if weight > budget:
             return None
     return obj if pos == end else None
 
@@ -310,24 +289,34 @@ def _properties(
             return None, pos, weight
         key, pos = _text(raw, pos + 1)
         values, pos, weight = _texts(raw, pos, weight, budget)
-        if values is None or raw[pos] != 0xD8:
+        if values is None:
             return None, pos, weight
-        tag = raw[pos + 1]
-        size, pos = _head(raw, pos + 2, 0x40)
-        if pos + size > len(raw):
-            raise IndexError
-        columns.append([key, values, CBORTag(tag, raw[pos : pos + size])])
-        pos += size
+        index, pos = _typed(raw, pos)
+        columns.append([key, values, index])
     return columns, pos, weight
+
+
+def _string(raw: bytes, pos: int, base: int) -> tuple[bytes, int]:
+    """The bytes of the byte string (``base`` 0x40) or text (0x60) whose head is at ``pos``,
+    and the position after it (past the end when the string is cut short: every caller ends
+    by checking it stopped exactly at the end, or reads on and runs off it)."""
+    size, pos = _head(raw, pos, base)
+    return raw[pos : pos + size], pos + size
 
 
 def _text(raw: bytes, pos: int) -> tuple[str, int]:
     """The text whose head is at ``pos``, and the position after it."""
-    size, pos = _head(raw, pos, 0x60)
-    stop = pos + size
-    if stop > len(raw):
-        raise IndexError
-    return raw[pos:stop].decode(), stop  # strict UTF-8, as cbor2 decodes text
+    data, pos = _string(raw, pos, 0x60)
+    return data.decode(), pos  # strict UTF-8, as cbor2 decodes text
+
+
+def _typed(raw: bytes, pos: int) -> tuple[CBORTag, int]:
+    """A typed array (a one-byte tag over a byte string; ``decode_batch_map`` checks which tag
+    and how long) whose head is at ``pos``, and the position after it."""
+    if raw[pos] != 0xD8:
+        raise IndexError  # not a tag of one byte: not read
+    data, after = _string(raw, pos + 2, 0x40)
+    return CBORTag(raw[pos + 1], data), after
 
 
 # The batch map's keys as encoded (one text of one or two bytes), and how each value is read.
