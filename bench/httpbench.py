@@ -8,13 +8,14 @@
   partition (the node splits each into per-partition batches); the binary frames each hold one
   partition's events, as ``AsyncClient`` sends them after its own split.
 - Usage: ``GET /v1/usage`` for the current month of a random account, one request at a time
-  over one keep-alive connection, against the loopback round trip (``limit.rtt``).
+  over one keep-alive connection on a blocking socket (as the loopback round trip
+  ``limit.rtt`` and the binary query are timed), against the loopback round trip.
 - The cost of counting for ``/metrics`` on the ingest path: what ``Reply.send`` adds per
   batch (a request histogram and the ingest counters), timed in this process.
 
 The load generators write pre-built HTTP/1.1 requests and read each answer's head and
-``Content-Length`` body with asyncio streams: the least a client can cost, so the figure is
-the server's.
+``Content-Length`` body (the ingest one with asyncio streams over its connections, the usage one
+on a blocking socket): the least a client can cost, so the figure is the server's.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import random
 import resource
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -150,29 +152,54 @@ def ingest_in_process(port: int, duration_s: float, seed: int) -> dict[str, Any]
 
 
 def usage_in_process(port: int, samples: int) -> dict[str, float]:
-    import uvloop
-
+    """``GET /v1/usage`` round trips over one keep-alive connection, one request at a time, on
+    a blocking socket: the client the loopback limit and the binary query are timed with, so
+    the three figures differ only by what the servers do."""
     rng = random.Random(11)
     requests = [
         b"GET /v1/usage?account_id=%d&metric=%s HTTP/1.1\r\nHost: bench\r\n\r\n"
         % (rng.randint(1, settings.ACCOUNTS), rng.choice(settings.METRIC_CODES).encode())
         for _ in range(1000)
     ]
-
-    async def run() -> dict[str, float]:
-        reader, writer = await asyncio.open_connection(procs.HOST, port)
-        latencies: list[float] = []
+    latencies: list[float] = []
+    with socket.create_connection((procs.HOST, port), timeout=settings.LOAD_SLACK_S) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        answers = _Answers(sock)
         for i in range(samples + 100):
             started = time.perf_counter()
-            status, body = await _exchange(reader, writer, requests[i % len(requests)])
+            sock.sendall(requests[i % len(requests)])
+            status, body = answers.next()
             if status != 200:
                 raise RuntimeError(body[:300].decode(errors="replace"))
             if i >= 100:  # the first ones warm the connection and the caches
                 latencies.append((time.perf_counter() - started) * 1e6)
-        writer.close()
-        return summary(latencies)
+    return summary(latencies)
 
-    return uvloop.run(run())
+
+class _Answers:
+    """Reads whole HTTP/1.1 answers (a head and a ``Content-Length`` body) off a socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def next(self) -> tuple[int, bytes]:
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end >= 0:
+                head = self.buf[:end]
+                length = 0
+                for line in head.split(b"\r\n"):
+                    if line[:15].lower() == b"content-length:":
+                        length = int(line[15:])
+                stop = end + 4 + length
+                if len(self.buf) >= stop:
+                    body, self.buf = self.buf[end + 4 : stop], self.buf[stop:]
+                    return int(head[9:12]), body
+            chunk = self.sock.recv(1 << 16)
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            self.buf += chunk
 
 
 def metrics_cost_per_batch_us(rounds: int = 20_000) -> float:

@@ -81,6 +81,11 @@ async def test_http_over_tls(tls_node: tuple[NodeProcess, Certs, Tokens]) -> Non
     headers = {"Authorization": f"Bearer {tokens.by_role['read']}"}
     timeout = aiohttp.ClientTimeout(total=20)
     async with aiohttp.ClientSession(timeout=timeout) as session:
+        # A usage read (the fast lane's), then a request it hands to aiohttp, on one connection.
+        async with session.get(url + "/v1/usage?account_id=1&metric=nope", headers=headers,
+                               ssl=certs.client_context()) as response:  # fmt: skip
+            assert response.status == 404
+            assert (await response.json())["code"] == "UNKNOWN_METRIC"
         async with session.get(url + "/v1/metrics", headers=headers,
                                ssl=certs.client_context()) as response:  # fmt: skip
             assert response.status == 200

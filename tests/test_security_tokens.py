@@ -350,9 +350,13 @@ async def test_every_role_against_every_http_route(
         assert (await http.post("/v1/metrics", json=base, headers=admin)).status == 201
         doomed = {"code": f"http_doomed_{role}", "agg_type": "sum"}
         assert (await http.post("/v1/metrics", json=doomed, headers=admin)).status == 201
-        outcomes: dict[str, Any] = {}
-        for name, (_, call) in _http_calls().items():
-            outcomes[name] = await call(http, headers, str(role))
+    outcomes: dict[str, Any] = {}
+    for name, (_, call) in _http_calls().items():
+        # Each call first on its own connection: ingest and usage reach the fast lane (the
+        # first request the fast lane does not serve hands its connection to aiohttp).
+        async with Http(node.http_url) as fresh:
+            outcomes[name] = await call(fresh, headers, str(role))
+    async with Http(node.http_url) as http:
         expected = {}
         for name, (needed, _) in _http_calls().items():
             granted = needed is None or (role is not None and (role == "admin" or role == needed))
@@ -362,6 +366,26 @@ async def test_every_role_against_every_http_route(
         refused = await http.get("/v1/metrics")
         assert refused.headers.get("WWW-Authenticate", "").startswith("Bearer")
         assert refused.problem_code == "AUTH"
+
+
+async def test_usage_read_from_its_row_is_authorised(secured: tuple[NodeProcess, Tokens]) -> None:
+    # A calendar-month metric with stored usage: the fast lane answers its usage read from the
+    # row, without waiting; the same tokens and roles apply there.
+    node, tokens = secured
+    bearer = {role: {"Authorization": f"Bearer {t}"} for role, t in tokens.by_role.items()}
+    usage = f"/v1/usage?account_id={ACCOUNT}&metric_code=monthly&period=current_month"
+    async with Http(node.http_url) as http:
+        schema = {"code": "monthly", "agg_type": "sum", "period_type": "calendar"}
+        assert (await http.post("/v1/metrics", json=schema, headers=bearer["admin"])).status == 201
+    async with Http(node.http_url) as http:  # a fresh connection: the fast lane's
+        event = {"account_id": ACCOUNT, "metric_code": "monthly", "value": 5}
+        stored = await http.post("/v1/events?delivery=sync", json=[event], headers=bearer["ingest"])
+        assert stored.status == 200 and stored.body["n_stored"] == 1
+        assert (await http.get(usage, headers=bearer["read"])).body["value"]["sum"] == 5
+        assert (await http.get(usage, headers=bearer["ingest"])).status == 403
+        refused = await http.get(usage)
+        assert refused.status == 401 and refused.problem_code == "AUTH"
+        assert refused.headers.get("WWW-Authenticate", "").startswith("Bearer")
 
 
 # --------------------------------------------------------------------------- the client and CLI

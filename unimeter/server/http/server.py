@@ -16,8 +16,10 @@ socket and the forwarding connections.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
@@ -33,6 +35,7 @@ from .alert_stream import AlertStreams
 from .api import Api, json_response
 from .auth import UNMATCHED, authorise
 from .dispatch import Dispatcher
+from .fastlane import IDLE_S, FastLane, HotRoute
 from .openapi import openapi_document
 from .prometheus import CONTENT_TYPE, registry_for, render
 
@@ -58,6 +61,14 @@ class HttpServer:
         self._routed: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] | None = None
         # GET routes served without the router: path -> (handler, route name).
         self._hot: dict[str, tuple[Handler, str]] = {"/v1/usage": (self._api.usage, "usage")}
+        # What the fast lane serves itself (every other request goes to aiohttp).
+        self._fast_routes = {
+            (b"GET", "/v1/usage"): HotRoute(self._api.usage, "usage", self._api.usage_now),
+            (b"POST", "/v1/events"): HotRoute(self._api.post_events, "ingest"),
+        }
+        self._lanes: set[FastLane] = set()
+        self._listener: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._guard], client_max_size=limits.http_body_bytes_max)
@@ -82,23 +93,50 @@ class HttpServer:
         assert server is not None
         self._routed = server.request_handler
         server.request_handler = self._serve
+        # Every connection starts on the fast lane, which hands it to aiohttp (``server()``
+        # makes aiohttp's protocol for one connection) at the first request it does not serve.
+        loop = asyncio.get_running_loop()
         try:
-            site = web.TCPSite(
-                runner, host, port, reuse_address=True, backlog=1024, ssl_context=tls
-            )
-            await site.start()
+            self._listener = await loop.create_server(
+                lambda: FastLane(self._fast_routes, self, server, self._lanes),
+                host, port, ssl=tls, backlog=1024, reuse_address=True,
+            )  # fmt: skip
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
+        self._sweeper = loop.create_task(self._sweep_idle())
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        await self._end_lanes()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
         await self.streams.close()
         await self._api.ingester.close()
         await self.dispatcher.close()
+
+    async def _end_lanes(self) -> None:
+        """Closes the fast lane's connections, each once its answers are written (bounded)."""
+        deadline = perf_counter() + _SHUTDOWN_S
+        while any(not lane.idle for lane in self._lanes) and perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        for lane in list(self._lanes):
+            lane.close()
+
+    async def _sweep_idle(self) -> None:
+        """Closes fast-lane connections idle for ``IDLE_S`` (as aiohttp does its own)."""
+        while True:
+            await asyncio.sleep(IDLE_S / 4)
+            cutoff = time.monotonic() - IDLE_S
+            for lane in [lane for lane in self._lanes if lane.last_seen < cutoff]:
+                lane.close()
 
     async def _end_streams(self, app: web.Application) -> None:
         await self.streams.close()
@@ -130,17 +168,44 @@ class HttpServer:
         try:
             refusal = authorise(self.node.gate, request, name)
             response = refusal if refusal is not None else await handler(request)
-        except UnimeterError as exc:
-            response = problems.from_error(exc)
-        except web.HTTPException as exc:
-            response = problems.from_http(exc)
-        except Exception:
-            log.exception("event=http_handler_failed path=%s", request.path)
-            response = problems.problem(Status.INTERNAL, "the node failed this request")
+        except Exception as exc:
+            response = self._problem(request, exc)
         if name != "alert_stream":  # a stream's lifetime is not a latency
-            status = response.get(problems.STATUS_KEY, Status.OK)
-            self.node.stats.request("http", name).done(status, perf_counter() - started)
+            self._count(name, response, started)
         return response
+
+    # The fast lane's two ways in (``fastlane.Guards``): the same guard around a handler.
+    answer = _guarded
+
+    def answer_now(
+        self,
+        request: web.Request,
+        now: Callable[[web.Request], web.StreamResponse | None],
+        name: str,
+    ) -> web.StreamResponse | None:
+        """``_guarded`` around a handler's synchronous part: its answer, or None when it has
+        none without waiting (nothing is counted then: ``answer`` runs the whole handler)."""
+        started = perf_counter()
+        try:
+            refusal = authorise(self.node.gate, request, name)
+            response = refusal if refusal is not None else now(request)
+        except Exception as exc:
+            response = self._problem(request, exc)
+        if response is not None:
+            self._count(name, response, started)
+        return response
+
+    def _problem(self, request: web.Request, exc: Exception) -> web.Response:
+        if isinstance(exc, UnimeterError):
+            return problems.from_error(exc)
+        if isinstance(exc, web.HTTPException):
+            return problems.from_http(exc)
+        log.error("event=http_handler_failed path=%s", request.path, exc_info=exc)
+        return problems.problem(Status.INTERNAL, "the node failed this request")
+
+    def _count(self, name: str, response: web.StreamResponse, started: float) -> None:
+        status = response.get(problems.STATUS_KEY, Status.OK)
+        self.node.stats.request("http", name).done(status, perf_counter() - started)
 
     # ------------------------------------------------------------------ operations
 
