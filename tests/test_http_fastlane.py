@@ -17,9 +17,10 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from yarl import URL
 
 from tests.support.nodeproc import NodeProcess
-from unimeter.server.http.fastlane import _end_of
+from unimeter.server.http.fastlane import FastRequest, _end_of
 
 METRIC = b'{"code":"calls","agg_type":"sum","period_type":"calendar"}'  # read from its row
 
@@ -253,3 +254,14 @@ def test_the_parser_completes_a_request_at_its_last_byte() -> None:
         assert counter.complete == 0
         parser.feed_data(request[-1:])
         assert counter.complete == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet="ab=&+%2F0;é #?", max_size=30))
+def test_query_parameters_are_read_as_aiohttp_reads_them(query: str) -> None:
+    target = "/v1/usage?" + query
+    fast = FastRequest("GET", target, [], b"", None).query
+    path, _, rest = target.partition("?")
+    rest, _, fragment = rest.partition("#")
+    seen_by_aiohttp = URL.build(path=path, query_string=rest, fragment=fragment, encoded=True)
+    assert list(fast.items()) == list(seen_by_aiohttp.query.items())

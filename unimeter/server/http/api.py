@@ -125,9 +125,9 @@ class Api:
 
     # ------------------------------------------------------------------ usage
 
-    def usage_now(self, request: web.Request) -> web.Response | None:
-        """``usage``'s answer when it is read straight from the local leader's row (a whole
-        stored period, no breakdown), else None: the read then goes through ``usage``."""
+    def usage_now(self, request: web.Request) -> bytes | None:
+        """``usage``'s JSON answer when it is read straight from the local leader's row (a
+        whole stored period, no breakdown), else None: the read then goes through ``usage``."""
         query = request.query
         if "group_by" in query:
             return None
@@ -138,12 +138,12 @@ class Api:
         row = self.dispatcher.read_period_here(
             self._partition(account), account, code, bounds.start_us, bounds.end_us, filters
         )
-        return None if row is None else _bytes_response(usage_row_json(account, code, bounds, row))
+        return None if row is None else usage_row_json(account, code, bounds, row)
 
     async def usage(self, request: web.Request) -> web.Response:
         answer = self.usage_now(request)
         if answer is not None:
-            return answer
+            return _bytes_response(answer)
         query = request.query
         account = params.account_id(query)
         code = params.metric_code(query)

@@ -32,11 +32,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from email.utils import formatdate
 from typing import Any, NamedTuple, Protocol, cast
+from urllib.parse import parse_qsl
 
 import httptools
 from aiohttp import web
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDictProxy
-from yarl import URL
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
 
 from unimeter import limits
 
@@ -50,8 +50,8 @@ QUEUED_MAX = 64  # pipelined requests read ahead of their answers before reading
 IDLE_S = 75.0  # aiohttp's keep-alive timeout: an idle fast-lane connection is closed after it
 
 Handler = Callable[[Any], Awaitable[web.StreamResponse]]
-# A handler's synchronous part: the answer when it needs no waiting, else None.
-Now = Callable[[Any], web.StreamResponse | None]
+# A handler's synchronous part: the JSON body of its OK answer when it needs no waiting.
+Now = Callable[[Any], bytes | None]
 
 
 class HotRoute(NamedTuple):
@@ -63,7 +63,9 @@ class HotRoute(NamedTuple):
 class Guards(Protocol):
     """The server's guard (authorisation, problem details, timing), around either part."""
 
-    def answer_now(self, request: Any, now: Now, name: str) -> web.StreamResponse | None: ...
+    def answer_now(
+        self, request: Any, now: Now, name: str
+    ) -> web.StreamResponse | bytes | None: ...
 
     def answer(
         self, request: Any, handler: Handler, name: str
@@ -82,7 +84,9 @@ class FastRequest:
     """What the hot handlers, the guard and ``authorise`` read of a request, as aiohttp's
     ``web.Request`` offers it (the same names, the same parsing of the URL)."""
 
-    __slots__ = ("_body", "_headers", "_query", "_raw_headers", "_url", "method", "path", "remote")
+    __slots__ = (
+        "_body", "_headers", "_query", "_query_text", "_raw_headers", "method", "path", "remote"
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -94,9 +98,8 @@ class FastRequest:
     ) -> None:
         self.method = method
         path, _, query = target.partition("?")
-        query, _, fragment = query.partition("#")
         self.path = path
-        self._url = (path, query, fragment)
+        self._query_text = query.partition("#")[0]
         self._raw_headers = raw_headers
         self._headers: CIMultiDictProxy[str] | None = None
         self._query: MultiDictProxy[str] | None = None
@@ -105,10 +108,17 @@ class FastRequest:
 
     @property
     def query(self) -> MultiDictProxy[str]:
+        """The query string's parameters, decoded as aiohttp's ``Request.query`` (yarl's)
+        decodes them: ``parse_qsl`` with blank values kept; split here when there is nothing
+        to decode but ``+``."""
         if self._query is None:
-            path, query, fragment = self._url
-            url = URL.build(path=path, query_string=query, fragment=fragment, encoded=True)
-            self._query = url.query
+            text = self._query_text
+            if "%" in text:
+                pairs = parse_qsl(text, keep_blank_values=True)
+            else:
+                pairs = [(n, v) for n, _, v in (p.partition("=") for p in
+                         text.replace("+", " ").split("&") if p)]  # fmt: skip
+            self._query = MultiDictProxy(MultiDict(pairs))
         return self._query
 
     @property
@@ -137,6 +147,12 @@ class _Date:
         if second != cls.second:
             cls.second, cls.text = second, formatdate(second, usegmt=True).encode()
         return cls.text
+
+
+def ok_json(body: bytes) -> bytes:
+    """A 200 answer of a JSON body."""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" \
+        b"Date: %s\r\nServer: unimeter\r\n\r\n%s" % (len(body), _Date.now(), body)  # fmt: skip
 
 
 def encode_response(response: web.StreamResponse) -> bytes:
@@ -322,6 +338,9 @@ class FastLane(asyncio.Protocol):
             request, route = queue.popleft()
             if route.now is not None:
                 response = guards.answer_now(request, route.now, route.name)
+                if isinstance(response, bytes):
+                    self._write(ok_json(response))
+                    continue
                 if response is not None:
                     self._write(encode_response(response))
                     continue

@@ -178,21 +178,23 @@ class HttpServer:
     answer = _guarded
 
     def answer_now(
-        self,
-        request: web.Request,
-        now: Callable[[web.Request], web.StreamResponse | None],
-        name: str,
-    ) -> web.StreamResponse | None:
-        """``_guarded`` around a handler's synchronous part: its answer, or None when it has
-        none without waiting (nothing is counted then: ``answer`` runs the whole handler)."""
+        self, request: web.Request, now: Callable[[web.Request], bytes | None], name: str
+    ) -> web.StreamResponse | bytes | None:
+        """``_guarded`` around a handler's synchronous part: a refusal or problem, the JSON
+        body of its OK answer, or None when it has none without waiting (nothing is counted
+        then: ``answer`` runs the whole handler)."""
         started = perf_counter()
         try:
             refusal = authorise(self.node.gate, request, name)
-            response = refusal if refusal is not None else now(request)
+            if refusal is None:
+                body = now(request)
+                if body is not None:
+                    self.node.stats.request("http", name).done(Status.OK, perf_counter() - started)
+                return body
+            response = refusal
         except Exception as exc:
             response = self._problem(request, exc)
-        if response is not None:
-            self._count(name, response, started)
+        self._count(name, response, started)
         return response
 
     def _problem(self, request: web.Request, exc: Exception) -> web.Response:
