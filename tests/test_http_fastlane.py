@@ -265,3 +265,16 @@ def test_query_parameters_are_read_as_aiohttp_reads_them(query: str) -> None:
     rest, _, fragment = rest.partition("#")
     seen_by_aiohttp = URL.build(path=path, query_string=rest, fragment=fragment, encoded=True)
     assert list(fast.items()) == list(seen_by_aiohttp.query.items())
+
+
+def test_requests_read_ahead_are_dropped_when_the_client_goes(
+    http_node: NodeProcess, conn: Conn
+) -> None:
+    # Twenty ingests written at once, then the connection closed before any answer: the one
+    # being served may be stored, the ones read ahead are not (their client saw no answer and
+    # may send them again; aiohttp drops them too).
+    gone = Conn(http_node)
+    gone.send(events(1) * 20)
+    gone.sock.close()
+    time.sleep(1.0)
+    assert usage_sum(conn) < 20

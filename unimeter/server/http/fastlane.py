@@ -211,6 +211,9 @@ class FastLane(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._lanes.discard(self)
+        # Requests read ahead are dropped unserved, as aiohttp drops them: their client saw
+        # no answer and may send them again, so storing them too could count them twice.
+        self._queue.clear()
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -357,8 +360,12 @@ class FastLane(asyncio.Protocol):
         if task.cancelled():  # the node is stopping
             self.close()
             return
-        self._write(encode_response(task.result()))  # the guard answers every error
-        self._next()
+        try:
+            self._write(encode_response(task.result()))  # the guard answers every error
+            self._next()
+        except Exception:  # a bug here: this client only, never the node's loop
+            log.exception("event=http_fast_lane_failed")
+            self.close()
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None:
