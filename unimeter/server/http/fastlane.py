@@ -194,6 +194,7 @@ class FastLane(asyncio.Protocol):
         self._headers: list[tuple[bytes, bytes]] = []
         self._body: list[bytes] = []
         self._route: HotRoute | None = None
+        self._request_line = ("", "")  # the method and target of the request being read
         self._queue: deque[tuple[FastRequest, HotRoute]] = deque()  # read, not yet served
         self._busy: asyncio.Task[web.StreamResponse] | None = None  # serving one of them
         self._handing_over: bytearray | None = None  # bytes for aiohttp, once answers are out
@@ -277,10 +278,10 @@ class FastLane(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
+        method = parser.get_method()
         url = b"".join(self._url)
-        route = self._routes.get(
-            (parser.get_method(), url.partition(b"?")[0].decode("utf-8", "surrogateescape"))
-        )
+        target = url.decode("utf-8", "surrogateescape")
+        route = self._routes.get((method, target.partition("?")[0]))
         if (
             route is None
             or len(url) > FIELD_BYTES_MAX
@@ -291,6 +292,7 @@ class FastLane(asyncio.Protocol):
         ):
             raise _HandOver
         self._route = route
+        self._request_line = (method.decode(), target)
 
     def on_body(self, body: bytes) -> None:
         self._body.append(body)
@@ -299,9 +301,10 @@ class FastLane(asyncio.Protocol):
         self._complete += 1
         route = self._route
         assert route is not None
+        method, target = self._request_line
         request = FastRequest(
-            self._parser.get_method().decode(),
-            b"".join(self._url).decode("utf-8", "surrogateescape"),
+            method,
+            target,
             self._headers,
             b"".join(self._body),
             self._remote,
