@@ -278,3 +278,17 @@ def test_requests_read_ahead_are_dropped_when_the_client_goes(
     gone.sock.close()
     time.sleep(1.0)
     assert usage_sum(conn) < 20
+
+
+def test_a_body_over_the_limit_is_refused(http_node: NodeProcess, conn: Conn) -> None:
+    # Declared beyond the body limit: handed to aiohttp, which refuses it (413) as it refuses
+    # any body over the limit; the node serves on.
+    body = b"[" + b" " * (32 << 20) + b"]"  # two bytes over: sent whole before the refusal
+    big = Conn(http_node)
+    try:
+        big.send(post(b"/v1/events", body))
+        status, _, answer = big.answer()
+        assert status == 413 and orjson.loads(answer)["code"] == "INVALID_REQUEST"
+    finally:
+        big.close()
+    assert usage_sum(conn) == 0
