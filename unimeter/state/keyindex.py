@@ -94,16 +94,16 @@ class KeyIndex:
         probe = np.uint64(key)
         keys = self._keys
         pos = int(keys.searchsorted(probe))
-        if pos < keys.size and int(keys[pos]) == key:
-            return int(self._vals[pos])
+        if pos < keys.size and keys.item(pos) == key:
+            return int(self._vals.item(pos))
         for keys, vals in (  # ``_small_levels()`` inlined: a call less on the read fast path
             (self._delta_keys, self._delta_vals),
             (self._tail_keys, self._tail_vals),
         ):
             if keys.size:
                 pos = int(keys.searchsorted(probe))
-                if pos < keys.size and int(keys[pos]) == key:
-                    return int(vals[pos])
+                if pos < keys.size and keys.item(pos) == key:
+                    return int(vals.item(pos))
         return MISSING
 
     def add(self, keys: Array, vals: Array) -> None:

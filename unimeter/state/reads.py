@@ -474,7 +474,7 @@ def whole_period_wire(
     tabs = state.tables
     # tabs.total_row(tabs.slot_of(account), table), inlined (this is the read fast path)
     dense = tabs.dense_slots
-    slot = int(dense[account]) if account < dense.size else tabs.accounts.get1(account)
+    slot = dense.item(account) if account < dense.size else tabs.accounts.get1(account)
     if slot == MISSING:
         return [0, 0, None, None, None, 0]
     row = tabs.totals.get1(slot << 32 | found[1])
@@ -485,20 +485,22 @@ def whole_period_wire(
     if filters:
         return _filtered_wire(state, inst, row, flags, filters)
     cols = rows.cols
-    count = int(cols["count"][row])
+    # ``.item``: the element as a Python int at once (``int(col[row])`` makes a numpy scalar
+    # first, twice the cost on the read fast path).
+    count = cols["count"].item(row)
     if inst.unique:
         return [0, count, None, None, None, flags]
     if not count:
         return [0, 0, None, None, None, flags]
-    total = (int(cols["sum_hi"][row]) << 32) + int(cols["sum_lo"][row])
+    total = (cols["sum_hi"].item(row) << 32) + cols["sum_lo"].item(row)
     if rows.big_sums:
         total += rows.big_sums.get(row, 0)
     return [
         total,
         count,
-        int(cols["max"][row]),
-        int(cols["last_val"][row]),
-        int(cols["last_ts"][row]),
+        cols["max"].item(row),
+        cols["last_val"].item(row),
+        cols["last_ts"].item(row),
         flags,
     ]
 
