@@ -292,3 +292,14 @@ def test_a_body_over_the_limit_is_refused(http_node: NodeProcess, conn: Conn) ->
     finally:
         big.close()
     assert usage_sum(conn) == 0
+
+
+def test_a_long_pipeline_waits_for_its_answers(conn: Conn) -> None:
+    # More requests read ahead than the lane queues, and more bytes than one read takes:
+    # reading pauses behind the ingest being stored and resumes once the queue is served.
+    many = 5000
+    conn.send(events(1) + USAGE * many + events(2) + USAGE)
+    answers = [orjson.loads(conn.answer()[2]) for _ in range(many + 3)]
+    assert answers[0]["n_stored"] == 1 and answers[many + 1]["n_stored"] == 1
+    assert {a["value"]["sum"] for a in answers[1 : many + 1]} == {1}
+    assert answers[many + 2]["value"]["sum"] == 3

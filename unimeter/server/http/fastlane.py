@@ -199,6 +199,7 @@ class FastLane(asyncio.Protocol):
         self._busy: asyncio.Task[web.StreamResponse] | None = None  # serving one of them
         self._handing_over: bytearray | None = None  # bytes for aiohttp, once answers are out
         self._write_paused = False
+        self._read_paused = False  # reading paused while the queue is full
         self.last_seen = time.monotonic()
 
     # ------------------------------------------------------------------ transport
@@ -223,7 +224,7 @@ class FastLane(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._write_paused = False
-        if self._transport is not None:
+        if self._transport is not None and not self._read_paused and self._handing_over is None:
             self._transport.resume_reading()
         self._maybe_hand_over()
 
@@ -309,11 +310,14 @@ class FastLane(asyncio.Protocol):
             b"".join(self._body),
             self._remote,
         )
-        self._queue.append((request, route))
-        if self._busy is None:
-            self._next()
-        elif len(self._queue) >= QUEUED_MAX and self._transport is not None:
+        queue = self._queue
+        if self._busy is None and not queue:  # the common case: nothing before it
+            self._serve(request, route)
+            return
+        queue.append((request, route))
+        if len(queue) >= QUEUED_MAX and self._transport is not None:
             self._transport.pause_reading()  # a client pipelining far ahead waits for answers
+            self._read_paused = True
 
     def _plain_framing(self) -> bool:
         """Headers within aiohttp's limits, and none that asks for more than a Content-Length
@@ -336,26 +340,33 @@ class FastLane(asyncio.Protocol):
 
     # ------------------------------------------------------------------ answers
 
+    def _serve(self, request: FastRequest, route: HotRoute) -> None:
+        """Answers ``request`` now when its handler can, else starts the task that will."""
+        guards = self._guards
+        if route.now is not None:
+            response = guards.answer_now(request, route.now, route.name)
+            if isinstance(response, bytes):
+                self._write(ok_json(response))
+                return
+            if response is not None:
+                self._write(encode_response(response))
+                return
+        task = asyncio.ensure_future(guards.answer(request, route.handler, route.name))
+        task.add_done_callback(self._answered)
+        self._busy = task
+
     def _next(self) -> None:
         """Serves the queued requests in turn, each after the one before it is answered (as
         aiohttp does: a read sees the writes requested before it on its connection)."""
-        guards, queue = self._guards, self._queue
-        while queue:
-            request, route = queue.popleft()
-            if route.now is not None:
-                response = guards.answer_now(request, route.now, route.name)
-                if isinstance(response, bytes):
-                    self._write(ok_json(response))
-                    continue
-                if response is not None:
-                    self._write(encode_response(response))
-                    continue
-            task = asyncio.ensure_future(guards.answer(request, route.handler, route.name))
-            task.add_done_callback(self._answered)
-            self._busy = task
+        queue = self._queue
+        while queue and self._busy is None:
+            self._serve(*queue.popleft())
+        if self._busy is not None:
             return
-        if self._transport is not None and not self._write_paused:
-            self._transport.resume_reading()
+        if self._read_paused:
+            self._read_paused = False
+            if self._transport is not None and not self._write_paused:
+                self._transport.resume_reading()
         self._maybe_hand_over()
 
     def _answered(self, task: asyncio.Task[web.StreamResponse]) -> None:
