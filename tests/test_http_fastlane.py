@@ -20,6 +20,8 @@ from hypothesis import strategies as st
 from yarl import URL
 
 from tests.support.nodeproc import NodeProcess
+from unimeter import current_month
+from unimeter.json_model import time_text
 from unimeter.server.http.fastlane import FastRequest, _end_of
 
 METRIC = b'{"code":"calls","agg_type":"sum","period_type":"calendar"}'  # read from its row
@@ -303,3 +305,29 @@ def test_a_long_pipeline_waits_for_its_answers(conn: Conn) -> None:
     assert answers[0]["n_stored"] == 1 and answers[many + 1]["n_stored"] == 1
     assert {a["value"]["sum"] for a in answers[1 : many + 1]} == {1}
     assert answers[many + 2]["value"]["sum"] == 3
+
+
+def test_realtime_usage_on_the_lane_reads_as_aiohttp_does(
+    http_node: NodeProcess, conn: Conn
+) -> None:
+    realtime = get(b"/v1/usage/realtime?account_id=7&metric=calls")
+    # A realtime read does not wait for the connection's earlier writes (as in the binary
+    # protocol); a SYNC ingest is applied by the time it is answered.
+    conn.send(events(3, 4).replace(b"/v1/events", b"/v1/events?delivery=sync") + realtime)
+    assert conn.answer()[0] == 200
+    status, headers, lane_body = conn.answer()
+    assert status == 200 and headers["content-type"] == "application/json"
+    lane = orjson.loads(lane_body)
+    assert lane["value"]["sum"] == 7 and lane["value"]["count"] == 2
+    month = current_month()  # the metric's periods are calendar months
+    assert (lane["period_start"], lane["period_end"]) == (
+        time_text(month.start), time_text(month.end))  # fmt: skip
+    handed = Conn(http_node)  # a connection aiohttp serves from its first request on
+    handed.send(METRICS + realtime)
+    handed.answer()
+    assert orjson.loads(handed.answer()[2]) == lane
+    handed.close()
+    unknown = get(b"/v1/usage/realtime?account_id=7&metric=nope")
+    conn.send(unknown)
+    status, _, body = conn.answer()
+    assert status == 404 and orjson.loads(body)["code"] == "UNKNOWN_METRIC"

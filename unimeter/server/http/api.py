@@ -188,7 +188,22 @@ class Api:
             out["value"] = agg_value_json(reply.value)
         return json_response(out)
 
+    def usage_realtime_now(self, request: web.Request) -> bytes | None:
+        """``usage_realtime``'s JSON answer when the local leader's row of the period ingest is
+        filling answers it, else None (as ``usage_now`` for ``usage``)."""
+        query = request.query
+        account = params.account_id(query)
+        code = params.metric_code(query)
+        found = self.dispatcher.read_realtime_here(self._partition(account), account, code)
+        if found is None:
+            return None
+        row, start_us, end_us = found
+        return usage_row_json(account, code, params.bounds_of(start_us, end_us), row)
+
     async def usage_realtime(self, request: web.Request) -> web.Response:
+        answer = self.usage_realtime_now(request)
+        if answer is not None:
+            return _bytes_response(answer)
         query = request.query
         account = params.account_id(query)
         code = params.metric_code(query)

@@ -241,6 +241,21 @@ class Dispatcher:
         )  # fmt: skip
         return None if body is None else body["v"]
 
+    def read_realtime_here(
+        self, partition: int, account: int, code: str
+    ) -> tuple[list[Any], int, int] | None:
+        """``read_period_here`` for QUERY_REALTIME: (the row's wire form, the period's start
+        and end) of the period ingest is filling, read straight from the local leader's rows;
+        None whenever ``call`` must answer."""
+        node = self.node
+        runtime = node.partitions.get(partition)
+        if runtime is None or runtime.tracer is not None or not node.serving:
+            return None
+        body = runtime.core.read_realtime_body(
+            account, code, self.session.catalog_version, runtime.now()
+        )
+        return None if body is None else (body["v"], body["ps"], body["pe"])
+
     # ------------------------------------------------------------------ ingest (Sender)
 
     def start(self, target: int, request: m.Request, deadline: float) -> Pending | None:

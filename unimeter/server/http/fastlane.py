@@ -1,14 +1,15 @@
-"""The HTTP server's fast lane: the two requests callers repeat most, on a lean connection.
+"""The HTTP server's fast lane: the requests callers repeat most, on a lean connection.
 
 aiohttp's request machinery (its protocol, request and response objects, stream writer and
 access-log hook) costs more per request than a plain usage read does in all: on a 2-core
 machine its empty handler answers in 3-4 x the loopback round trip, where the usage bar is 3 x.
 So every HTTP connection starts on a ``FastLane``: an asyncio protocol that parses with
-httptools (llhttp, the parser of Node.js and uvicorn) and serves ``GET /v1/usage`` and ``POST
-/v1/events`` itself, through the very handler and guard the application uses (authorisation,
-problem details, the request's timing for ``/metrics``): only the HTTP framing differs.
+httptools (llhttp, the parser of Node.js and uvicorn) and serves ``GET /v1/usage``, ``GET
+/v1/usage/realtime`` and ``POST /v1/events`` itself, through the very handlers and guard the
+application uses (authorisation, problem details, the request's timing for ``/metrics``): only
+the HTTP framing differs.
 
-Anything else, and anything unusual about one of those two (HTTP/1.0, ``Connection: close``,
+Anything else, and anything unusual about one of those (HTTP/1.0, ``Connection: close``,
 ``Expect``, ``Transfer-Encoding``, an upgrade, a body over the limit, an over-long head, bytes
 llhttp refuses) hands the connection to aiohttp for good: an aiohttp protocol takes the
 transport and is given every byte from the start of that request on, so it answers as if it

@@ -8,6 +8,7 @@ refuse the same things.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -88,7 +89,12 @@ class Bounds(NamedTuple):
 
 
 def _bounds(found: Period) -> Bounds:
-    start_us, end_us = convert.period_us(found)
+    return bounds_of(*convert.period_us(found))
+
+
+@functools.lru_cache(maxsize=256)
+def bounds_of(start_us: int, end_us: int) -> Bounds:
+    """A period's bounds with their text (kept: a few periods are read over and over)."""
     return Bounds(start_us, end_us, time_text(start_us), time_text(end_us))
 
 

@@ -64,6 +64,9 @@ class HttpServer:
         # What the fast lane serves itself (every other request goes to aiohttp).
         self._fast_routes = {
             (b"GET", "/v1/usage"): HotRoute(self._api.usage, "usage", self._api.usage_now),
+            (b"GET", "/v1/usage/realtime"): HotRoute(
+                self._api.usage_realtime, "usage_realtime", self._api.usage_realtime_now
+            ),
             (b"POST", "/v1/events"): HotRoute(self._api.post_events, "ingest"),
         }
         self._lanes: set[FastLane] = set()
