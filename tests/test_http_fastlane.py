@@ -59,6 +59,8 @@ class Conn:
         if not byte_by_byte:
             self.sock.sendall(data)
             return
+        # Paced, not waited on: with a pause after each, most bytes reach the node in reads of
+        # their own, so requests are parsed from many partial reads.
         for i in range(len(data)):
             self.sock.sendall(data[i : i + 1])
             time.sleep(0.0005)
@@ -278,8 +280,14 @@ def test_requests_read_ahead_are_dropped_when_the_client_goes(
     gone = Conn(http_node)
     gone.send(events(1) * 20)
     gone.sock.close()
-    time.sleep(1.0)
-    assert usage_sum(conn) < 20
+    # The one being served is stored: wait for it. Then the rest must never be: watch for a
+    # while (a bug storing them would have stored several within it; each takes milliseconds).
+    deadline = time.monotonic() + 10
+    while usage_sum(conn) == 0:
+        assert time.monotonic() < deadline, "the ingest being served was never stored"
+    watch_until = time.monotonic() + 0.5
+    while time.monotonic() < watch_until:
+        assert usage_sum(conn) == 1
 
 
 def test_a_body_over_the_limit_is_refused(http_node: NodeProcess, conn: Conn) -> None:

@@ -142,8 +142,10 @@ class Api:
 
     async def usage(self, request: web.Request) -> web.Response:
         answer = self.usage_now(request)
-        if answer is not None:
-            return _bytes_response(answer)
+        return _bytes_response(answer) if answer is not None else await self.usage_read(request)
+
+    async def usage_read(self, request: web.Request) -> web.Response:
+        """``usage`` through the partition: breakdowns, cut periods, reads that must wait."""
         query = request.query
         account = params.account_id(query)
         code = params.metric_code(query)
@@ -204,6 +206,10 @@ class Api:
         answer = self.usage_realtime_now(request)
         if answer is not None:
             return _bytes_response(answer)
+        return await self.usage_realtime_read(request)
+
+    async def usage_realtime_read(self, request: web.Request) -> web.Response:
+        """``usage_realtime`` through the partition."""
         query = request.query
         account = params.account_id(query)
         code = params.metric_code(query)

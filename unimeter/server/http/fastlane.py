@@ -150,10 +150,18 @@ class _Date:
         return cls.text
 
 
+def _answer(status_and_headers: bytes, body: bytes) -> bytes:
+    """An HTTP/1.1 answer: its status line and headers, then the ones every answer has."""
+    return b"%sContent-Length: %d\r\nDate: %s\r\nServer: unimeter\r\n\r\n%s" % (
+        status_and_headers, len(body), _Date.now(), body)  # fmt: skip
+
+
+_OK_JSON = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+
+
 def ok_json(body: bytes) -> bytes:
     """A 200 answer of a JSON body."""
-    return b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n" \
-        b"Date: %s\r\nServer: unimeter\r\n\r\n%s" % (len(body), _Date.now(), body)  # fmt: skip
+    return _answer(_OK_JSON, body)
 
 
 def encode_response(response: web.StreamResponse) -> bytes:
@@ -161,13 +169,10 @@ def encode_response(response: web.StreamResponse) -> bytes:
     assert isinstance(response, web.Response)
     body = response.body
     assert isinstance(body, bytes)
-    head = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason.encode("latin-1"))]
-    head += [b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in
-             response.headers.items()]  # fmt: skip
-    head.append(b"Content-Length: %d\r\nDate: %s\r\nServer: unimeter\r\n\r\n" % (
-        len(body), _Date.now()))  # fmt: skip
-    head.append(body)
-    return b"".join(head)
+    lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, response.reason.encode("latin-1"))]
+    lines += [b"%s: %s\r\n" % (k.encode("latin-1"), v.encode("latin-1")) for k, v in
+              response.headers.items()]  # fmt: skip
+    return _answer(b"".join(lines), body)
 
 
 class FastLane(asyncio.Protocol):
@@ -201,6 +206,7 @@ class FastLane(asyncio.Protocol):
         self._handing_over: bytearray | None = None  # bytes for aiohttp, once answers are out
         self._write_paused = False
         self._read_paused = False  # reading paused while the queue is full
+        self._stopping = False  # the node stops: nothing more is read or served
         self.last_seen = time.monotonic()
 
     # ------------------------------------------------------------------ transport
@@ -229,9 +235,14 @@ class FastLane(asyncio.Protocol):
             self._transport.resume_reading()
         self._maybe_hand_over()
 
-    @property
-    def idle(self) -> bool:
-        return self._busy is None and not self._queue and not self._raw
+    def stop_reading(self) -> asyncio.Task[web.StreamResponse] | None:
+        """The node stops: read no more, drop what was read ahead; the request being served,
+        if any (its answer is still written)."""
+        if self._transport is not None:
+            self._transport.pause_reading()
+        self._stopping = True
+        self._queue.clear()
+        return self._busy
 
     def close(self) -> None:
         if self._transport is not None:
@@ -239,6 +250,8 @@ class FastLane(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_seen = time.monotonic()
+        if self._stopping:
+            return
         if self._handing_over is not None:
             self._handing_over += data
             return
@@ -359,6 +372,8 @@ class FastLane(asyncio.Protocol):
     def _next(self) -> None:
         """Serves the queued requests in turn, each after the one before it is answered (as
         aiohttp does: a read sees the writes requested before it on its connection)."""
+        if self._stopping:
+            return
         queue = self._queue
         while queue and self._busy is None:
             self._serve(*queue.popleft())

@@ -7,8 +7,9 @@ times every request for ``/metrics`` and turns every error into a problem-detail
 (``problems.py``): typed errors with their status names, aiohttp's own refusals (no such path,
 wrong method, body too large) and, for bugs, a plain INTERNAL problem (the traceback goes to
 the log, not to the client). The node keeps serving everyone else whatever one request does.
-``GET /v1/usage``, the read a dashboard or a gateway repeats most, is handed to its handler
-before the router (``_serve``), under the same guard.
+Every connection starts on the fast lane (``fastlane.py``), which serves the requests callers
+repeat most (usage reads, ingests) under the same guard and hands the connection to aiohttp at
+the first request it does not serve.
 
 ``stop`` ends the alert streams, lets in-flight requests finish (bounded), closes the listening
 socket and the forwarding connections.
@@ -20,7 +21,7 @@ import asyncio
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
@@ -58,14 +59,13 @@ class HttpServer:
         self._registry = registry_for(node, self.streams)
         self._openapi = orjson.dumps(openapi_document())
         self._runner: web.AppRunner | None = None
-        self._routed: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]] | None = None
-        # GET routes served without the router: path -> (handler, route name).
-        self._hot: dict[str, tuple[Handler, str]] = {"/v1/usage": (self._api.usage, "usage")}
-        # What the fast lane serves itself (every other request goes to aiohttp).
+        # What the fast lane serves itself (every other request goes to aiohttp): a read's
+        # answer from the row when it has one, else the rest of its handler.
+        api = self._api
         self._fast_routes = {
-            (b"GET", "/v1/usage"): HotRoute(self._api.usage, "usage", self._api.usage_now),
+            (b"GET", "/v1/usage"): HotRoute(api.usage_read, "usage", api.usage_now),
             (b"GET", "/v1/usage/realtime"): HotRoute(
-                self._api.usage_realtime, "usage_realtime", self._api.usage_realtime_now
+                api.usage_realtime_read, "usage_realtime", api.usage_realtime_now
             ),
             (b"POST", "/v1/events"): HotRoute(self._api.post_events, "ingest"),
         }
@@ -94,8 +94,6 @@ class HttpServer:
         await runner.setup()
         server = runner.server
         assert server is not None
-        self._routed = server.request_handler
-        server.request_handler = self._serve
         # Every connection starts on the fast lane, which hands it to aiohttp (``server()``
         # makes aiohttp's protocol for one connection) at the first request it does not serve.
         loop = asyncio.get_running_loop()
@@ -126,10 +124,12 @@ class HttpServer:
         await self.dispatcher.close()
 
     async def _end_lanes(self) -> None:
-        """Closes the fast lane's connections, each once its answers are written (bounded)."""
-        deadline = perf_counter() + _SHUTDOWN_S
-        while any(not lane.idle for lane in self._lanes) and perf_counter() < deadline:
-            await asyncio.sleep(0.01)
+        """Closes the fast lane's connections, each once the request it is serving is answered
+        (bounded); requests read ahead are dropped unserved, as aiohttp drops them."""
+        serving = [task for lane in self._lanes if (task := lane.stop_reading()) is not None]
+        if serving:
+            # A lane writes its answer in the task's first done callback, before this wakes.
+            await asyncio.wait(serving, timeout=_SHUTDOWN_S)
         for lane in list(self._lanes):
             lane.close()
 
@@ -146,19 +146,6 @@ class HttpServer:
 
     # ------------------------------------------------------------------ every request
 
-    async def _serve(self, request: web.BaseRequest) -> web.StreamResponse:
-        """Every request: the hot reads go straight to their handler, the rest through the
-        application (router, middleware). aiohttp's router and middleware chain cost about a
-        fifth of a plain usage read; a hot route gets exactly what ``_guard`` gives the others.
-        """
-        if request.method == "GET":
-            hot = self._hot.get(request.path)
-            if hot is not None:
-                assert isinstance(request, web.Request)  # the application's request factory
-                return await self._guarded(request, *hot)
-        assert self._routed is not None
-        return await self._routed(request)
-
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         return await self._guarded(request, handler, request.match_info.route.name or UNMATCHED)
@@ -174,7 +161,7 @@ class HttpServer:
         except Exception as exc:
             response = self._problem(request, exc)
         if name != "alert_stream":  # a stream's lifetime is not a latency
-            self._count(name, response, started)
+            self._count(name, response.get(problems.STATUS_KEY, Status.OK), started)
         return response
 
     # The fast lane's two ways in (``fastlane.Guards``): the same guard around a handler.
@@ -192,12 +179,12 @@ class HttpServer:
             if refusal is None:
                 body = now(request)
                 if body is not None:
-                    self.node.stats.request("http", name).done(Status.OK, perf_counter() - started)
+                    self._count(name, Status.OK, started)
                 return body
             response = refusal
         except Exception as exc:
             response = self._problem(request, exc)
-        self._count(name, response, started)
+        self._count(name, response.get(problems.STATUS_KEY, Status.OK), started)
         return response
 
     def _problem(self, request: web.Request, exc: Exception) -> web.Response:
@@ -208,8 +195,7 @@ class HttpServer:
         log.error("event=http_handler_failed path=%s", request.path, exc_info=exc)
         return problems.problem(Status.INTERNAL, "the node failed this request")
 
-    def _count(self, name: str, response: web.StreamResponse, started: float) -> None:
-        status = response.get(problems.STATUS_KEY, Status.OK)
+    def _count(self, name: str, status: Status, started: float) -> None:
         self.node.stats.request("http", name).done(status, perf_counter() - started)
 
     # ------------------------------------------------------------------ operations
